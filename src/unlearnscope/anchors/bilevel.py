@@ -34,7 +34,6 @@ from dataclasses import dataclass
 import torch
 from torch.func import functional_call
 from torch.nn.attention import SDPBackend, sdpa_kernel
-from tqdm.auto import tqdm
 
 from unlearnscope.anchors.gradients import GradientSketch, gradient_features, retain_feature
 from unlearnscope.anchors.projection import project_capped_simplex
@@ -43,6 +42,7 @@ from unlearnscope.data.sample import Sample
 from unlearnscope.data.tokenize import encode_samples, iter_batches, model_max_length, pad_id
 from unlearnscope.errors import DataError, UnknownNameError
 from unlearnscope.models.logprobs import mean_answer_nll
+from unlearnscope.progress import progress_bar
 from unlearnscope.runs import check_finite
 
 SOLVERS = ("auto", "gram", "unrolled")
@@ -126,7 +126,7 @@ def optimize_weights(objective: Callable[[torch.Tensor], torch.Tensor], n: int, 
                      desc: str = "bilevel") -> torch.Tensor:
     """Projected gradient ascent of `objective(w)` over {w in [0,1]^n, sum w = k}: `[n]`."""
     w = torch.full((n,), k / n, dtype=dtype)
-    for _ in tqdm(range(outer_steps), desc=desc, unit="step"):
+    for _ in progress_bar(range(outer_steps), desc=desc, unit="step"):
         variable = w.detach().requires_grad_()
         value = objective(variable)
         check_finite(value.detach(), f"{desc} outer objective")

@@ -20,11 +20,11 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 
 import torch
-from tqdm.auto import tqdm
 
 from unlearnscope.data.tokenize import EncodedSample, iter_batches
 from unlearnscope.errors import UnknownNameError
 from unlearnscope.models.logprobs import mean_answer_nll
+from unlearnscope.progress import progress_bar
 from unlearnscope.runs import check_finite
 
 SKETCH_KINDS = ("rademacher", "gaussian", "countsketch")
@@ -132,7 +132,7 @@ def gradient_features(model: torch.nn.Module, encoded: Sequence[EncodedSample],
     """Per-sample gradients `[N, n_params]` (flattened, `sketch=None`) or their sketches
     `[N, dim]`, float32; G = features @ features.T is the (approximate) Gram matrix."""
     rows: list[torch.Tensor | None] = [None] * len(encoded)
-    bar = tqdm(total=len(encoded), desc="per-sample gradients", unit="sample")
+    bar = progress_bar(total=len(encoded), desc="per-sample gradients", unit="sample")
     for indices, grads in per_sample_gradients(model, encoded, pad_token_id,
                                                batch_size=batch_size):
         features = (sketch.project(grads) if sketch is not None

@@ -52,7 +52,6 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from unlearnscope.circuits.architecture import ModelParts, model_parts
 from unlearnscope.circuits.baselines import Baseline, baseline_embeddings
@@ -62,6 +61,7 @@ from unlearnscope.circuits.readers import add_layer_reader_gradients
 from unlearnscope.circuits.recorder import GraphRecorder, Writers
 from unlearnscope.data.tokenize import IGNORE_INDEX
 from unlearnscope.errors import DataError, UnknownNameError
+from unlearnscope.progress import progress_bar
 from unlearnscope.runs import check_finite
 
 METHODS = ("EAP", "EAP-IG-inputs", "EAP-IG-activations")
@@ -264,7 +264,7 @@ def attribute(model: nn.Module, batch: dict[str, torch.Tensor], *, method: str =
         gradient_sum = _GradientSum(parts)
         n_nodes = 2 * parts.n_layers + 1 if method == "EAP-IG-activations" else 1
         passes = _passes(method, parts, clean_embeds, base_embeds, runs, alphas, shared)
-        for embeds, overrides, role in tqdm(passes, total=n_nodes * len(alphas),
+        for embeds, overrides, role in progress_bar(passes, total=n_nodes * len(alphas),
                                             desc=f"{method} passes", leave=False, disable=None):
             leaf = embeds.detach().requires_grad_(True)
             with recorder.recording(grads=True, writers=role is not None, embedding=leaf,

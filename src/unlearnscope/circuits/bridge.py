@@ -39,7 +39,6 @@ from importlib.metadata import version
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 from transformer_lens.model_bridge import TransformerBridge
 from transformer_lens.model_bridge.sources import build_bridge_from_module
 
@@ -54,6 +53,7 @@ from unlearnscope.circuits.baselines import Baseline, baseline_embeddings
 from unlearnscope.circuits.graph import GraphLayout
 from unlearnscope.circuits.metrics import get_metric
 from unlearnscope.errors import UnlearnscopeError
+from unlearnscope.progress import progress_bar
 from unlearnscope.runs import check_finite
 
 
@@ -237,7 +237,7 @@ def attribute_bridge(model: nn.Module, batch: dict[str, torch.Tensor], *,
 
     gradient_sum = clean_embeds.new_zeros(len(input_ids), layout.n_backward,
                                           *clean_embeds.shape[1:], dtype=torch.float32)
-    for embeds, overrides in tqdm(passes, desc=f"{method} passes (bridge)", leave=False,
+    for embeds, overrides in progress_bar(passes, desc=f"{method} passes (bridge)", leave=False,
                                   disable=None):
         leaf = embeds.detach().requires_grad_(True)
         gradient_sum += graph.reader_gradients(

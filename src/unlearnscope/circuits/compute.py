@@ -12,8 +12,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from tqdm.auto import tqdm
-
 from unlearnscope import distributed
 from unlearnscope.circuits.attribution import attribute, graph_layout
 from unlearnscope.circuits.store import (
@@ -29,6 +27,7 @@ from unlearnscope.circuits.store import (
 from unlearnscope.data.sample import Sample
 from unlearnscope.data.tokenize import encode_samples, iter_batches, model_max_length, pad_id
 from unlearnscope.errors import DataError
+from unlearnscope.progress import progress_bar
 
 
 def _start_store(directory: Path, header: dict[str, Any], extra: dict[str, Any], *,
@@ -72,7 +71,7 @@ def compute_circuits(model, tokenizer, samples: Sequence[Sample], directory: str
     # Scores do not depend on the batch composition, so sorting by length only saves padding.
     encoded = sorted(encoded, key=lambda e: len(e.prompt_ids) + len(e.answer_ids))
     writer = ShardWriter(directory, layout, rank=distributed.rank(), shard_size=shard_size)
-    bar = tqdm(total=len(encoded), desc=f"circuits ({method})", unit="sample",
+    bar = progress_bar(total=len(encoded), desc=f"circuits ({method})", unit="sample",
                disable=not distributed.is_main())
     for rows, batch in iter_batches(encoded, batch_size, pad_id(tokenizer)):
         result = attribute(model, batch, method=method, ig_steps=ig_steps, baseline=baseline,

@@ -29,11 +29,11 @@ from typing import Any
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
-from tqdm.auto import tqdm
 
 from unlearnscope.circuits.graph import GraphLayout
 from unlearnscope.circuits.selection import edge_matrix, edge_vector, select
 from unlearnscope.errors import DataError
+from unlearnscope.progress import progress_bar
 from unlearnscope.runs import atomic_write, check_finite, write_json
 
 HEADER_FILE = "header.json"
@@ -254,7 +254,7 @@ class CircuitStore:
         layout = self.layout
         masks = torch.zeros((len(sample_ids), layout.n_forward, layout.n_backward),
                             dtype=torch.bool)
-        for start in tqdm(range(0, len(sample_ids), chunk_size), unit="chunk", leave=False,
+        for start in progress_bar(range(0, len(sample_ids), chunk_size), unit="chunk", leave=False,
                           desc=f"selecting ({selection})", disable=len(sample_ids) <= chunk_size):
             chunk = list(sample_ids[start: start + chunk_size])
             masks[start: start + len(chunk)] = select(self.scores(chunk), layout, selection,

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
 from unlearnscope.data.sample import Sample
+from unlearnscope.progress import progress_bar
 from unlearnscope.unlearning.trainer import run_unlearning
 
 SET_COLUMNS = ["scorer", "method", "set", "k", "efficacy", "delta_vs_random"]
@@ -91,7 +91,7 @@ def easy_hard_sets(unlearner: Unlearner, forget: Sequence[Sample], scores: pd.Da
     runs = [(m, "random", ids) for m in methods for ids in random_sets]
     runs += [(m, name, ids) for m in methods for name in scorers for ids in chosen[name]]
     efficacy: dict[tuple[str, tuple[str, ...]], float] = {}
-    for method, _, ids in tqdm(runs, desc="easy/hard sets", unit="run"):
+    for method, _, ids in progress_bar(runs, desc="easy/hard sets", unit="run"):
         result = unlearner.run([by_id[i] for i in ids], method)
         efficacy[(method, tuple(ids))] = 100.0 * float(result.outcomes.efficacy.mean())
     rows = []
@@ -134,7 +134,7 @@ def schedule_comparison(unlearner: Unlearner, forget: Sequence[Sample], scores: 
     runnable = [(s, name) for s, name in schedules if name is None or name in available]
     rows = []
     for method in methods:
-        for schedule, scorer in tqdm(runnable, desc=f"schedules {method}", unit="run"):
+        for schedule, scorer in progress_bar(runnable, desc=f"schedules {method}", unit="run"):
             result = unlearner.run(forget, method, schedule=schedule,
                                    difficulty=scores if scorer else None, scorer=scorer,
                                    max_steps=budget_steps, track_every=track_every)

@@ -23,10 +23,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy.stats import rankdata
-from tqdm import tqdm
 
 from unlearnscope.data.tokenize import IGNORE_INDEX
 from unlearnscope.errors import DataError
+from unlearnscope.progress import progress_bar
 from unlearnscope.runs import check_finite
 
 ATTACKS = ("loss", "zlib", "min_k", "min_k_plus_plus", "gradnorm")
@@ -230,6 +230,6 @@ def gradnorm_over_batches(model, batches, eos_token_id: int | None, *, p: float 
     batches = list(batches)
     n = sum(len(indices) for indices, _ in batches)
     out = np.zeros(n, dtype=np.float64)
-    for indices, batch in tqdm(batches, desc=desc, leave=False):
+    for indices, batch in progress_bar(batches, desc=desc, leave=False):
         out[indices] = gradnorm_scores(model, batch, eos_token_id, p=p).numpy()
     return out

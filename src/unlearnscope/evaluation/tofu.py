@@ -29,7 +29,6 @@ import numpy as np
 import pandas as pd
 import torch
 from scipy.stats import hmean, ks_2samp
-from tqdm import tqdm
 
 from unlearnscope.data.sample import Sample
 from unlearnscope.data.tokenize import (
@@ -54,6 +53,7 @@ from unlearnscope.models.generation import (
     rouge_l_recall,
 )
 from unlearnscope.models.logprobs import answer_nll
+from unlearnscope.progress import progress_bar
 from unlearnscope.runs import check_finite
 
 log = logging.getLogger(__name__)
@@ -259,7 +259,7 @@ def answer_statistics(model, tokenizer, samples: Sequence[Sample], *, batch_size
     nll, em, es = np.zeros(n), np.zeros(n), np.zeros(n)
     scores = {name: np.zeros(n) for name in ("loss", "zlib", "min_k", "min_k_plus_plus")}
     batches = list(iter_batches_by_length(encoded, batch_size, pad_id(tokenizer)))
-    for indices, batch in tqdm(batches, desc=desc, leave=False):
+    for indices, batch in progress_bar(batches, desc=desc, leave=False):
         logits = model(input_ids=batch["input_ids"].to(model.device),
                        attention_mask=batch["attention_mask"].to(model.device)).logits
         stats = token_stats(logits, batch["labels"].to(model.device), tokenizer.eos_token_id,

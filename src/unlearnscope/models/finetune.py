@@ -20,7 +20,6 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from unlearnscope.data.sample import Sample
@@ -33,6 +32,7 @@ from unlearnscope.data.tokenize import (
 from unlearnscope.models.loading import MODEL_SUBDIR
 from unlearnscope.models.logprobs import answer_nll, mean_answer_nll
 from unlearnscope.models.tiny import TinyConfig, build_tiny_model
+from unlearnscope.progress import progress_bar
 from unlearnscope.runs import check_finite, write_json
 
 log = logging.getLogger(__name__)
@@ -138,7 +138,7 @@ def finetune(model, tokenizer, samples: Sequence[Sample], out_dir: str | Path,
         progress = json.loads(_state_path(out).read_text())
         log.info("resuming fine-tuning at epoch %d, batch %d", progress["epoch"],
                  progress["batch"])
-    bar = tqdm(total=len(loader) * config.epochs, initial=progress["epoch"] * len(loader) +
+    bar = progress_bar(total=len(loader) * config.epochs, initial=progress["epoch"] * len(loader) +
                progress["batch"], desc="finetune", unit="batch",
                disable=not accelerator.is_main_process)
     for epoch in range(progress["epoch"], config.epochs):

@@ -12,10 +12,10 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 from rouge_score import rouge_scorer
-from tqdm import tqdm
 
 from unlearnscope.data.sample import Sample
 from unlearnscope.data.tokenize import encode_sample, pad_id
+from unlearnscope.progress import progress_bar
 
 DEFAULT_MAX_NEW_TOKENS = 200
 
@@ -57,7 +57,7 @@ def greedy_answers(model, tokenizer, samples: Sequence[Sample], *, batch_size: i
     was_training = model.training
     model.eval()
     starts = range(0, len(order), batch_size)
-    for start in tqdm(starts, desc=desc, leave=False, total=len(starts)):
+    for start in progress_bar(starts, desc=desc, leave=False, total=len(starts)):
         chunk = order[start:start + batch_size]
         input_ids, attention_mask = left_pad([prompts[i] for i in chunk], pad)
         new = max_new_tokens or max(len(encoded[i].answer_ids) for i in chunk)

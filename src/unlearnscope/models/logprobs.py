@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from unlearnscope.data.tokenize import IGNORE_INDEX, iter_batches_by_length
+from unlearnscope.progress import progress_bar
 
 
 def shift_labels(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -58,7 +58,7 @@ def answer_nll(model, encoded, pad_token_id: int, *, batch_size: int = 16,
     model.eval()
     out = torch.empty(len(encoded), dtype=torch.float64)
     batches = list(iter_batches_by_length(encoded, batch_size, pad_token_id))
-    for indices, batch in tqdm(batches, desc=desc, leave=False, disable=desc is None):
+    for indices, batch in progress_bar(batches, desc=desc, leave=False, disable=desc is None):
         batch = {k: v.to(device) for k, v in batch.items()}
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         out[indices] = mean_answer_nll(logits, batch["labels"]).double().cpu()

@@ -29,7 +29,6 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call, grad, vmap
 from torch.nn.attention import SDPBackend, sdpa_kernel
-from tqdm.auto import tqdm
 
 from unlearnscope import distributed
 from unlearnscope.data.sample import Sample
@@ -41,6 +40,7 @@ from unlearnscope.data.tokenize import (
     pad_id,
 )
 from unlearnscope.models.logprobs import shift_labels
+from unlearnscope.progress import progress_bar
 from unlearnscope.scoring.base import Scorer, register_scorer
 
 log = logging.getLogger(__name__)
@@ -165,7 +165,7 @@ def monte_carlo_mrd(model, encoded: Sequence[EncodedSample], pad_token_id: int, 
     originals = [w.detach().clone() for w in weights]
     total = torch.zeros(len(encoded), dtype=torch.float64)
     try:
-        for draw in tqdm(range(k), desc="mrd draws", unit="draw", leave=False,
+        for draw in progress_bar(range(k), desc="mrd draws", unit="draw", leave=False,
                          disable=not _show_bar()):
             noise.perturb(draw, originals)
             total += torch.expm1(answer_logprobs(model, batches, len(encoded)) - base).abs()
@@ -192,7 +192,7 @@ def _gradients_enabled(weights: Sequence[torch.Tensor]):
 
 def _single_sample_batches(encoded: Sequence[EncodedSample], pad_token_id: int,
                            device: torch.device) -> Iterator[dict[str, torch.Tensor]]:
-    for sample in tqdm(encoded, desc="mrd gradients", unit="sample", leave=False,
+    for sample in progress_bar(encoded, desc="mrd gradients", unit="sample", leave=False,
                        disable=not _show_bar()):
         yield {k: v.to(device) for k, v in collate([sample], pad_token_id).items()}
 
@@ -234,7 +234,7 @@ def logprob_gradient_norms(model, encoded: Sequence[EncodedSample], pad_token_id
     device = next(model.parameters()).device
     out = torch.empty(len(encoded), dtype=torch.float64)
     with sdpa_kernel(SDPBackend.MATH):
-        for indices, batch in tqdm(list(iter_batches(encoded, chunk, pad_token_id)),
+        for indices, batch in progress_bar(list(iter_batches(encoded, chunk, pad_token_id)),
                                    desc="mrd gradients", unit="batch", leave=False,
                                    disable=not _show_bar()):
             out[indices] = batched(params, batch["input_ids"].to(device),

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from unlearnscope import distributed
 from unlearnscope.data.sample import Sample
 from unlearnscope.data.tokenize import encode_samples, model_max_length
+from unlearnscope.progress import progress_bar
 from unlearnscope.runs import ProgressLog, check_finite, write_parquet
 from unlearnscope.scoring.base import LogitScorer, Scorer, run_logit_scorers
 
@@ -77,7 +77,7 @@ def score_samples(model, tokenizer, samples: Sequence[Sample], scorers: Sequence
     mine = distributed.shard(pending)
     log = ProgressLog(out / "progress" / f"scores-rank{distributed.rank()}.jsonl")
     limit = max_length or model_max_length(tokenizer, model)
-    bar = tqdm(total=len(pending), desc="scoring", unit="sample",
+    bar = progress_bar(total=len(pending), desc="scoring", unit="sample",
                disable=not distributed.is_main(), initial=0)
     for start in range(0, len(mine), chunk_size):
         chunk_samples = [samples[i] for i in mine[start:start + chunk_size]]

@@ -28,13 +28,13 @@ from typing import Any
 import pandas as pd
 import torch
 from torch.func import functional_call, grad, vmap
-from tqdm.auto import tqdm
 
 from unlearnscope import distributed
 from unlearnscope.data.sample import Sample
 from unlearnscope.data.tokenize import collate, encode_samples, model_max_length, pad_id
 from unlearnscope.errors import DataError
 from unlearnscope.models.logprobs import mean_answer_nll
+from unlearnscope.progress import progress_bar
 from unlearnscope.runs import ProgressLog, check_finite, write_config, write_parquet
 from unlearnscope.unlearning.methods import UnlearningMethod, get_method
 from unlearnscope.unlearning.samplers import UniformStream
@@ -206,7 +206,7 @@ def steps_to_forget(model, tokenizer, samples: list[Sample], *,
     progress = None if out is None else ProgressLog(out / f"progress-{state.process_index}.jsonl")
     retain_stream = UniformStream(max(len(retain), 1), config.seed + 1)
     records: list[dict[str, Any]] = []
-    bar = tqdm(total=len(encoded), desc=f"steps-to-forget {config.method}", unit="sample",
+    bar = progress_bar(total=len(encoded), desc=f"steps-to-forget {config.method}", unit="sample",
                disable=not state.is_main_process)
     with warnings.catch_warnings():
         # vmap has no batching rule for CPU flash attention yet and warns once per op.

@@ -31,12 +31,12 @@ import pandas as pd
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
-from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from unlearnscope.data.sample import Sample
 from unlearnscope.data.tokenize import collate, encode_samples, model_max_length, pad_id
 from unlearnscope.errors import DataError
+from unlearnscope.progress import progress_bar
 from unlearnscope.runs import (
     ProgressLog,
     check_finite,
@@ -264,7 +264,7 @@ def run_unlearning(model, tokenizer, forget_samples: list[Sample],
         tracked = _restore_trajectory(checkpoints, accelerator, start)
         log.info("resuming unlearning at step %d of %d", start, plan.total_steps)
 
-    bar = tqdm(total=plan.total_steps, initial=start, desc=f"unlearn {config.method}",
+    bar = progress_bar(total=plan.total_steps, initial=start, desc=f"unlearn {config.method}",
                unit="step", disable=not accelerator.is_main_process)
     for step in range(start, plan.total_steps):
         record = _train_step(model, unlearner, reference, optimizer, accelerator, forget,
