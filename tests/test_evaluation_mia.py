@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from unlearnscope.data.sample import Sample
-from unlearnscope.data.tokenize import IGNORE_INDEX, collate, encode_sample
+from unlearnscope.data.tokenize import IGNORE_INDEX, encode_sample
 from unlearnscope.errors import NonFiniteError
 from unlearnscope.evaluation.mia import (
     content_mask,
@@ -124,8 +124,7 @@ def test_gradnorm_matches_one_sample_at_a_time():
     samples = [Sample("a", "Who?", "Ada Brightwater."), Sample("b", "Where was she born?",
                                                                 "Porto, in the north.")]
     encoded = [encode_sample(tokenizer, s) for s in samples]
-    batch = collate(encoded, tokenizer.pad_token_id)
-    batched = gradnorm_scores(model, batch, tokenizer.eos_token_id)
+    batched = gradnorm_scores(model, encoded, tokenizer.pad_token_id, tokenizer.eos_token_id)
     assert all(p.grad is None for p in model.parameters())  # .grad left untouched
     for row, e in enumerate(encoded):
         model.zero_grad()
@@ -137,4 +136,4 @@ def test_gradnorm_matches_one_sample_at_a_time():
         loss = torch.nn.functional.cross_entropy(logits[start:-1], targets)
         loss.backward()
         norms = [p.grad.norm() for p in model.parameters() if p.grad is not None]
-        assert batched[row].item() == pytest.approx(torch.stack(norms).mean().item(), rel=1e-4)
+        assert batched[row] == pytest.approx(torch.stack(norms).mean().item(), rel=1e-4)

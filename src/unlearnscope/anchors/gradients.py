@@ -17,58 +17,31 @@ in memory, so each is sketched to `dim` coordinates with E[s_i . s_j] = g_i . g_
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import torch
 
 from unlearnscope.data.tokenize import EncodedSample, iter_batches
 from unlearnscope.errors import UnknownNameError
+from unlearnscope.models.gradients import per_sample_gradients, trainable_parameters
 from unlearnscope.models.logprobs import mean_answer_nll
 from unlearnscope.progress import progress_bar
-from unlearnscope.runs import check_finite
 
 SKETCH_KINDS = ("rademacher", "gaussian", "countsketch")
-
-
-def trainable_parameters(model: torch.nn.Module) -> list[torch.Tensor]:
-    """The parameters gradients are taken with respect to, in `model.parameters()` order."""
-    return [p for p in model.parameters() if p.requires_grad]
-
-
-def _batch_losses(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    device = next(model.parameters()).device
-    batch = {k: v.to(device) for k, v in batch.items()}
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    return mean_answer_nll(logits, batch["labels"])
-
-
-def per_sample_gradients(model: torch.nn.Module, encoded: Sequence[EncodedSample],
-                         pad_token_id: int, *, batch_size: int = 8
-                         ) -> Iterator[tuple[list[int], list[torch.Tensor]]]:
-    """Yield `(indices, grads)`: for each batch, every trainable parameter's per-sample gradient
-    of the mean answer NLL, `[batch, *param.shape]` float32.
-
-    One forward per batch; the per-sample backward passes run as one batched (vmapped)
-    backward with one-hot output gradients instead of a Python loop over samples.
-    """
-    params = trainable_parameters(model)
-    for indices, batch in iter_batches(encoded, batch_size, pad_token_id):
-        with torch.enable_grad():
-            losses = _batch_losses(model, batch)
-            check_finite(losses, "answer loss for per-sample gradients")
-            eye = torch.eye(len(indices), dtype=losses.dtype, device=losses.device)
-            grads = torch.autograd.grad(losses, params, grad_outputs=eye, is_grads_batched=True)
-        yield indices, [g.float() for g in grads]
 
 
 def mean_loss_gradient(model: torch.nn.Module, encoded: Sequence[EncodedSample],
                        pad_token_id: int, *, batch_size: int = 8) -> list[torch.Tensor]:
     """Gradient of the mean answer NLL over `encoded`, per parameter `[1, *param.shape]`."""
     params = trainable_parameters(model)
-    total = [torch.zeros((1, *p.shape), dtype=torch.float32, device=p.device) for p in params]
+    device = params[0].device
+    total = [torch.zeros((1, *p.shape), dtype=torch.float32, device=device) for p in params]
     for _, batch in iter_batches(encoded, batch_size, pad_token_id):
+        batch = {k: v.to(device) for k, v in batch.items()}
         with torch.enable_grad():
-            loss = _batch_losses(model, batch).sum() / len(encoded)
+            logits = model(input_ids=batch["input_ids"],
+                           attention_mask=batch["attention_mask"]).logits
+            loss = mean_answer_nll(logits, batch["labels"]).sum() / len(encoded)
             grads = torch.autograd.grad(loss, params)
         for accumulated, grad in zip(total, grads, strict=True):
             accumulated += grad.float()
@@ -135,6 +108,7 @@ def gradient_features(model: torch.nn.Module, encoded: Sequence[EncodedSample],
     bar = progress_bar(total=len(encoded), desc="per-sample gradients", unit="sample")
     for indices, grads in per_sample_gradients(model, encoded, pad_token_id,
                                                batch_size=batch_size):
+        grads = [g.float() for g in grads]
         features = (sketch.project(grads) if sketch is not None
                     else torch.cat([g.reshape(len(indices), -1).cpu() for g in grads], dim=1))
         for row, index in enumerate(indices):

@@ -24,9 +24,13 @@ import torch
 import torch.nn.functional as F
 from scipy.stats import rankdata
 
-from unlearnscope.data.tokenize import IGNORE_INDEX
+from unlearnscope.data.tokenize import IGNORE_INDEX, EncodedSample
 from unlearnscope.errors import DataError
-from unlearnscope.progress import progress_bar
+from unlearnscope.models.gradients import (
+    mean_tensor_norm,
+    per_sample_gradient_norms,
+    trainable_parameters,
+)
 from unlearnscope.runs import check_finite
 
 ATTACKS = ("loss", "zlib", "min_k", "min_k_plus_plus", "gradnorm")
@@ -62,16 +66,13 @@ def content_mask(labels: torch.Tensor, eos_token_id: int | None) -> tuple[torch.
     `[batch, pos-1]`): content drops the last answer target when it is the EOS token."""
     target = labels[:, 1:]
     answer = target != IGNORE_INDEX
-    content = answer.clone()
-    if eos_token_id is not None:
-        n = answer.sum(1)
-        has_answer = n > 0
-        # right padding: the last answer target sits at (first answer index + n - 1)
-        first = answer.float().argmax(1)
-        last = (first + n - 1).clamp(min=0)
-        rows = torch.arange(labels.shape[0], device=labels.device)
-        ends_with_eos = has_answer & (target[rows, last] == eos_token_id)
-        content[rows[ends_with_eos], last[ends_with_eos]] = False
+    if eos_token_id is None:
+        return answer, answer.clone()
+    # the answer is one contiguous span: its last target is followed by a non-answer (or the
+    # end). Shifts and masks only, no indexing by values, so it also runs under vmap.
+    followed_by_answer = F.pad(answer[:, 1:], (0, 1), value=False)
+    last = answer & ~followed_by_answer
+    content = answer & ~(last & (target == eos_token_id))
     return answer, content
 
 
@@ -178,34 +179,25 @@ def privleak(auc_unlearned: float, auc_retain: float) -> float:
     return (a_unlearned - a_retain) / a_retain * 100.0
 
 
-def gradnorm_scores(model, batch: dict[str, torch.Tensor], eos_token_id: int | None, *,
-                    p: float = 2.0) -> torch.Tensor:
-    """Gradient-norm attack: per sample, the mean over parameter tensors of the p-norm of the
-    gradient of the sample's mean answer NLL (EOS excluded). `[batch]` float32.
-
-    One forward pass for the batch, then one backward pass per sample through the shared graph;
-    parameter gradients (`.grad`) are left untouched. Right padding does not mix rows, so each
-    sample's loss only depends on its own tokens.
-    """
-    params = [q for q in model.parameters() if q.requires_grad]
-    if not params:
-        raise DataError("gradnorm needs parameters that require gradients")
-    batch = {k: v.to(model.device) for k, v in batch.items()}
-    with torch.enable_grad():
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        _, content = content_mask(batch["labels"], eos_token_id)
-        target = batch["labels"][:, 1:].masked_fill(~content, 0)
+def gradnorm_scores(model, encoded: Sequence[EncodedSample], pad_token_id: int,
+                    eos_token_id: int | None, *, p: float = 2.0, batch_size: int = 16,
+                    desc: str | None = "gradnorm") -> np.ndarray:
+    """Gradient-norm attack: per sample, the mean over trainable parameter tensors of the
+    p-norm of the gradient of the sample's mean answer NLL (EOS excluded). `[n]` float64 in the
+    order of `encoded`; parameter gradients (`.grad`) are left untouched."""
+    def content_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        _, content = content_mask(labels, eos_token_id)
+        target = labels[:, 1:].masked_fill(~content, 0)
         nll = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), target, reduction="none")
-        losses = (nll * content).sum(1) / content.sum(1).clamp(min=1)
-        norms = []
-        for row in range(losses.shape[0]):
-            grads = torch.autograd.grad(losses[row], params, retain_graph=row < len(losses) - 1,
-                                        allow_unused=True)
-            per_param = [g.float().norm(p=p) for g in grads if g is not None]
-            norms.append(torch.stack(per_param).mean())
-    scores = torch.stack(norms).detach().cpu()
+        return (nll * content).sum(1) / content.sum(1).clamp(min=1)
+
+    if not trainable_parameters(model):
+        raise DataError("gradnorm needs parameters that require gradients")
+    scores = per_sample_gradient_norms(model, encoded, pad_token_id, objective=content_nll,
+                                       reduce=mean_tensor_norm(p), batch_size=batch_size,
+                                       desc=desc)
     check_finite(scores, "gradnorm attack scores")
-    return scores
+    return scores.numpy()
 
 
 def attack_scores(stats: TokenStats, answer_texts: Sequence[str], *,
@@ -222,14 +214,3 @@ def attack_scores(stats: TokenStats, answer_texts: Sequence[str], *,
             stats.logprobs, stats.vocab_mean, stats.vocab_var, stats.content_mask, k
         ).cpu().numpy()
     return scores
-
-
-def gradnorm_over_batches(model, batches, eos_token_id: int | None, *, p: float = 2.0,
-                          desc: str = "gradnorm") -> np.ndarray:
-    """`gradnorm_scores` over an iterable of `(indices, batch)`; returns `[n]` in index order."""
-    batches = list(batches)
-    n = sum(len(indices) for indices, _ in batches)
-    out = np.zeros(n, dtype=np.float64)
-    for indices, batch in progress_bar(batches, desc=desc, leave=False):
-        out[indices] = gradnorm_scores(model, batch, eos_token_id, p=p).numpy()
-    return out

@@ -42,7 +42,7 @@ from unlearnscope.evaluation.mia import (
     ATTACKS,
     DEFAULT_K,
     attack_scores,
-    gradnorm_over_batches,
+    gradnorm_scores,
     mia_auc,
     privleak,
     token_stats,
@@ -277,9 +277,8 @@ def answer_statistics(model, tokenizer, samples: Sequence[Sample], *, batch_size
 def gradnorm_attack(model, tokenizer, samples: Sequence[Sample], *, batch_size: int = 16,
                     desc: str = "gradnorm") -> np.ndarray:
     """Gradient-norm attack scores `[n]` (see `mia.gradnorm_scores`)."""
-    encoded = _encode(tokenizer, model, samples)
-    batches = iter_batches_by_length(encoded, batch_size, pad_id(tokenizer))
-    return gradnorm_over_batches(model, batches, tokenizer.eos_token_id, desc=desc)
+    return gradnorm_scores(model, _encode(tokenizer, model, samples), pad_id(tokenizer),
+                           tokenizer.eos_token_id, batch_size=batch_size, desc=desc)
 
 
 # ---------------------------------------------------------------- the whole evaluation

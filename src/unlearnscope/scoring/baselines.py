@@ -12,7 +12,8 @@ from collections.abc import Sequence
 import torch
 
 from unlearnscope.data.sample import Sample
-from unlearnscope.data.tokenize import collate, pad_id
+from unlearnscope.data.tokenize import pad_id
+from unlearnscope.models.gradients import per_sample_gradient_norms
 from unlearnscope.models.logprobs import mean_answer_nll, shift_labels, token_logprobs
 from unlearnscope.scoring.base import LogitScorer, Scorer, register_scorer
 
@@ -109,29 +110,15 @@ class Zlib(LogitScorer):
 
 @register_scorer
 class GradNorm(Scorer):
-    """L2 norm of the gradient of the sample's loss w.r.t. all trainable weights.
-
-    One forward/backward per sample (a batch would mix the samples' gradients); the norm over
-    all parameter tensors uses `torch.nn.utils.get_total_norm`, a fused multi-tensor kernel,
-    not a Python loop over parameters.
-    """
+    """L2 norm of the gradient of the sample's loss w.r.t. all trainable weights, from
+    `models.gradients` (per-sample gradients of a batch in one vmapped backward pass)."""
 
     name = "grad_norm"
     higher_is_harder = False
 
     def score(self, model, tokenizer, samples: Sequence[Sample], encoded, *, batch_size):
-        device = next(model.parameters()).device
-        params = [p for p in model.parameters() if p.requires_grad]
-        values = torch.empty(len(encoded), dtype=torch.float64)
-        for index, sample in enumerate(encoded):
-            batch = {k: v.to(device) for k, v in collate([sample], pad_id(tokenizer)).items()}
-            with torch.enable_grad():
-                logits = model(input_ids=batch["input_ids"],
-                               attention_mask=batch["attention_mask"]).logits
-                loss = mean_answer_nll(logits, batch["labels"]).sum()
-                grads = torch.autograd.grad(loss, params)
-            values[index] = float(torch.nn.utils.get_total_norm(grads, norm_type=2.0))
-        return values
+        return per_sample_gradient_norms(model, encoded, pad_id(tokenizer), batch_size=batch_size,
+                                         desc=None)
 
 
 BASELINES = ("loss", "prob", "exact_memorization", "extraction_strength", "min_k", "zlib",

@@ -27,7 +27,6 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.func import functional_call, grad, vmap
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from unlearnscope import distributed
@@ -35,10 +34,10 @@ from unlearnscope.data.sample import Sample
 from unlearnscope.data.tokenize import (
     EncodedSample,
     collate,
-    iter_batches,
     iter_batches_by_length,
     pad_id,
 )
+from unlearnscope.models.gradients import per_sample_gradient_norms
 from unlearnscope.models.logprobs import shift_labels
 from unlearnscope.progress import progress_bar
 from unlearnscope.scoring.base import Scorer, register_scorer
@@ -48,10 +47,6 @@ log = logging.getLogger(__name__)
 SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 PAPER_K = 200
 PAPER_SIGMA = 1e-5
-# Per-sample gradients held at once by the vmapped gradient norm (elements). Batching pays off
-# while they are small (a tiny model: ~3x over a loop); for SmolLM2-135M one sample's gradient
-# alone exceeds it, and measured batch 4 was 2x slower than batch 1 (memory traffic).
-PER_SAMPLE_GRADIENT_BUDGET = 2 ** 24
 
 
 def draw_seed(seed: int, draw: int) -> int:
@@ -208,38 +203,12 @@ def _squared_norm(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
 
 def logprob_gradient_norms(model, encoded: Sequence[EncodedSample], pad_token_id: int, *,
                            batch_size: int) -> torch.Tensor:
-    """||grad_theta log P(z)|| of each sample `[n_samples]` float64.
-
-    Per-sample gradients of up to `batch_size` samples at once with `torch.func.vmap(grad(...))`
-    (a plain batched backward would sum the samples' gradients), fewer when their total size
-    would pass `PER_SAMPLE_GRADIENT_BUDGET`; each sample's squared norm is taken inside the
-    vmapped function, so only the norms leave it. The
-    attention mask is left out: under vmap, transformers' mask builder branches on the mask's
-    values, and with right padding no real token attends to a padding position anyway.
-    """
+    """||grad_theta log P(z)|| over all weights, of each sample `[n_samples]` float64."""
     model = full_precision(model)
-    params = {name: p.detach() for name, p in model.named_parameters()}
-
-    def logprob(params, input_ids, labels):
-        logits = functional_call(model, params, (), {"input_ids": input_ids[None]}).logits
-        return summed_answer_logprob(logits, labels[None]).sum()
-
-    def gradient_sq_norm(params, input_ids, labels):
-        grads = grad(logprob)(params, input_ids, labels)
-        return sum(g.pow(2).sum(dtype=torch.float64) for g in grads.values())
-
-    batched = vmap(gradient_sq_norm, in_dims=(None, 0, 0))
-    n_params = sum(p.numel() for p in params.values())
-    chunk = max(1, min(batch_size, PER_SAMPLE_GRADIENT_BUDGET // n_params))
-    device = next(model.parameters()).device
-    out = torch.empty(len(encoded), dtype=torch.float64)
-    with sdpa_kernel(SDPBackend.MATH):
-        for indices, batch in progress_bar(list(iter_batches(encoded, chunk, pad_token_id)),
-                                   desc="mrd gradients", unit="batch", leave=False,
-                                   disable=not _show_bar()):
-            out[indices] = batched(params, batch["input_ids"].to(device),
-                                   batch["labels"].to(device)).cpu().sqrt()
-    return out
+    return per_sample_gradient_norms(model, encoded, pad_token_id,
+                                     objective=summed_answer_logprob, all_weights=True,
+                                     batch_size=batch_size,
+                                     desc="mrd gradients" if _show_bar() else None)
 
 
 def rademacher_probe(weights: Sequence[torch.Tensor], probe: int, seed: int) -> list[torch.Tensor]:
