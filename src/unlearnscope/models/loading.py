@@ -73,12 +73,25 @@ def _from_pretrained(source: str, *, gguf_file: str | None, dtype: torch.dtype,
     return model, tokenizer
 
 
+def _without_gguf_quantizer(model: PreTrainedModel) -> PreTrainedModel:
+    """Transformers dequantizes GGUF weights into ordinary tensors on loading but keeps the GGUF
+    quantizer on the model, and then refuses to save it: fine-tuning a GGUF model would fail
+    at its first checkpoint. The weights are plain, so the model is made a plain one."""
+    model.hf_quantizer = None
+    model.is_quantized = False
+    model.quantization_method = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    return model
+
+
 def load_model(spec: str, *, dtype: str | torch.dtype | None = None,
                device: str | torch.device | None = None,
                trust_remote_code: bool = False) -> tuple[PreTrainedModel, object]:
     """Load `(model, tokenizer)` for a spec; the model is in eval mode on `device`.
 
-    GGUF files are dequantized by transformers to `dtype` (float32 by default on CPU).
+    GGUF files are dequantized by transformers to `dtype` (float32 by default on CPU) and load
+    as an ordinary model, which saves as a normal checkpoint.
     """
     device = torch.device(device) if device is not None else default_device()
     torch_dtype = resolve_dtype(dtype, device)
@@ -112,6 +125,8 @@ def load_model(spec: str, *, dtype: str | torch.dtype | None = None,
     else:
         raise UnknownNameError("model", spec, [*NAMED_MODELS, "<hub id>", "<folder>",
                                                "<file.gguf>"])
+    if spec == "smollm2-135m" or path.suffix == ".gguf":
+        model = _without_gguf_quantizer(model)
     if tokenizer.pad_token_id is None and tokenizer.eos_token_id is not None:
         tokenizer.pad_token = tokenizer.eos_token
     model.to(device)
