@@ -265,7 +265,8 @@ def attribute(model: nn.Module, batch: dict[str, torch.Tensor], *, method: str =
         n_nodes = 2 * parts.n_layers + 1 if method == "EAP-IG-activations" else 1
         passes = _passes(method, parts, clean_embeds, base_embeds, runs, alphas, shared)
         for embeds, overrides, role in progress_bar(passes, total=n_nodes * len(alphas),
-                                            desc=f"{method} passes", leave=False, disable=None):
+                                                    desc=f"{method} passes", leave=False,
+                                                    disable=None):
             leaf = embeds.detach().requires_grad_(True)
             with recorder.recording(grads=True, writers=role is not None, embedding=leaf,
                                     overrides=overrides):

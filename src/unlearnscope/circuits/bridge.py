@@ -238,7 +238,7 @@ def attribute_bridge(model: nn.Module, batch: dict[str, torch.Tensor], *,
     gradient_sum = clean_embeds.new_zeros(len(input_ids), layout.n_backward,
                                           *clean_embeds.shape[1:], dtype=torch.float32)
     for embeds, overrides in progress_bar(passes, desc=f"{method} passes (bridge)", leave=False,
-                                  disable=None):
+                                          disable=None):
         leaf = embeds.detach().requires_grad_(True)
         gradient_sum += graph.reader_gradients(
             input_ids, attention_mask, leaf, overrides,

@@ -72,7 +72,7 @@ def compute_circuits(model, tokenizer, samples: Sequence[Sample], directory: str
     encoded = sorted(encoded, key=lambda e: len(e.prompt_ids) + len(e.answer_ids))
     writer = ShardWriter(directory, layout, rank=distributed.rank(), shard_size=shard_size)
     bar = progress_bar(total=len(encoded), desc=f"circuits ({method})", unit="sample",
-               disable=not distributed.is_main())
+                       disable=not distributed.is_main())
     for rows, batch in iter_batches(encoded, batch_size, pad_id(tokenizer)):
         result = attribute(model, batch, method=method, ig_steps=ig_steps, baseline=baseline,
                            rule=rule, metric=metric, backend=backend)

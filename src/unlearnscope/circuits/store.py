@@ -254,8 +254,9 @@ class CircuitStore:
         layout = self.layout
         masks = torch.zeros((len(sample_ids), layout.n_forward, layout.n_backward),
                             dtype=torch.bool)
-        for start in progress_bar(range(0, len(sample_ids), chunk_size), unit="chunk", leave=False,
-                          desc=f"selecting ({selection})", disable=len(sample_ids) <= chunk_size):
+        for start in progress_bar(range(0, len(sample_ids), chunk_size), unit="chunk",
+                                  leave=False, desc=f"selecting ({selection})",
+                                  disable=len(sample_ids) <= chunk_size):
             chunk = list(sample_ids[start: start + chunk_size])
             masks[start: start + len(chunk)] = select(self.scores(chunk), layout, selection,
                                                       n=n, threshold=threshold)

@@ -139,8 +139,8 @@ def finetune(model, tokenizer, samples: Sequence[Sample], out_dir: str | Path,
         log.info("resuming fine-tuning at epoch %d, batch %d", progress["epoch"],
                  progress["batch"])
     bar = progress_bar(total=len(loader) * config.epochs, initial=progress["epoch"] * len(loader) +
-               progress["batch"], desc="finetune", unit="batch",
-               disable=not accelerator.is_main_process)
+                       progress["batch"], desc="finetune", unit="batch",
+                       disable=not accelerator.is_main_process)
     for epoch in range(progress["epoch"], config.epochs):
         if progress["done"]:
             break
@@ -157,8 +157,8 @@ def finetune(model, tokenizer, samples: Sequence[Sample], out_dir: str | Path,
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad()
+            bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
             bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.3f}")
             step = epoch * len(loader) + index + 1
             if config.checkpoint_every and step % config.checkpoint_every == 0:
                 _checkpoint(accelerator, out, {"epoch": epoch, "batch": index + 1,

@@ -161,7 +161,7 @@ def monte_carlo_mrd(model, encoded: Sequence[EncodedSample], pad_token_id: int, 
     total = torch.zeros(len(encoded), dtype=torch.float64)
     try:
         for draw in progress_bar(range(k), desc="mrd draws", unit="draw", leave=False,
-                         disable=not _show_bar()):
+                                 disable=not _show_bar()):
             noise.perturb(draw, originals)
             total += torch.expm1(answer_logprobs(model, batches, len(encoded)) - base).abs()
     finally:
@@ -188,7 +188,7 @@ def _gradients_enabled(weights: Sequence[torch.Tensor]):
 def _single_sample_batches(encoded: Sequence[EncodedSample], pad_token_id: int,
                            device: torch.device) -> Iterator[dict[str, torch.Tensor]]:
     for sample in progress_bar(encoded, desc="mrd gradients", unit="sample", leave=False,
-                       disable=not _show_bar()):
+                               disable=not _show_bar()):
         yield {k: v.to(device) for k, v in collate([sample], pad_token_id).items()}
 
 

@@ -78,7 +78,7 @@ def score_samples(model, tokenizer, samples: Sequence[Sample], scorers: Sequence
     log = ProgressLog(out / "progress" / f"scores-rank{distributed.rank()}.jsonl")
     limit = max_length or model_max_length(tokenizer, model)
     bar = progress_bar(total=len(pending), desc="scoring", unit="sample",
-               disable=not distributed.is_main(), initial=0)
+                       disable=not distributed.is_main(), initial=0)
     for start in range(0, len(mine), chunk_size):
         chunk_samples = [samples[i] for i in mine[start:start + chunk_size]]
         todo = [s for s in scorers if any((x.id, s.name) not in done for x in chunk_samples)]

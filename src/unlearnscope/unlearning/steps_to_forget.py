@@ -207,7 +207,7 @@ def steps_to_forget(model, tokenizer, samples: list[Sample], *,
     retain_stream = UniformStream(max(len(retain), 1), config.seed + 1)
     records: list[dict[str, Any]] = []
     bar = progress_bar(total=len(encoded), desc=f"steps-to-forget {config.method}", unit="sample",
-               disable=not state.is_main_process)
+                       disable=not state.is_main_process)
     with warnings.catch_warnings():
         # vmap has no batching rule for CPU flash attention yet and warns once per op.
         warnings.filterwarnings("ignore", message=".*performance drop.*")

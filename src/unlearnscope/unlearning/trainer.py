@@ -265,14 +265,14 @@ def run_unlearning(model, tokenizer, forget_samples: list[Sample],
         log.info("resuming unlearning at step %d of %d", start, plan.total_steps)
 
     bar = progress_bar(total=plan.total_steps, initial=start, desc=f"unlearn {config.method}",
-               unit="step", disable=not accelerator.is_main_process)
+                       unit="step", disable=not accelerator.is_main_process)
     for step in range(start, plan.total_steps):
         record = _train_step(model, unlearner, reference, optimizer, accelerator, forget,
                              retain, forget_stream, retain_stream, pad, config, plan, step)
         scheduler.step()
         history.append(record)
+        bar.set_postfix(loss=f"{record['loss']:.4f}", refresh=False)
         bar.update(1)
-        bar.set_postfix(loss=f"{record['loss']:.4f}")
         done = step + 1
         if config.track_every and done % config.track_every == 0:
             losses = answer_losses(accelerator.unwrap_model(model), forget, pad,
