@@ -4,19 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import (
-    GPT2Config,
-    GPT2LMHeadModel,
-    GPTNeoXConfig,
-    GPTNeoXForCausalLM,
-    LlamaConfig,
-    LlamaForCausalLM,
-    PhiConfig,
-    PhiForCausalLM,
-    Qwen2Config,
-    Qwen2ForCausalLM,
-)
+from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
+from circuit_models import FAMILIES, SMALL, VOCAB, padded_batch, tiny
 from unlearnscope.circuits import GraphLayout, attribute, graph_layout
 from unlearnscope.circuits.architecture import model_parts
 from unlearnscope.circuits.metrics import answer_logprob
@@ -28,47 +18,6 @@ from unlearnscope.circuits.readers import (
 from unlearnscope.circuits.recorder import GraphRecorder
 from unlearnscope.circuits.ungroup import ungrouped_kv
 from unlearnscope.errors import DataError, NonFiniteError, UnknownNameError
-
-VOCAB = 61
-SMALL = {"hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 2,
-         "num_attention_heads": 4, "vocab_size": VOCAB, "max_position_embeddings": 32,
-         "bos_token_id": 0, "eos_token_id": 0, "pad_token_id": 0}
-
-FAMILIES = {
-    "gpt2": lambda: GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=2, n_head=4, vocab_size=VOCAB,
-                                               n_positions=32, bos_token_id=0, eos_token_id=0)),
-    "llama": lambda: LlamaForCausalLM(LlamaConfig(**SMALL)),
-    "llama-gqa": lambda: LlamaForCausalLM(LlamaConfig(**SMALL, num_key_value_heads=2)),
-    "qwen2-gqa": lambda: Qwen2ForCausalLM(Qwen2Config(**SMALL, num_key_value_heads=2)),
-    "neox-parallel": lambda: GPTNeoXForCausalLM(GPTNeoXConfig(**SMALL, use_parallel_residual=True,
-                                                              rotary_pct=0.5)),
-    "neox-sequential": lambda: GPTNeoXForCausalLM(GPTNeoXConfig(**SMALL,
-                                                                use_parallel_residual=False)),
-    "phi-gqa": lambda: PhiForCausalLM(PhiConfig(**SMALL, num_key_value_heads=2)),
-}
-
-
-def tiny(family: str):
-    torch.manual_seed(0)
-    model = FAMILIES[family]()
-    with torch.no_grad():  # larger weights than the init, so that scores are far from zero
-        for param in model.parameters():
-            if param.ndim == 2:
-                param.mul_(3.0)
-    return model.eval()
-
-
-def padded_batch(seed: int = 1) -> dict[str, torch.Tensor]:
-    """Three samples of lengths 9, 6, 8, right padded; the answer starts at position 4."""
-    torch.manual_seed(seed)
-    ids = torch.randint(1, VOCAB, (3, 9))
-    mask = torch.ones_like(ids)
-    mask[1, 6:] = 0
-    mask[2, 8:] = 0
-    ids = ids.masked_fill(mask == 0, 0)
-    labels = ids.masked_fill(mask == 0, -100)
-    labels[:, :4] = -100
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
 def test_gpt2_small_edge_count():
