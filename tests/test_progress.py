@@ -30,3 +30,16 @@ def test_only_on_a_terminal_bar_stays_silent_in_a_log(monkeypatch):
     monkeypatch.setattr("sys.stderr", log)
     list(progress_bar(range(3), disable=None, mininterval=0, delay=0))
     assert log.getvalue() == ""
+
+
+def test_nested_bars_leave_no_cursor_moves_in_a_log(monkeypatch):
+    log = io.StringIO()
+    monkeypatch.setattr("sys.stderr", log)
+    for _ in progress_bar(range(2), desc="outer", mininterval=0, delay=0, miniters=1):
+        for _ in progress_bar(range(2), desc="inner", mininterval=0, delay=0, miniters=1,
+                              leave=False):
+            pass
+    text = log.getvalue()
+    assert "\x1b" not in text and "\r" not in text
+    assert any(line.startswith("inner: 100%") for line in text.splitlines())
+    assert text.splitlines()[-1].startswith("outer: 100%")

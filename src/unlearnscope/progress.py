@@ -8,12 +8,15 @@ bar that finishes sooner prints nothing.
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Iterable
 
 from tqdm import autonotebook, std
 
 LOG_INTERVAL_S = 30.0
+# the cursor moves tqdm writes to stack nested bars on a terminal
+CURSOR_MOVES = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
 class _LineWriter:
@@ -23,7 +26,7 @@ class _LineWriter:
         self.stream = stream
 
     def write(self, text: str) -> None:
-        line = text.replace("\r", "").rstrip()
+        line = CURSOR_MOVES.sub("", text).replace("\r", "").strip()
         if line:
             self.stream.write(line + "\n")
 
