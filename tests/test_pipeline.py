@@ -1,6 +1,8 @@
 import json
 
-from unlearnscope.pipeline import DemoConfig
+import pandas as pd
+
+from unlearnscope.pipeline import DemoConfig, run_demo
 
 
 def test_demo_samples_default_to_synthetic_authors():
@@ -32,3 +34,40 @@ def test_tiny_runs_keep_their_per_method_settings():
     assert config.unlearn_settings("rmu")["lr"] == 1e-2
     assert config.unlearn_settings("npo")["lr"] == config.unlearn["lr"]
     assert config.unlearn_settings("npo")["seed"] == config.seed
+
+
+def test_a_minimal_run_writes_every_product_and_resumes(tmp_path, capsys):
+    """Every stage on a handful of synthetic samples; a second call finds every product and
+    redoes nothing."""
+    config = DemoConfig(
+        n_authors=6, questions_per_author=4, forget_fraction=0.34, max_epochs=2, mrd_draws=4,
+        ig_steps=2, methods=("grad_diff", "npo"), anchor_methods=("grad_diff", "npo"),
+        anchor_k=1, set_methods=("npo",), set_scorers=("loss", "mrd"), set_k=1,
+        schedule_methods=("npo",), schedule_budget=2,
+        unlearn={"epochs": 1, "lr": 5e-4, "batch_size": 4, "grad_accum": 1,
+                 "warmup_epochs": 0.0})
+    summary = run_demo(tmp_path, config)
+    out = tmp_path
+    scores = pd.read_parquet(out / "scores.parquet")
+    assert {"loss", "grad_norm", "mrd", "mrd_grad", "cud"} <= set(scores.scorer)
+    n_forget = summary["n_forget"]
+    assert (scores.groupby("scorer").size() == n_forget).all()
+    correlations = pd.read_csv(out / "validation" / "correlations.csv")
+    assert {"mean", "grad_diff", "npo"} <= set(correlations.method)
+    anchors = json.loads((out / "anchors" / "anchors.json").read_text())
+    held_out = set(anchors["held_out_ids"])
+    assert set(correlations.n) <= {len(held_out)}
+    sets = pd.read_csv(out / "validation" / "sets.csv")
+    assert {"easy", "hard", "random"} <= set(sets.set)
+    assert set(pd.read_csv(out / "validation" / "schedules.csv").method) == {"npo"}
+    metrics = json.loads((out / "unlearn" / "npo" / "metrics.json").read_text())
+    assert metrics["benchmark"] == "synthetic" and metrics["forget_split"] == "synthetic:forget"
+    assert "<html" in (out / "report.html").read_text()
+    assert set(summary["methods"]) == {"grad_diff", "npo"}
+    first_timings = summary["timings_s"]
+
+    capsys.readouterr()
+    again = run_demo(tmp_path, config)
+    assert "[demo] fine-tune" not in capsys.readouterr().out  # every stage skipped
+    assert again["methods"] == summary["methods"]
+    assert set(again["timings_s"]) == set(first_timings)

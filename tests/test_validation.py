@@ -1,6 +1,7 @@
 """Validation statistics against scipy and hand counts; rank averaging; exclusion; the CLI."""
 
 import json
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -96,6 +97,18 @@ def test_orientation_of_a_perfect_scorer_and_its_negative():
     assert mean.loc["reversed", "auroc"] == pytest.approx(0.0)
     assert table["method"].tolist() == ["a", "b", "mean"] * 2
     assert list(table.columns) == CORRELATION_COLUMNS
+
+
+def test_a_constant_scorer_gets_no_correlation_and_no_warning():
+    outcomes = {"a": _outcomes(EFFICACY_A)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        table = correlations(_scores({"flat": np.ones(12), "live": EFFICACY_A}), outcomes,
+                             n_boot=50)
+    flat = table[table.scorer == "flat"].iloc[0]
+    assert np.isnan(flat.spearman) and np.isnan(flat.kendall) and np.isnan(flat.spearman_low)
+    assert flat.n == 12
+    assert not np.isnan(table[table.scorer == "live"].iloc[0].spearman)
 
 
 def test_fit_ids_are_excluded_from_every_statistic():

@@ -221,8 +221,11 @@ def _unlearn(demo: Demo) -> None:
                                        holdout=demo.holdout, retain=demo.retain,
                                        retain_truth_ratios=reference.truth_ratios,
                                        retain_mia_auc=reference.mia_auc, max_new_tokens=32)
+            tofu = demo.config.tofu_dir is not None
             write_json(folder / "metrics.json", metrics_report(
-                evaluation, benchmark="synthetic", model=f"{demo.out / 'target'} + {method}",
+                evaluation, benchmark="tofu" if tofu else "synthetic",
+                forget_split=demo.config.forget_split if tofu else "synthetic:forget",
+                model=f"{demo.out / 'target'} + {method}",
                 retain_reference=str(demo.out / "retain")))
             write_parquet(folder / "per_sample.parquet", evaluation["per_sample"])
 

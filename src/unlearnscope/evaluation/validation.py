@@ -148,7 +148,8 @@ def quartile_auroc(score: np.ndarray, measured: np.ndarray) -> float:
 
 def _agreement(difficulty: np.ndarray, measured: np.ndarray, *, n_boot: int,
                seed: int) -> dict[str, float]:
-    if len(difficulty) < 3:
+    # a constant column (e.g. exact memorization 1.0 on every sample) ranks nothing
+    if len(difficulty) < 3 or np.ptp(difficulty) == 0 or np.ptp(measured) == 0:
         nan = float("nan")
         return {"spearman": nan, "spearman_low": nan, "spearman_high": nan, "kendall": nan,
                 "auroc": nan}
