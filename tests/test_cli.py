@@ -111,4 +111,4 @@ def test_bad_scorer_option_is_a_clean_error(capsys, tmp_path):
     code = main(["score", "--model", "x", "--data", DATA, "--out", str(tmp_path),
                  "--scorers", "loss", "--scorer-option", "mrd.k=5"])
     assert code == 2
-    assert "scorer 'mrd' is not in --scorers" in capsys.readouterr().err
+    assert "scorer 'mrd' is not one of loss" in capsys.readouterr().err

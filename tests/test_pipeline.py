@@ -2,6 +2,7 @@ import json
 
 import pandas as pd
 
+from unlearnscope.cli.demo import method_settings
 from unlearnscope.pipeline import DemoConfig, run_demo
 
 
@@ -71,3 +72,17 @@ def test_a_minimal_run_writes_every_product_and_resumes(tmp_path, capsys):
     assert "[demo] fine-tune" not in capsys.readouterr().out  # every stage skipped
     assert again["methods"] == summary["methods"]
     assert set(again["timings_s"]) == set(first_timings)
+
+
+def test_method_settings_split_training_keys_from_method_options():
+    base = DemoConfig().method_settings
+    settings = method_settings(["simnpo.lr=5e-4", "rmu.steering_coeff=20", "npo.beta=0.2",
+                                "npo.epochs=2"], base)
+    assert settings["simnpo"] == {"lr": 5e-4}
+    assert settings["rmu"] == {"lr": 1e-2, "method_options": {
+        "layer": 2, "steering_coeff": 20, "alpha": 10.0}}
+    assert settings["npo"] == {"epochs": 2, "method_options": {"beta": 0.2}}
+    assert base["rmu"]["method_options"]["steering_coeff"] == 10.0  # the defaults untouched
+    config = DemoConfig(method_settings=settings)
+    assert config.unlearn_settings("npo")["epochs"] == 2
+    assert config.unlearn_settings("npo")["method_options"] == {"beta": 0.2}

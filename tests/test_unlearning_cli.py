@@ -13,8 +13,8 @@ import pytest
 
 from test_unlearning_support import tiny_model, tiny_tokenizer, toy_samples
 from unlearnscope.cli import main
-from unlearnscope.cli.unlearn import parse_method_options
-from unlearnscope.errors import DataError
+from unlearnscope.cli._common import key_values, named_key_values
+from unlearnscope.errors import UnlearnscopeError
 
 
 @pytest.fixture(scope="module")
@@ -55,10 +55,17 @@ def unlearn_args(root, out, *extra):
 
 
 def test_parse_method_options():
-    assert parse_method_options(["beta=0.5", "retain_loss=kl", "trainable_layers=[0, 1]"]) == {
+    assert key_values(["beta=0.5", "retain_loss=kl", "trainable_layers=[0, 1]"], "-o") == {
         "beta": 0.5, "retain_loss": "kl", "trainable_layers": [0, 1]}
-    with pytest.raises(DataError, match="KEY=VALUE"):
-        parse_method_options(["beta"])
+    with pytest.raises(UnlearnscopeError, match="-o 'beta': expected KEY=VALUE"):
+        key_values(["beta"], "-o")
+    assert named_key_values(["npo.lr=1e-4", "rmu.steering_coeff=20", "npo.beta=0.1"],
+                            ["npo", "rmu", "simnpo"], "-s", "method") == {
+        "npo": {"lr": 1e-4, "beta": 0.1}, "rmu": {"steering_coeff": 20}, "simnpo": {}}
+    with pytest.raises(UnlearnscopeError, match="method 'ga' is not one of npo"):
+        named_key_values(["ga.lr=1"], ["npo"], "-s", "method")
+    with pytest.raises(UnlearnscopeError, match=r"expected NAME\.KEY=VALUE"):
+        named_key_values(["npo=1"], ["npo"], "-s", "method")
 
 
 def test_unlearn_cli_one_process(workspace, tmp_path, capsys):

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import json
 from typing import Any
 
 from unlearnscope.data import load_samples
+from unlearnscope.errors import UnlearnscopeError
 
 
 def add_model_args(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
@@ -47,3 +49,39 @@ def samples_from(args: argparse.Namespace, spec: str):
 def options_of(args: argparse.Namespace) -> dict[str, Any]:
     """Every parsed option except the handler, for `config.json`."""
     return {k: v for k, v in vars(args).items() if k != "func"}
+
+
+def parse_value(text: str) -> Any:
+    """A command-line option value: JSON when it parses (numbers, lists, true), else the text."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def key_values(pairs: list[str], flag: str) -> dict[str, Any]:
+    """`["beta=0.5", "retain_loss=kl"]` -> `{"beta": 0.5, "retain_loss": "kl"}`."""
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or not key:
+            raise UnlearnscopeError(f"{flag} '{pair}': expected KEY=VALUE")
+        options[key] = parse_value(text)
+    return options
+
+
+def named_key_values(pairs: list[str], names: list[str], flag: str,
+                     what: str) -> dict[str, dict[str, Any]]:
+    """`["mrd.k=50", "cud.similarity=jaccard"]` -> `{"mrd": {"k": 50}, "cud": {...}}`, one
+    entry per name in `names` (each a `what`, e.g. a scorer of --scorers)."""
+    options: dict[str, dict[str, Any]] = {name: {} for name in names}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        name, dot, option = key.partition(".")
+        if not sep or not dot or not option:
+            raise UnlearnscopeError(f"{flag} '{pair}': expected NAME.KEY=VALUE")
+        if name not in options:
+            raise UnlearnscopeError(f"{flag} '{pair}': {what} '{name}' is not one of "
+                                    f"{', '.join(names)}")
+        options[name][option] = parse_value(text)
+    return options

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import copy
 
+from unlearnscope.cli._common import named_key_values
 from unlearnscope.pipeline import DemoConfig, run_demo
+from unlearnscope.unlearning.methods import METHODS
 
 
 def register(subparsers) -> None:
@@ -38,6 +41,12 @@ def register(subparsers) -> None:
                         help="methods of the easy/hard set experiment")
     parser.add_argument("--schedule-methods", default=",".join(defaults.schedule_methods),
                         help="methods of the schedule experiment")
+    parser.add_argument("--method-setting", action="append", default=[],
+                        metavar="METHOD.KEY=VALUE",
+                        help="a per-method setting, repeatable: training keys ("
+                             f"{', '.join(defaults.unlearn)}) or any method option, e.g. "
+                             "simnpo.lr=5e-4, rmu.steering_coeff=20 (the tiny model's defaults: "
+                             f"{defaults.method_settings})")
     parser.add_argument("--n-authors", type=int, default=defaults.n_authors)
     parser.add_argument("--questions-per-author", type=int, default=defaults.questions_per_author)
     parser.add_argument("--forget-fraction", type=float, default=defaults.forget_fraction)
@@ -53,6 +62,24 @@ def register(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
+def method_settings(pairs: list[str], base: dict) -> dict:
+    """Per-method settings: `base` with each `METHOD.KEY=VALUE` of `pairs` merged in, training
+    keys at the top, method options under `method_options`."""
+    parsed = named_key_values(pairs, sorted(METHODS), "--method-setting", "method")
+    training_keys = set(DemoConfig().unlearn)
+    settings = copy.deepcopy(base)
+    for method, options in parsed.items():
+        if not options:
+            continue
+        entry = settings.setdefault(method, {})
+        for key, value in options.items():
+            if key in training_keys:
+                entry[key] = value
+            else:
+                entry.setdefault("method_options", {})[key] = value
+    return settings
+
+
 def _names(text: str) -> tuple[str, ...]:
     return tuple(name.strip() for name in text.split(",") if name.strip())
 
@@ -65,7 +92,9 @@ def run(args: argparse.Namespace) -> int:
                         lr=args.lr, max_epochs=args.max_epochs, batch_size=args.batch_size,
                         unlearn={**defaults.unlearn, "lr": args.unlearn_lr,
                                  "epochs": args.unlearn_epochs},
-                        method_settings=defaults.method_settings if args.model is None else {},
+                        method_settings=method_settings(
+                            args.method_setting,
+                            defaults.method_settings if args.model is None else {}),
                         methods=methods,
                         anchor_methods=tuple(m for m in methods if m != "grad_ascent"),
                         set_methods=_names(args.set_methods),

@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import json
 
 from unlearnscope import distributed
 from unlearnscope.cli._common import (
     add_data_args,
     add_model_args,
     add_run_args,
+    named_key_values,
     options_of,
     samples_from,
 )
-from unlearnscope.errors import UnlearnscopeError
 from unlearnscope.models import load_model
 from unlearnscope.runs import write_config
 from unlearnscope.scoring import BASELINES, SCORERS, get_scorer, score_samples
@@ -45,27 +44,9 @@ def register(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
-def scorer_options(pairs: list[str], names: list[str]) -> dict[str, dict]:
-    """`["mrd.k=50", "cud.similarity=jaccard"]` -> `{"mrd": {"k": 50}, "cud": {...}}`."""
-    options: dict[str, dict] = {name: {} for name in names}
-    for pair in pairs:
-        key, sep, text = pair.partition("=")
-        name, dot, option = key.partition(".")
-        if not sep or not dot or not option:
-            raise UnlearnscopeError(f"--scorer-option '{pair}': expected NAME.KEY=VALUE")
-        if name not in options:
-            raise UnlearnscopeError(f"--scorer-option '{pair}': scorer '{name}' is not in "
-                                    f"--scorers ({', '.join(names)})")
-        try:
-            options[name][option] = json.loads(text)
-        except json.JSONDecodeError:
-            options[name][option] = text
-    return options
-
-
 def run(args: argparse.Namespace) -> int:
     names = [name.strip() for name in args.scorers.split(",") if name.strip()]
-    options = scorer_options(args.scorer_option, names)
+    options = named_key_values(args.scorer_option, names, "--scorer-option", "scorer")
     scorers = [get_scorer(name, **options[name]) for name in names]
     samples = samples_from(args, args.data)
     model, tokenizer = load_model(args.model, dtype=args.dtype,

@@ -9,10 +9,11 @@ from unlearnscope.cli._common import (
     add_data_args,
     add_model_args,
     add_run_args,
+    key_values,
     options_of,
     samples_from,
 )
-from unlearnscope.cli.unlearn import add_training_args, parse_method_options
+from unlearnscope.cli.unlearn import add_training_args
 from unlearnscope.models import load_model
 from unlearnscope.unlearning.steps_to_forget import StepsToForgetConfig, steps_to_forget
 
@@ -47,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     samples = samples_from(args, args.data)
     retain = samples_from(args, args.retain) if args.retain else None
     config = StepsToForgetConfig(
-        method=args.method, method_options=parse_method_options(args.method_option), lr=args.lr,
+        method=args.method, method_options=key_values(args.method_option, "--method-option"), lr=args.lr,
         weight_decay=args.weight_decay, max_grad_norm=args.max_grad_norm or None, tau=args.tau,
         max_steps=args.max_steps, copies=args.copies, memory_budget_gb=args.memory_budget_gb,
         retain_batch_size=args.retain_batch_size, seed=args.seed, max_length=args.max_length)

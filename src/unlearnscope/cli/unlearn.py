@@ -3,37 +3,20 @@
 from __future__ import annotations
 
 import argparse
-import json
-from typing import Any
 
 from unlearnscope import distributed
 from unlearnscope.cli._common import (
     add_data_args,
     add_model_args,
     add_run_args,
+    key_values,
     options_of,
     samples_from,
 )
-from unlearnscope.errors import DataError
 from unlearnscope.models import load_model
 from unlearnscope.unlearning.methods import METHODS
 from unlearnscope.unlearning.samplers import SCHEDULES
 from unlearnscope.unlearning.trainer import UnlearnConfig, run_unlearning
-
-
-def parse_method_options(pairs: list[str]) -> dict[str, Any]:
-    """`["beta=0.2", "trainable_layers=[1,2]", "retain_loss=kl"]` -> a dict (JSON values, else
-    strings)."""
-    options: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        if not sep or not key:
-            raise DataError(f"--method-option expects KEY=VALUE, got '{pair}'")
-        try:
-            options[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            options[key] = raw
-    return options
 
 
 def add_training_args(parser: argparse.ArgumentParser) -> None:
@@ -100,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
     forget = samples_from(args, args.forget)
     retain = samples_from(args, args.retain) if args.retain else []
     config = UnlearnConfig(
-        method=args.method, method_options=parse_method_options(args.method_option),
+        method=args.method, method_options=key_values(args.method_option, "--method-option"),
         epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, grad_accum=args.grad_accum,
         warmup_epochs=args.warmup_epochs, lr_scheduler=args.lr_scheduler,
         weight_decay=args.weight_decay, max_grad_norm=args.max_grad_norm or None,
