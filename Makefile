@@ -25,9 +25,10 @@ test: install
 lint: install
 	$(VENV)/bin/ruff check src tests bench
 
-bench: install
-	$(PY) bench/circuits.py --quick
-	$(PY) bench/mrd.py --quick
+bench: install  # quick versions; results in runs/bench/, the full figures stay in bench/results/
+	$(PY) bench/circuits.py --quick --out runs/bench/circuits.json
+	$(PY) bench/mrd.py --quick --out runs/bench/mrd.json
+	$(PY) bench/gradients.py --quick --out runs/bench/gradients.json
 
 clean:
 	rm -rf runs $(VENV)
