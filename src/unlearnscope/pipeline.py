@@ -31,7 +31,6 @@ import torch
 from unlearnscope.anchors import read_anchors, split_fit, vote_anchors, write_anchors
 from unlearnscope.anchors.sets import AnchorSets
 from unlearnscope.circuits.compute import compute_circuits
-from unlearnscope.circuits.store import CircuitStore
 from unlearnscope.data import load_samples
 from unlearnscope.evaluation.experiments import (
     Unlearner,
@@ -51,7 +50,6 @@ from unlearnscope.report import build_report
 from unlearnscope.report.signatures import compare_easy_hard
 from unlearnscope.runs import write_config, write_json, write_parquet, write_text
 from unlearnscope.scoring import BASELINES, get_scorer, score_samples
-from unlearnscope.scoring.cud import cud_scores
 from unlearnscope.unlearning.trainer import run_unlearning
 
 METHODS = ("grad_ascent", "grad_diff", "npo", "simnpo", "undial", "rmu")
@@ -123,6 +121,11 @@ class DemoConfig:
                                data_dir=self.tofu_dir)
         return forget, retain[: 20 * self.retain_authors], holdout
 
+    def unlearner(self, target, tokenizer, retain) -> Unlearner:
+        """Runs each method from a fresh copy of `target` with `unlearn_settings(method)`."""
+        return Unlearner(target, tokenizer, retain, {**self.unlearn, "seed": self.seed},
+                         per_method=self.method_settings)
+
     def unlearn_settings(self, method: str) -> dict:
         return {**self.unlearn, "seed": self.seed, **self.method_settings.get(method, {})}
 
@@ -175,13 +178,13 @@ def _models(demo: Demo) -> None:
     demo.stage("fine-tune the target model until it has memorized the forget answers",
                out / "target" / "finetune.json",
                lambda: _train(full, out / "target", config, epochs=None,
-                                   target_samples=demo.forget))
+                              target_samples=demo.forget))
     demo.target, demo.tokenizer = load_model(str(out / "target"), dtype="float32")
     epochs = _epochs_trained(out / "target")
     demo.stage(f"fine-tune the retain model ({epochs} epochs, as the target)",
                out / "retain" / "finetune.json",
                lambda: _train(demo.retain, out / "retain", config, epochs=epochs,
-                                   vocab_samples=full))
+                              vocab_samples=full))
 
 
 def _scores(demo: Demo) -> None:
@@ -257,13 +260,11 @@ def _anchors_and_cud(demo: Demo) -> AnchorSets:
     scores = pd.read_parquet(demo.out / "scores.parquet")
     if "cud" not in set(scores.scorer):
         print("[demo] CUD: compare every circuit with the anchors' circuits")
-        store = CircuitStore.open(demo.out / "circuits")
-        values = cud_scores(store.edge_scores(ids), store.edge_scores(sets.easy),
-                            store.edge_scores(sets.hard), top_n=demo.config.circuit_top_n,
-                            vector=demo.config.cud_vector, layout=store.layout)
-        cud = pd.DataFrame({"sample_id": ids, "scorer": "cud", "value": values.numpy(),
-                            "difficulty": values.numpy()})
-        write_parquet(demo.out / "scores.parquet", pd.concat([scores, cud], ignore_index=True))
+        cud = get_scorer("cud", anchors=str(folder / "anchors.json"), circuits=str(demo.out),
+                         anchor_method="combined", top_n=demo.config.circuit_top_n,
+                         vector=demo.config.cud_vector)
+        score_samples(demo.target, demo.tokenizer, demo.forget, [cud], demo.out,
+                      batch_size=16, resume=True, merge=True)
     return sets
 
 
@@ -274,17 +275,10 @@ def _validation(demo: Demo, sets: AnchorSets) -> pd.DataFrame:
                              seed=demo.config.seed)
 
     def sets_experiment() -> None:
-        by_method = {m: Unlearner(demo.target, demo.tokenizer, demo.retain,
-                                  demo.config.unlearn_settings(m)) for m in demo.config.set_methods}
-        rows = [easy_hard_sets(by_method[m], demo.forget, scores,
-                               scorers=demo.config.set_scorers, methods=[m], k=demo.config.set_k,
-                               eligible_ids=sets.held_out_ids) for m in demo.config.set_methods]
-        table = pd.concat([r[r.method != "mean"] for r in rows], ignore_index=True)
-        mean = (table.groupby(["scorer", "set", "k"], sort=False)[["efficacy",
-                                                                   "delta_vs_random"]]
-                .mean().reset_index())
-        mean.insert(1, "method", "mean")
-        table = pd.concat([table, mean[table.columns]], ignore_index=True)
+        table = easy_hard_sets(demo.config.unlearner(demo.target, demo.tokenizer, demo.retain),
+                               demo.forget, scores, scorers=demo.config.set_scorers,
+                               methods=demo.config.set_methods, k=demo.config.set_k,
+                               eligible_ids=sets.held_out_ids)
         write_text(folder / "sets.csv", table.to_csv(index=False))
         write_text(folder / "sets.md", to_markdown(table))
 
@@ -302,15 +296,11 @@ def _validation(demo: Demo, sets: AnchorSets) -> pd.DataFrame:
                                     max_new_tokens=32, gradnorm=False)["metrics"]
             return metrics["forget_quality"], metrics["model_utility"]
 
-        tables = []
-        for method in demo.config.schedule_methods:
-            runner = Unlearner(demo.target, demo.tokenizer, demo.retain,
-                               demo.config.unlearn_settings(method))
-            tables.append(schedule_comparison(
-                runner, demo.forget, scores, methods=[method],
-                budget_steps=demo.config.schedule_budget,
-                target_efficacy=demo.config.target_efficacy, evaluate=evaluate))
-        table = pd.concat(tables, ignore_index=True)
+        table = schedule_comparison(
+            demo.config.unlearner(demo.target, demo.tokenizer, demo.retain), demo.forget,
+            scores, methods=demo.config.schedule_methods,
+            budget_steps=demo.config.schedule_budget,
+            target_efficacy=demo.config.target_efficacy, evaluate=evaluate)
         write_text(folder / "schedules.csv", table.to_csv(index=False))
         write_text(folder / "schedules.md", to_markdown(table))
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -34,6 +34,7 @@ DEFAULT_SCHEDULES = (("uniform", None), ("weighted", "mrd"), ("easy-to-hard", "c
 class Unlearner:
     """Unlearns a sample set from a fresh copy of the target model, with fixed settings.
 
+    `per_method` overrides `settings` for one method (e.g. `{"simnpo": {"lr": 2e-3}}`).
     Outcomes are cached by (method, sample ids, schedule, scorer), so scorers that pick the
     same set share one run; the cache drops the unlearned model, which only the first call
     returns.
@@ -43,6 +44,11 @@ class Unlearner:
     tokenizer: object
     retain: Sequence[Sample]
     settings: dict
+    per_method: dict = field(default_factory=dict)
+
+    def settings_for(self, method: str) -> dict:
+        """The run settings of `method`: `settings` with its `per_method` overrides."""
+        return {**self.settings, **self.per_method.get(method, {})}
 
     def __post_init__(self) -> None:
         self._cache: dict[tuple, object] = {}
@@ -56,7 +62,8 @@ class Unlearner:
         model = copy.deepcopy(self.target)
         result = run_unlearning(
             model, self.tokenizer, list(samples), list(self.retain), method, save=False,
-            schedule=schedule, difficulty=difficulty, scorer=scorer, **{**self.settings, **extra})
+            schedule=schedule, difficulty=difficulty, scorer=scorer,
+            **{**self.settings_for(method), **extra})
         self._cache[key] = dataclasses.replace(result, model=None)
         return result
 
