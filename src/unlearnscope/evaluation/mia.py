@@ -31,6 +31,7 @@ from unlearnscope.models.gradients import (
     per_sample_gradient_norms,
     trainable_parameters,
 )
+from unlearnscope.models.logprobs import token_logprobs
 from unlearnscope.runs import check_finite
 
 ATTACKS = ("loss", "zlib", "min_k", "min_k_plus_plus", "gradnorm")
@@ -186,10 +187,9 @@ def gradnorm_scores(model, encoded: Sequence[EncodedSample], pad_token_id: int,
     p-norm of the gradient of the sample's mean answer NLL (EOS excluded). `[n]` float64 in the
     order of `encoded`; parameter gradients (`.grad`) are left untouched."""
     def content_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        logprobs, _ = token_logprobs(logits, labels)
         _, content = content_mask(labels, eos_token_id)
-        target = labels[:, 1:].masked_fill(~content, 0)
-        nll = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), target, reduction="none")
-        return (nll * content).sum(1) / content.sum(1).clamp(min=1)
+        return -(logprobs * content).sum(1) / content.sum(1).clamp(min=1)
 
     if not trainable_parameters(model):
         raise DataError("gradnorm needs parameters that require gradients")
