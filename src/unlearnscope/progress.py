@@ -2,12 +2,18 @@
 
 On a terminal or in a notebook they are tqdm's own. Written to a log file or a CI console, tqdm
 redraws in place with carriage returns, which turns an hour-long run's log into one unreadable
-line; there each bar instead appends a plain line at most every `LOG_INTERVAL_S` seconds, and a
-bar that finishes sooner prints nothing.
+line; there each bar instead appends a plain line at most every `LOG_INTERVAL_S` seconds, each
+line with a count the previous one did not have, and a bar that finishes sooner prints nothing.
+
+Two tqdm defaults break that in a log and are turned off there: its monitor thread wakes every
+10 s and redraws any bar that has not printed for `maxinterval` (10 s) seconds, which shows the
+count the last line already showed; and closing a bar redraws its last state even when that
+line was just written.
 """
 
 from __future__ import annotations
 
+import math
 import re
 import sys
 from collections.abc import Iterable
@@ -34,13 +40,25 @@ class _LineWriter:
         self.stream.flush()
 
 
+class _LogBar(std.tqdm):
+    """A tqdm bar for a log: closing it adds a line only when the count moved since the last."""
+
+    def close(self) -> None:
+        if getattr(self, "last_print_n", None) == self.n:
+            self.leave = False  # tqdm's "clear the bar": nothing reaches a _LineWriter
+        super().close()
+
+
 def progress_bar(iterable: Iterable | None = None, **options) -> std.tqdm:
     """A tqdm bar over `iterable` (or a manual one with `total=`); `options` are tqdm's."""
     in_notebook = autonotebook.tqdm is not std.tqdm
     if not in_notebook and "file" not in options and not sys.stderr.isatty():
         options.setdefault("mininterval", LOG_INTERVAL_S)
         options.setdefault("delay", LOG_INTERVAL_S)
+        options.setdefault("miniters", 1)  # check the clock at every step, no guessed stride
+        options["maxinterval"] = math.inf  # the monitor thread never forces a redraw
         options["file"] = _LineWriter(sys.stderr)
         if options.get("disable", False) is None:  # tqdm's "only on a terminal"
             options["disable"] = True
+        return _LogBar(iterable, **options)
     return autonotebook.tqdm(iterable, **options)
