@@ -49,6 +49,19 @@ class _LogBar(std.tqdm):
         super().close()
 
 
+def quiet_transformers() -> None:
+    """Turn off the bars transformers draws while it loads or saves a model ("Loading weights",
+    "Writing model shards", and GGUF's "Converting and de-quantizing GGUF tensors", which
+    transformers draws with plain tqdm instead of its own switchable bar) and huggingface_hub's
+    download bars. Our own loops keep theirs. The command line calls this before every
+    command; API users call it once if they want the same."""
+    from transformers import modeling_gguf_pytorch_utils
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()
+    modeling_gguf_pytorch_utils.tqdm = transformers_logging.tqdm
+
+
 def progress_bar(iterable: Iterable | None = None, **options) -> std.tqdm:
     """A tqdm bar over `iterable` (or a manual one with `total=`); `options` are tqdm's."""
     in_notebook = autonotebook.tqdm is not std.tqdm

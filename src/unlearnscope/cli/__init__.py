@@ -1,7 +1,9 @@
 """The `unlearnscope` command line: a thin layer over the Python API.
 
-Each module in this package that defines `register(subparsers)` adds one subcommand; the
-module sets `func` on its parser to the function that runs it with the parsed arguments.
+Each module in this package that defines `register(subparsers)` adds its subcommands; the
+module sets `func` on each parser to the function that runs it with the parsed arguments.
+`--threads N` goes before or after the command name (`unlearnscope --threads 1 score ...` or
+`unlearnscope score ... --threads 1`).
 """
 
 from __future__ import annotations
@@ -14,6 +16,35 @@ import sys
 
 from unlearnscope import __version__
 from unlearnscope.errors import UnlearnscopeError
+from unlearnscope.progress import quiet_transformers
+
+THREADS_HELP = ("CPU threads for this process's torch ops (torch.set_num_threads). Default: "
+                "torch's own, $OMP_NUM_THREADS when set, else one per physical core: all "
+                "cores for one job. Two jobs side by side: --threads 1 each (README, 'Running "
+                "on a small machine')")
+
+
+def thread_count(text: str) -> int:
+    """A `--threads` value: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value}: at least 1 thread")
+    return value
+
+
+def _add_threads_to_commands(parser: argparse.ArgumentParser) -> None:
+    """Accept `--threads` after every (sub)command name too; given there, it overrides the one
+    before the name (SUPPRESS: not given leaves the main parser's value in place)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for command in action.choices.values():
+                if "--threads" not in command._option_string_actions:
+                    command.add_argument("--threads", type=thread_count, metavar="N",
+                                         default=argparse.SUPPRESS, help=THREADS_HELP)
+                _add_threads_to_commands(command)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"unlearnscope {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--threads", type=thread_count, default=None, metavar="N",
+                        help=THREADS_HELP)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
         if info.name.startswith("_"):
@@ -30,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
         module = importlib.import_module(f"{__name__}.{info.name}")
         if hasattr(module, "register"):
             module.register(subparsers)
+    _add_threads_to_commands(parser)
     return parser
 
 
@@ -41,6 +75,11 @@ def main(argv: list[str] | None = None) -> int:
     if not args.verbose:
         for noisy in ("accelerate", "transformers", "datasets", "httpx"):
             logging.getLogger(noisy).setLevel(logging.ERROR)
+    quiet_transformers()
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
     try:
         return int(args.func(args) or 0)
     except UnlearnscopeError as error:
