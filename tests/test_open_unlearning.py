@@ -120,8 +120,9 @@ def test_tofu_split_is_inferred_from_the_number_of_rows(tmp_path):
     np.testing.assert_allclose(table["efficacy"], 0.5)
     assert import_outcomes(before, after, id_prefix="forget01_perturbed")[
         "sample_id"].iloc[3] == "forget01_perturbed-00003"
-    with pytest.raises(DataError, match=r"b\.json, field 'id_prefix': 40 rows .* forget10 has 400"):
-        import_outcomes(before, after, id_prefix="forget10")
+    for wrong in ("forget10", "forget05_perturbed"):
+        with pytest.raises(DataError, match=rf"b\.json, field 'id_prefix': 40 rows .* {wrong} has"):
+            import_outcomes(before, after, id_prefix=wrong)
 
 
 def test_a_count_of_no_tofu_split_asks_for_the_prefix(logs):

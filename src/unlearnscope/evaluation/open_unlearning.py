@@ -62,7 +62,7 @@ WEIGHTS_FORMAT = "unlearnscope-weights/1"
 WEIGHTINGS = ("ease", "hardness")
 WEIGHT_COLUMNS = ["index", "sample_id", "difficulty", "weight"]
 _ROW_ID = re.compile(r"(?P<prefix>.+)-(?P<index>\d+)")
-_FORGET_SPLIT = re.compile(r"forget(\d\d)")
+_FORGET_SPLIT = re.compile(r"forget(\d\d)(_perturbed)?")
 
 
 def sample_id(id_prefix: str, index: int) -> str:
@@ -81,7 +81,8 @@ def split_sample_id(value: str, *, source: str | None = None) -> tuple[str, int]
 
 
 def tofu_forget_rows(id_prefix: str) -> int | None:
-    """Rows of the TOFU forget split `id_prefix` (`forget10`: 400), None for another prefix."""
+    """Rows of the TOFU forget split `id_prefix` (`forget10` or `forget10_perturbed`: 400),
+    None for another prefix."""
     match = _FORGET_SPLIT.fullmatch(id_prefix)
     if match is None:
         return None
