@@ -125,4 +125,5 @@ def test_finished_bar_does_not_repeat_its_last_line(monkeypatch):
         for _ in range(60):
             clock.now += 1.0
             bar.update(1)
+        bar.set_postfix(loss=0.5)  # redraws at once, with the same count
     assert _bar_lines(log.getvalue()) == [(30, 30), (60, 60)]

@@ -5,10 +5,10 @@ redraws in place with carriage returns, which turns an hour-long run's log into 
 line; there each bar instead appends a plain line at most every `LOG_INTERVAL_S` seconds, each
 line with a count the previous one did not have, and a bar that finishes sooner prints nothing.
 
-Two tqdm defaults break that in a log and are turned off there: its monitor thread wakes every
-10 s and redraws any bar that has not printed for `maxinterval` (10 s) seconds, which shows the
-count the last line already showed; and closing a bar redraws its last state even when that
-line was just written.
+Two tqdm habits break that in a log and are turned off there: its monitor thread wakes every
+10 s and redraws any bar that has not printed for `maxinterval` (10 s), often with the count the
+last line already showed; and closing a bar redraws its last state even when that line was just
+written.
 """
 
 from __future__ import annotations
@@ -41,12 +41,15 @@ class _LineWriter:
 
 
 class _LogBar(std.tqdm):
-    """A tqdm bar for a log: closing it adds a line only when the count moved since the last."""
+    """A tqdm bar for a log: it draws a line only when its count moved since its last line, so
+    no redraw (closing, `refresh()`, `set_postfix()`) repeats one."""
 
-    def close(self) -> None:
-        if getattr(self, "last_print_n", None) == self.n:
-            self.leave = False  # tqdm's "clear the bar": nothing reaches a _LineWriter
-        super().close()
+    def display(self, msg: str | None = None, pos: int | None = None) -> bool:
+        if msg is None:  # a redraw of the bar (a message, e.g. '' to clear it, passes through)
+            if self.n == getattr(self, "_logged_n", None):
+                return True
+            self._logged_n = self.n
+        return super().display(msg, pos)
 
 
 def quiet_transformers() -> None:
