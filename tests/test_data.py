@@ -129,6 +129,28 @@ def test_movielens_100k_users_history_and_answers(tmp_path):
     assert {s.get("user") for s in retain} == {1, 3}
 
 
+def test_movielens_candidates_are_the_latest_ratings_with_full_history(tmp_path):
+    folder = tmp_path / "ml-100k"
+    folder.mkdir()
+    # user 1: 12 ratings, movie m at time 10 * m; user 2: 14 ratings, times reversed
+    ratings = [f"1\t{m}\t{5 if m % 2 else 1}\t{10 * m}" for m in range(1, 13)]
+    ratings += [f"2\t{m}\t4\t{1000 - m}" for m in range(1, 15)]
+    _write(folder / "u.data", ratings)
+    _write(folder / "u.item", [f"{m}|Movie {m} (1990)|01-Jan-1990||url|0|1" for m in range(1, 15)])
+    _write(folder / "u.user", ["1|30|F|writer|00001", "2|40|M|artist|00002"])
+    samples = load_samples(f"movielens:{folder}?history=10&candidates_per_user=3&split=all")
+    by_user = {u: [s for s in samples if s.get("user") == u] for u in (1, 2)}
+    # user 1 has 2 ratings with 10 earlier ones: movies 11 and 12 (the latest)
+    assert [(s.id, s.get("movie")) for s in by_user[1]] == [("u00001-c0", 11), ("u00001-c1", 12)]
+    assert by_user[1][1].answer == "No"  # movie 12 was rated 1
+    listing = "; ".join(f"Movie {m} (1990): {5 if m % 2 else 1}/5" for m in range(2, 12))
+    assert f"recently rated: {listing}. Will this user like Movie 12 (1990)?" in by_user[1][1].question
+    # user 2 has enough ratings for all 3: the three latest by time are movies 3, 2, 1
+    assert [s.get("movie") for s in by_user[2]] == [3, 2, 1]
+    listing = "; ".join(f"Movie {m} (1990): 4/5" for m in range(11, 1, -1))
+    assert f"recently rated: {listing}. Will this user like Movie 1 (1990)?" in by_user[2][2].question
+
+
 def test_movielens_1m_layout_and_bad_line(tmp_path):
     folder = tmp_path / "ml-1m"
     folder.mkdir()

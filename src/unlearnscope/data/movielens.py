@@ -2,9 +2,10 @@
 
 Reads a GroupLens folder in the `ml-100k` layout (`u.data` tab-separated, `u.item` and `u.user`
 `|`-separated, latin-1) or the `ml-1m` layout (`ratings.dat`, `movies.dat`, `users.dat`,
-`::`-separated). For each user, the last `candidates_per_user` ratings (by time) become samples:
-the question lists the user's `history` previous ratings and asks whether the user will like the
-candidate movie; the answer is "Yes" when the rating is >= 4, else "No". Forgetting a user
+`::`-separated). For each user, the last `candidates_per_user` ratings (by time) that have
+`history` earlier ratings become samples (`c0` the earliest of them; the latest rating is
+always one): the question lists the user's `history` previous ratings and asks whether the
+user will like the candidate movie; the answer is "Yes" when the rating is >= 4, else "No". Forgetting a user
 means forgetting all of that user's samples: `split=forget` keeps the users chosen by
 `forget_users` (a count of randomly drawn users, seeded) or `users` (explicit ids), `split=retain`
 the others, `split=all` everyone.
@@ -116,10 +117,9 @@ def load_movielens(folder: str, *, split: str = "all", history: int = 10,
         if (split == "forget") != (user in chosen) and split != "all":
             continue
         history_sorted = sorted(by_user[user], key=lambda r: (r.time, r.movie))
-        for c in range(min(candidates_per_user, len(history_sorted) - history)):
-            position = len(history_sorted) - candidates_per_user + c
-            if position < history:
-                continue
+        n_candidates = min(candidates_per_user, len(history_sorted) - history)
+        for c in range(n_candidates):
+            position = len(history_sorted) - n_candidates + c
             candidate = history_sorted[position]
             seen = history_sorted[position - history: position]
             listing = "; ".join(f"{titles.get(r.movie, f'movie {r.movie}')}: {r.rating}/5"
