@@ -2,7 +2,9 @@
 
 TOFU's "full" model memorizes forget + retain; its "retain" model sees the retain set only.
 The loop is plain PyTorch on Accelerate (`torchrun`/`accelerate launch` give data parallelism):
-AdamW, linear warm-up and decay, gradient accumulation, checkpoints with `--resume`.
+AdamW, linear warm-up and decay, gradient accumulation, checkpoints with `--resume`. The
+scheduler advances once per optimizer update whatever the number of processes, so a run on P
+processes with batch b follows the learning-rate schedule of one process with batch P * b.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
 
+import pandas as pd
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
@@ -33,7 +36,7 @@ from unlearnscope.models.loading import MODEL_SUBDIR
 from unlearnscope.models.logprobs import answer_nll, mean_answer_nll
 from unlearnscope.models.tiny import TinyConfig, build_tiny_model
 from unlearnscope.progress import progress_bar
-from unlearnscope.runs import check_finite, write_json
+from unlearnscope.runs import check_finite, write_json, write_parquet
 
 log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint"
@@ -110,8 +113,10 @@ def finetune(model, tokenizer, samples: Sequence[Sample], out_dir: str | Path,
     With `config.target_prob`, training stops after the first epoch whose mean answer
     probability on `target_samples` (default: the training samples) reaches it.
     Writes `out_dir/model/` with `save_pretrained` weights and the tokenizer (load it with
-    `load_model(out_dir)`), and `out_dir/finetune.json` with the final mean answer probability
-    on the training data and the number of epochs trained.
+    `load_model(out_dir)`), `out_dir/finetune.json` with the final mean answer probability
+    on the training data and the number of epochs trained, and `out_dir/training.parquet`, one
+    row per optimizer update: `update` (1, 2, ...), `epoch`, `lr` (the rate that update used)
+    and `loss` (the main process's mean micro-batch loss over the update).
     """
     out = Path(out_dir)
     accelerator = Accelerator(gradient_accumulation_steps=config.grad_accum,
@@ -130,14 +135,19 @@ def finetune(model, tokenizer, samples: Sequence[Sample], out_dir: str | Path,
     scheduler = get_scheduler("linear", optimizer,
                               num_warmup_steps=int(config.warmup_ratio * total_updates),
                               num_training_steps=total_updates)
-    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
-    progress = {"epoch": 0, "batch": 0, "done": False}
+    # The scheduler is stepped by hand once per optimizer update; preparing it would make
+    # Accelerate step it once per process.
+    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    accelerator.register_for_checkpointing(scheduler)
+    progress = {"epoch": 0, "batch": 0, "done": False, "history": []}
     epochs_trained = 0
     if resume and _state_path(out).is_file():
         accelerator.load_state(str(out / CHECKPOINT))
         progress = json.loads(_state_path(out).read_text())
         log.info("resuming fine-tuning at epoch %d, batch %d", progress["epoch"],
                  progress["batch"])
+    history = progress["history"]
+    update_losses: list[float] = []
     bar = progress_bar(total=len(loader) * config.epochs, initial=progress["epoch"] * len(loader) +
                        progress["batch"], desc="finetune", unit="batch",
                        disable=not accelerator.is_main_process)
@@ -154,15 +164,21 @@ def finetune(model, tokenizer, samples: Sequence[Sample], out_dir: str | Path,
                 loss = mean_answer_nll(logits, batch["labels"]).mean()
                 check_finite(loss.detach(), f"fine-tuning loss (epoch {epoch}, batch {index})")
                 accelerator.backward(loss)
+                update_losses.append(loss.item())
+                lr = optimizer.param_groups[0]["lr"]
                 optimizer.step()
-                scheduler.step()
+                if accelerator.sync_gradients:
+                    scheduler.step()
+                    history.append({"update": len(history) + 1, "epoch": epoch, "lr": lr,
+                                    "loss": sum(update_losses) / len(update_losses)})
+                    update_losses = []
                 optimizer.zero_grad()
             bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
             bar.update(1)
             step = epoch * len(loader) + index + 1
             if config.checkpoint_every and step % config.checkpoint_every == 0:
                 _checkpoint(accelerator, out, {"epoch": epoch, "batch": index + 1,
-                                               "done": False})
+                                               "done": False, "history": history})
         epochs_trained = epoch + 1
         if config.target_prob is not None:
             prob = mean_answer_prob(accelerator.unwrap_model(model), tokenizer,
@@ -172,7 +188,8 @@ def finetune(model, tokenizer, samples: Sequence[Sample], out_dir: str | Path,
                 bar.close()
                 progress["done"] = True
                 break
-        _checkpoint(accelerator, out, {"epoch": epoch + 1, "batch": 0, "done": False})
+        _checkpoint(accelerator, out, {"epoch": epoch + 1, "batch": 0, "done": False,
+                                       "history": history})
     epochs_trained = max(epochs_trained, progress["epoch"])
     bar.close()
     model = accelerator.unwrap_model(model)
@@ -185,6 +202,8 @@ def finetune(model, tokenizer, samples: Sequence[Sample], out_dir: str | Path,
         write_json(out / "finetune.json", {"mean_answer_prob": final_prob,
                                            "epochs_trained": epochs_trained,
                                            "n_samples": len(samples), **asdict(config)})
+        write_parquet(out / "training.parquet",
+                      pd.DataFrame(history, columns=["update", "epoch", "lr", "loss"]))
         shutil.rmtree(out / CHECKPOINT, ignore_errors=True)
     accelerator.wait_for_everyone()
     print(f"mean answer probability on the training data: {final_prob:.4f}")
