@@ -127,3 +127,29 @@ def test_masked_token_mean_empty_row_is_zero():
     values = torch.tensor([[1.0, 2.0], [3.0, 5.0]])
     mask = torch.tensor([[False, False], [True, True]])
     assert losses.masked_token_mean(values, mask).tolist() == [0.0, 4.0]
+
+
+def slow_answer_nll(logits: torch.Tensor, labels: torch.Tensor) -> list[list[float]]:
+    """Per sample, the NLL of each answer token, from a hand softmax."""
+    return [[-math.log(softmax(logits[b, t].tolist())[int(labels[b, t + 1])]) for t in positions]
+            for b, positions in enumerate(answer_positions(labels))]
+
+
+def test_nll_batch_mean_token_and_sample_weighting_by_hand():
+    logits = fixed_logits(4)
+    per_token = slow_answer_nll(logits, LABELS)
+    assert [len(t) for t in per_token] == [2, 4]  # answers of different lengths
+    per_sample = torch.tensor([sum(t) / len(t) for t in per_token])
+    token = losses.nll_batch_mean(per_sample, LABELS, "token")
+    sample = losses.nll_batch_mean(per_sample, LABELS, "sample")
+    every_token = [v for t in per_token for v in t]
+    assert token.item() == pytest.approx(sum(every_token) / 6, rel=1e-6)
+    assert sample.item() == pytest.approx((sum(per_token[0]) / 2 + sum(per_token[1]) / 4) / 2,
+                                          rel=1e-6)
+    assert token.item() != pytest.approx(sample.item(), rel=1e-3)
+    # token weighting is HF's causal-LM loss: cross-entropy over every shifted answer label
+    hf_style = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, 3),
+                                                 LABELS[:, 1:].reshape(-1))
+    assert token.item() == pytest.approx(hf_style.item(), rel=1e-6)
+    with pytest.raises(ValueError, match="unknown NLL weighting 'tokens'"):
+        losses.nll_batch_mean(per_sample, LABELS, "tokens")

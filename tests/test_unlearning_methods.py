@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import copy
+import json
 import math
 
+import pandas as pd
 import pytest
 import torch
 
 from test_unlearning_support import tiny_model, tiny_tokenizer, toy_samples
 from unlearnscope.data.tokenize import collate, encode_samples, pad_id
-from unlearnscope.errors import UnknownNameError
+from unlearnscope.errors import DataError, UnknownNameError
 from unlearnscope.models.logprobs import mean_answer_nll
-from unlearnscope.unlearning.methods import METHODS, get_method
+from unlearnscope.unlearning import trainer
+from unlearnscope.unlearning.methods import METHODS, RMU_SETTINGS, get_method
+from unlearnscope.unlearning.trainer import run_unlearning
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +45,9 @@ def test_registry_has_every_method_and_rejects_unknown_names():
     assert get_method("undial").beta == 10.0
     assert not get_method("grad_ascent").uses_retain
     assert get_method("grad_diff", retain_loss="kl").uses_reference
+    assert {get_method(name).nll_weighting for name in METHODS} == {"token"}
+    with pytest.raises(UnknownNameError, match="unknown nll_weighting 'tokens'"):
+        get_method("grad_diff", nll_weighting="tokens")
 
 
 @pytest.mark.parametrize("name", sorted(METHODS))
@@ -58,14 +65,30 @@ def test_padding_in_a_batch_changes_no_sample(name, setup):
     torch.testing.assert_close(together, alone, rtol=1e-4, atol=1e-5)
 
 
+def answer_tokens(batch) -> list[int]:
+    """Answer tokens (labels after the shift) per sample of a collated batch."""
+    return (batch["labels"][:, 1:] != -100).sum(dim=1).tolist()
+
+
 def test_grad_ascent_is_negative_answer_nll_and_one_step_raises_forget_loss(setup):
     tokenizer, _, _, encoded = setup
     model = tiny_model(tokenizer, seed=0)
     batch = batch_of(encoded, tokenizer, [0, 1, 2])
+    counts = answer_tokens(batch)
+    assert len(set(counts)) > 1  # answers of different lengths
+    with torch.no_grad():
+        output = model(**batch)  # HF's loss: the mean over every answer token of the batch
+        before = mean_answer_nll(output.logits, batch["labels"])
+    by_token = sum(n * v for n, v in zip(counts, before.tolist(), strict=True)) / sum(counts)
+    assert output.loss.item() == pytest.approx(by_token, rel=1e-6)
+    sample = get_method("grad_ascent", nll_weighting="sample").loss(model, batch, None, None)
+    assert sample.total.item() == pytest.approx(-before.mean().item(), rel=1e-6)
     method = get_method("grad_ascent")
-    before = mean_answer_nll(model(**batch).logits, batch["labels"])
     parts = method.loss(model, batch, None, None)
-    assert parts.total.item() == pytest.approx(-before.mean().item(), rel=1e-6)
+    assert parts.total.item() == pytest.approx(-output.loss.item(), rel=1e-6)
+    # the two weightings differ (per-sample NLLs of a random model differ little) by far more
+    # than the tolerance above
+    assert abs(parts.total.item() - sample.total.item()) > 50 * 1e-6 * abs(sample.total.item())
     assert parts.retain is None
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
     parts.total.backward()
@@ -111,16 +134,49 @@ def test_kl_retain_term_is_zero_at_the_reference_and_total_combines_terms(setup)
     nll_method = get_method("grad_diff", gamma=2.0, alpha=3.0)
     parts = nll_method.loss(model, forget, retain, None)
     with torch.no_grad():
-        f = mean_answer_nll(model(**forget).logits, forget["labels"]).mean()
-        r = mean_answer_nll(model(**retain).logits, retain["labels"]).mean()
+        f, r = model(**forget).loss, model(**retain).loss
     assert parts.total.item() == pytest.approx((-2.0 * f + 3.0 * r).item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("name", ["grad_diff", "npo", "simnpo"])
+def test_nll_retain_term_is_token_weighted_by_default_and_per_sample_by_option(name, setup):
+    tokenizer, model, reference, encoded = setup
+    forget, retain = batch_of(encoded, tokenizer, [0]), batch_of(encoded, tokenizer, [3, 5, 7])
+    counts = answer_tokens(retain)
+    assert len(set(counts)) > 1
+    with torch.no_grad():
+        per_sample = mean_answer_nll(model(**retain).logits, retain["labels"]).tolist()
+        token = get_method(name).loss(model, forget, retain, reference).retain
+        sample = get_method(name, nll_weighting="sample").loss(model, forget, retain,
+                                                               reference).retain
+    hand_token = sum(n * v for n, v in zip(counts, per_sample, strict=True)) / sum(counts)
+    assert token.item() == pytest.approx(hand_token, rel=1e-6)
+    assert sample.item() == pytest.approx(sum(per_sample) / 3, rel=1e-6)
+    assert token.item() != pytest.approx(sample.item(), rel=1e-4)
+
+
+@pytest.mark.parametrize("name", ["npo", "simnpo", "undial", "rmu"])
+@pytest.mark.parametrize("weighting", ["token", "sample"])
+def test_other_forget_terms_stay_plain_means_of_per_sample_values(name, weighting, setup):
+    """NPO, SimNPO, UNDIAL and RMU average their per-sample forget values with equal weights
+    (DESIGN 5.2) whatever `nll_weighting` says."""
+    tokenizer, model, reference, encoded = setup
+    forget = batch_of(encoded, tokenizer, [0, 1, 2])
+    assert len(set(answer_tokens(forget))) > 1
+    options = {"layer": 0, "nll_weighting": weighting}
+    method = get_method(name, **options) if name == "rmu" else get_method(
+        name, nll_weighting=weighting)
+    with torch.no_grad():
+        per_sample = method.forget_loss(model, forget, reference)
+        parts = method.loss(model, forget, None, reference)
+    assert parts.forget.item() == pytest.approx(per_sample.mean().item(), rel=1e-6)
 
 
 def test_rmu_hand_value_trainable_layers_and_zero_retain_at_reference(setup):
     tokenizer, _, _, encoded = setup
     model = tiny_model(tokenizer, seed=0, layers=3)
     reference = copy.deepcopy(model).requires_grad_(False)
-    method = get_method("rmu", layer=1, steering_coeff=5.0, seed=3)
+    method = get_method("rmu", setting="small-model", layer=1, steering_coeff=5.0, seed=3)
     method.prepare(model)
     trainable = sorted(n for n, p in model.named_parameters() if p.requires_grad)
     assert trainable == [f"model.layers.{i}.mlp.down_proj.weight" for i in (0, 1)]
@@ -140,11 +196,116 @@ def test_rmu_hand_value_trainable_layers_and_zero_retain_at_reference(setup):
     assert all((p.grad is None) != p.requires_grad for p in model.parameters())
 
 
-def test_rmu_default_layer_scales_open_unlearnings_choice_and_options_show_it(setup):
+def test_rmu_small_model_setting_scales_the_layer_and_options_show_it(setup):
     tokenizer = setup[0]
-    method = get_method("rmu")
+    method = get_method("rmu", setting="small-model")
     assert [method.resolved_layer(n) for n in (16, 30, 4, 2, 1)] == [7, 14, 1, 0, 0]
     assert get_method("rmu", layer=9).resolved_layer(4) == 3
-    method.prepare(tiny_model(tokenizer, layers=4))
-    assert method.options["layer"] == 1 and method.options["trainable_layers"] == [0, 1]
-    assert method.options["steering_coeff"] == 300.0 and method.options["alpha"] == 1000.0
+    model = tiny_model(tokenizer, layers=4)
+    method.prepare(model)
+    assert method.options == {
+        "setting": "small-model", "gamma": 1.0, "alpha": 1000.0, "retain_loss": "hidden_mse",
+        "nll_weighting": "token", "steering_coeff": 300.0, "layer": 1, "trainable_layers": [0, 1],
+        "trainable_params": r"mlp\.(down_proj|c_proj|dense_4h_to_h|fc_out|fc2)\.weight",
+        "steering_scale": None, "seed": 0, "forget_hidden_norm": None}
+    assert sorted(n for n, p in model.named_parameters() if p.requires_grad) == [
+        f"model.layers.{i}.mlp.down_proj.weight" for i in (0, 1)]
+    # explicit options win over the setting's
+    assert get_method("rmu", setting="small-model", alpha=10.0).options["alpha"] == 10.0
+
+
+def test_rmu_reference_setting_is_open_unlearnings_config_and_trains_everything(setup):
+    """open-unlearning's configs/trainer/RMU.yaml: steering_coeff 2, alpha 1, gamma 1,
+    EMBED_DIFF retain, module model.layers.7, trainable_params_regex `.*`."""
+    tokenizer = setup[0]
+    assert get_method("rmu").setting == "reference"
+    method = get_method("rmu")
+    model = tiny_model(tokenizer, layers=8)
+    method.prepare(model)
+    assert method.options == {
+        "setting": "reference", "gamma": 1.0, "alpha": 1.0, "retain_loss": "hidden_mse",
+        "nll_weighting": "token", "steering_coeff": 2.0, "layer": 7, "trainable_layers": "all",
+        "trainable_params": None, "steering_scale": None, "seed": 0, "forget_hidden_norm": None}
+    assert all(p.requires_grad for p in model.parameters())
+    assert method.steering_vector(32).norm().item() == pytest.approx(2.0, rel=1e-6)
+    assert method.uses_reference
+    small = get_method("rmu", setting="small-model", trainable_layers="all")
+    assert small.trainable_params is None and small.alpha == 1000.0
+    with pytest.raises(UnknownNameError, match="unknown rmu setting 'tiny'"):
+        get_method("rmu", setting="tiny")
+    with pytest.raises(DataError, match="leave trainable_params unset"):
+        get_method("rmu", trainable_params="mlp.*")
+    with pytest.raises(DataError, match=r"'rmu\.trainable_layers'"):
+        get_method("rmu", trainable_layers="some")
+    assert set(RMU_SETTINGS) == {"reference", "small-model"}
+
+
+def hand_mean_norm(model, batches, layer: int) -> float:
+    """Mean L2 norm of block `layer`'s output over answer positions, from HF hidden states."""
+    norms = []
+    with torch.no_grad():
+        for batch in batches:
+            hidden = model(**batch, output_hidden_states=True).hidden_states[layer + 1]
+            for row in range(hidden.shape[0]):
+                answer = batch["labels"][row] != -100
+                norms.extend(hidden[row, answer].norm(dim=-1).tolist())
+    return sum(norms) / len(norms)
+
+
+def test_rmu_auto_steering_coeff_is_scale_times_the_measured_hidden_norm(setup):
+    tokenizer, _, _, encoded = setup
+    model = tiny_model(tokenizer, seed=2, layers=3)
+    forget = encoded[:5]
+    batches = [batch_of(encoded, tokenizer, [i]) for i in range(5)]  # one at a time: no padding
+    norm = hand_mean_norm(model, batches, layer=1)
+    method = get_method("rmu", steering_coeff="auto", steering_scale=0.5, layer=1)
+    method.prepare(model, forget, pad_token_id=pad_id(tokenizer))
+    assert method.options["forget_hidden_norm"] == pytest.approx(norm, rel=1e-5)
+    assert method.options["steering_coeff"] == pytest.approx(0.5 * norm, rel=1e-5)
+    assert method.options["steering_scale"] == 0.5
+    assert method.steering_vector(32).norm().item() == pytest.approx(0.5 * norm, rel=1e-5)
+    assert get_method("rmu", steering_coeff="auto").steering_scale == 1.0
+    with pytest.raises(DataError, match="measured on the forget samples"):
+        get_method("rmu", steering_coeff="auto", layer=1).prepare(model)
+    with pytest.raises(DataError, match="steering_scale applies to steering_coeff='auto'"):
+        get_method("rmu", steering_scale=2.0)
+    with pytest.raises(DataError, match="expected a number or 'auto'"):
+        get_method("rmu", steering_coeff="big")
+
+
+def test_rmu_auto_steering_coeff_is_recorded_and_stable_across_resume(setup, tmp_path,
+                                                                      monkeypatch):
+    tokenizer = setup[0]
+    forget, retain = toy_samples("f")[:4], toy_samples("r")[4:]
+    settings = {"epochs": 2, "lr": 5e-3, "batch_size": 2, "grad_accum": 1, "warmup_epochs": 0.0,
+                "checkpoint_every": 1, "save": False,
+                "method_options": {"setting": "small-model", "steering_coeff": "auto",
+                                   "steering_scale": 2.0, "layer": 1, "alpha": 1.0}}
+    straight = run_unlearning(tiny_model(tokenizer, layers=3), tokenizer, forget, retain, "rmu",
+                              out_dir=tmp_path / "straight", **settings)
+    encoded = encode_samples(tokenizer, forget).samples
+    norm = hand_mean_norm(tiny_model(tokenizer, layers=3),
+                          [batch_of(encoded, tokenizer, [i]) for i in range(4)], layer=1)
+    recorded = json.loads((tmp_path / "straight" / "config.json").read_text())
+    options = recorded["options"]["method_options"]
+    assert options["steering_coeff"] == pytest.approx(2.0 * norm, rel=1e-5)
+    assert options["forget_hidden_norm"] == pytest.approx(norm, rel=1e-5)
+    assert straight.summary["method_options"] == options
+
+    real_step = trainer._train_step
+
+    def killed_at_step_three(*args, **kwargs):
+        if args[-1] == 2:
+            raise KeyboardInterrupt
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "_train_step", killed_at_step_three)
+    with pytest.raises(KeyboardInterrupt):
+        run_unlearning(tiny_model(tokenizer, layers=3), tokenizer, forget, retain, "rmu",
+                       out_dir=tmp_path / "resumed", **settings)
+    monkeypatch.setattr(trainer, "_train_step", real_step)
+    resumed = run_unlearning(tiny_model(tokenizer, layers=3), tokenizer, forget, retain, "rmu",
+                             out_dir=tmp_path / "resumed", resume=True, **settings)
+    again = json.loads((tmp_path / "resumed" / "config.json").read_text())
+    assert again["options"]["method_options"] == options
+    pd.testing.assert_frame_equal(straight.outcomes, resumed.outcomes, rtol=1e-6)

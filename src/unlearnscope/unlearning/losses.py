@@ -1,7 +1,8 @@
 """Per-sample unlearning loss terms, computed from logits or hidden states (DESIGN 5.2).
 
-Every function returns one value per sample, `[batch]`, so methods, tests and per-sample
-unlearning share the same numbers. Prompt and padding positions never contribute: token terms
+Every loss function returns one value per sample, `[batch]`, so methods, tests and per-sample
+unlearning share the same numbers; `nll_batch_mean` says how per-sample answer NLLs combine
+into a batch's term. Prompt and padding positions never contribute: token terms
 are masked to the answer positions (`labels != -100`) and averaged over that sample's answer
 tokens only. open-unlearning averages UNDIAL and the KL regularizer over every position
 (prompt and padding included); these do not.
@@ -19,6 +20,22 @@ def masked_token_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean of `values` `[batch, pos]` over positions where `mask` `[batch, pos]` is True: `[batch]`."""
     mask = mask.to(values.dtype)
     return (values * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)
+
+
+def nll_batch_mean(nll: torch.Tensor, labels: torch.Tensor, weighting: str) -> torch.Tensor:
+    """Batch mean (a scalar) of per-sample mean answer NLLs, nll `[batch]`, labels `[batch, pos]`.
+
+    `token`: each sample weighted by its number of answer tokens, i.e. the batch's summed
+    answer NLL over its answer tokens (HF's `model(**batch).loss`, as open-unlearning takes
+    it); `sample`: every sample weighs the same, however long its answer.
+    """
+    if weighting == "sample":
+        return nll.mean()
+    if weighting != "token":
+        raise ValueError(f"unknown NLL weighting '{weighting}' (token, sample)")
+    _, mask = shift_labels(labels)
+    tokens = mask.sum(dim=1).to(nll.dtype)
+    return (nll * tokens).sum() / tokens.sum().clamp(min=1)
 
 
 def npo_loss(logp: torch.Tensor, logp_ref: torch.Tensor, beta: float) -> torch.Tensor:

@@ -1,7 +1,13 @@
 """Unlearning methods: each a small class that only defines its forget loss (DESIGN 5.2).
 
-`L = gamma * L_forget + alpha * L_retain`, every term the batch mean of per-sample values
-(`unlearnscope.unlearning.losses`). Defaults follow open-unlearning's TOFU configs. A method
+`L = gamma * L_forget + alpha * L_retain`, each term a batch mean of per-sample values
+(`unlearnscope.unlearning.losses`). The answer-NLL terms (GradAscent's and GradDiff's forget
+term, and the `nll` retain term of every method) weight each sample by its number of answer
+tokens, `nll_weighting="token"`: the mean over every answer token of the (micro-)batch, which
+is the `model(**batch).loss` open-unlearning takes; `nll_weighting="sample"` weights every
+sample equally, so long answers count as much as short ones. The other terms (NPO, SimNPO,
+UNDIAL, RMU, the KL regularizer) are plain means of their per-sample values (DESIGN 5.2).
+Defaults follow open-unlearning's TOFU configs (for RMU its `setting="reference"`). A method
 is called with the trainable `model` (an HF causal LM, a DDP wrapper of one, or any callable
 taking `input_ids`/`attention_mask` and returning `.logits`), a forget batch, a retain batch
 (or None) and the frozen `reference` model (None unless `uses_reference`). Batches are the
@@ -14,7 +20,7 @@ Add a method: one subclass defining `forget_loss`, and one line in `METHODS`.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -22,8 +28,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from unlearnscope.data.tokenize import IGNORE_INDEX
-from unlearnscope.errors import UnknownNameError
+from unlearnscope.data.tokenize import IGNORE_INDEX, EncodedSample, iter_batches_by_length
+from unlearnscope.errors import DataError, UnknownNameError
 from unlearnscope.models.logprobs import mean_answer_nll, sequence_logprob
 from unlearnscope.unlearning import losses
 
@@ -53,6 +59,7 @@ def kl_retain(model, batch: Batch, reference: nn.Module | None) -> torch.Tensor:
 
 
 RETAIN_LOSSES: dict[str, Callable[..., torch.Tensor]] = {"nll": nll_retain, "kl": kl_retain}
+NLL_WEIGHTINGS = ("token", "sample")
 
 
 @dataclass
@@ -68,12 +75,16 @@ class UnlearningMethod:
     """Base class: `loss = gamma * mean(forget_loss) + alpha * mean(retain_loss)`.
 
     `retain_loss` names an entry of `RETAIN_LOSSES` or is None (no retain term); the retain
-    forward is skipped when `alpha == 0`.
+    forward is skipped when `alpha == 0`. Answer-NLL terms (the `nll` retain term, and the
+    forget term where `forget_is_nll`) are averaged as `nll_weighting` says
+    (`losses.nll_batch_mean`), the others with equal weights.
     """
 
     name: ClassVar[str]
     forget_needs_reference: ClassVar[bool] = False
-    defaults: ClassVar[dict[str, Any]] = {"gamma": 1.0, "alpha": 1.0, "retain_loss": "nll"}
+    forget_is_nll: ClassVar[bool] = False
+    defaults: ClassVar[dict[str, Any]] = {"gamma": 1.0, "alpha": 1.0, "retain_loss": "nll",
+                                          "nll_weighting": "token"}
 
     def __init__(self, **options: Any) -> None:
         settings = {**UnlearningMethod.defaults, **self.defaults}
@@ -86,6 +97,8 @@ class UnlearningMethod:
             setattr(self, key, value)
         if self.retain_loss is not None and self.retain_loss not in self.retain_losses():
             raise UnknownNameError("retain loss", self.retain_loss, list(self.retain_losses()))
+        if self.nll_weighting not in NLL_WEIGHTINGS:
+            raise UnknownNameError("nll_weighting", self.nll_weighting, list(NLL_WEIGHTINGS))
 
     @property
     def options(self) -> dict[str, Any]:
@@ -104,29 +117,44 @@ class UnlearningMethod:
         """Whether a frozen copy of the starting model is needed."""
         return self.forget_needs_reference or (self.uses_retain and self.retain_loss == "kl")
 
-    def prepare(self, model: nn.Module) -> None:
-        """Adjust the model before the optimizer is built (e.g. freeze parameters)."""
+    def prepare(self, model: nn.Module, forget: Sequence[EncodedSample] | None = None, *,
+                pad_token_id: int = 0) -> None:
+        """Adjust the model before the optimizer is built (e.g. freeze parameters).
+
+        `forget` (the encoded forget samples, padded with `pad_token_id` when batched) is
+        for methods that measure the starting model on them (RMU's `steering_coeff="auto"`).
+        """
 
     def forget_loss(self, model, batch: Batch, reference: nn.Module | None) -> torch.Tensor:
         """Per-sample forget term `[batch]`."""
         raise NotImplementedError
 
+    def nll_mean(self, nll: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """Batch mean (scalar) of per-sample mean answer NLLs `[batch]`, by `nll_weighting`."""
+        return losses.nll_batch_mean(nll, batch["labels"], self.nll_weighting)
+
     def loss(self, model, forget: Batch, retain: Batch | None,
              reference: nn.Module | None) -> LossParts:
-        forget_term = self.forget_loss(model, forget, reference).mean()
+        forget_values = self.forget_loss(model, forget, reference)
+        forget_term = (self.nll_mean(forget_values, forget) if self.forget_is_nll
+                       else forget_values.mean())
         total = self.gamma * forget_term
         retain_term = None
         if self.uses_retain and retain is not None:
-            retain_term = self.retain_losses()[self.retain_loss](model, retain, reference).mean()
+            retain_values = self.retain_losses()[self.retain_loss](model, retain, reference)
+            retain_term = (self.nll_mean(retain_values, retain) if self.retain_loss == "nll"
+                           else retain_values.mean())
             total = total + self.alpha * retain_term
         return LossParts(total, forget_term.detach(),
                          None if retain_term is None else retain_term.detach())
 
 
 class GradAscent(UnlearningMethod):
-    """Gradient ascent: `L_forget = -NLL` (mean answer NLL per sample), no retain term."""
+    """Gradient ascent: `L_forget = -NLL` (by default the mean NLL over the batch's answer
+    tokens, open-unlearning's `-model(**batch).loss`), no retain term."""
 
     name = "grad_ascent"
+    forget_is_nll = True
     defaults: ClassVar[dict[str, Any]] = {"alpha": 0.0, "retain_loss": None}
 
     def forget_loss(self, model, batch: Batch, reference: nn.Module | None) -> torch.Tensor:
@@ -134,7 +162,8 @@ class GradAscent(UnlearningMethod):
 
 
 class GradDiff(GradAscent):
-    """Gradient difference: ascent on the forget NLL, descent on the retain NLL."""
+    """Gradient difference: ascent on the forget NLL, descent on the retain NLL (both token
+    means over the batch by default)."""
 
     name = "grad_diff"
     defaults: ClassVar[dict[str, Any]] = {"gamma": 1.0, "alpha": 1.0, "retain_loss": "nll"}
@@ -201,27 +230,72 @@ def capture_output(module: nn.Module):
         handle.remove()
 
 
+MLP_DOWN_PROJ = r"mlp\.(down_proj|c_proj|dense_4h_to_h|fc_out|fc2)\.weight"
+RMU_SETTINGS: dict[str, dict[str, Any]] = {
+    "reference": {"steering_coeff": 2.0, "alpha": 1.0, "layer": 7, "trainable_layers": "all",
+                  "trainable_params": None},
+    "small-model": {"steering_coeff": 300.0, "alpha": 1000.0, "layer": None,
+                    "trainable_layers": None, "trainable_params": MLP_DOWN_PROJ},
+}
+
+
 class RMU(UnlearningMethod):
-    """Representation misdirection: push layer `layer`'s hidden state on forget answer tokens
-    toward `steering_coeff * u` (u a fixed random unit vector drawn from `seed`); the retain
-    term (`hidden_mse`) keeps retain hidden states at the frozen model's. Only parameters of
-    `trainable_layers` whose name matches `trainable_params` are trained. `layer` defaults to
-    `n_layers // 2 - 1` (open-unlearning's layer 7 of Llama-3.2-1B's 16, scaled to the model)
-    and `trainable_layers` to the layer and the two before it. Defaults for the coefficients
-    are open-unlearning's TOFU RMU config (tuned for 1B models: small models need others).
+    """Representation misdirection: push block `layer`'s output on forget answer tokens toward
+    `steering_coeff * u` (u a fixed random unit vector drawn from `seed`); the retain term
+    (`hidden_mse`) keeps retain hidden states at the frozen model's.
+
+    `setting` names the values of the options not given explicitly:
+    - `reference` (default): open-unlearning's `configs/trainer/RMU.yaml` for TOFU (tuned on
+      Llama-3.2-1B): block 7 steered, steering_coeff 2, alpha 1, gamma 1, every parameter of
+      the model trained.
+    - `small-model`: this toolkit's earlier setting, which moves few weights of a small model:
+      only the MLP down-projection matrices of the steered block and the two before it train
+      (WMDP's RMU choice), the steered block is `n_layers // 2 - 1` (7 of 16, scaled to the
+      model), steering_coeff 300, alpha 1000.
+
+    Options: `layer` (None: `n_layers // 2 - 1`; past the last block: the last block);
+    `trainable_layers` "all" (every parameter) or block indices (None: `layer` and the two
+    before it) whose parameters named (inside the block) as the regex `trainable_params` train;
+    `steering_coeff` a number, or "auto": `steering_scale` (default 1) times the mean L2 norm of
+    the starting model's block-`layer` output over the forget answer tokens, measured by
+    `prepare` (given the forget samples) before training, so `options` shows the number
+    (`steering_coeff`) and the norm (`forget_hidden_norm`).
     """
 
     name = "rmu"
     defaults: ClassVar[dict[str, Any]] = {
-        "gamma": 1.0, "alpha": 1000.0, "retain_loss": "hidden_mse", "steering_coeff": 300.0,
-        "layer": None, "trainable_layers": None,
-        "trainable_params": r"mlp\.(down_proj|c_proj|dense_4h_to_h|fc_out|fc2)\.weight",
-        "seed": 0,
+        "setting": "reference", "gamma": 1.0, "retain_loss": "hidden_mse",
+        **RMU_SETTINGS["reference"], "steering_scale": None, "seed": 0,
     }
 
     def __init__(self, **options: Any) -> None:
-        super().__init__(**options)
+        setting = options.get("setting", self.defaults["setting"])
+        if setting not in RMU_SETTINGS:
+            raise UnknownNameError("rmu setting", setting, list(RMU_SETTINGS))
+        super().__init__(**{**RMU_SETTINGS[setting], **options})
         self._steering: dict[int, torch.Tensor] = {}
+        self.forget_hidden_norm: float | None = None
+        self._auto_steering = self.steering_coeff == "auto"
+        if self._auto_steering:
+            self.steering_scale = 1.0 if self.steering_scale is None else float(self.steering_scale)
+        elif self.steering_scale is not None:
+            raise DataError("steering_scale applies to steering_coeff='auto' only",
+                            field="rmu.steering_scale")
+        elif isinstance(self.steering_coeff, str):
+            raise DataError(f"expected a number or 'auto', got '{self.steering_coeff}'",
+                            field="rmu.steering_coeff")
+        if self.trainable_layers == "all":
+            if options.get("trainable_params") is not None:
+                raise DataError("trainable_layers='all' trains every parameter: leave "
+                                "trainable_params unset", field="rmu.trainable_params")
+            self.trainable_params = None
+        elif isinstance(self.trainable_layers, str):
+            raise DataError(f"expected 'all' or a list of block indices, got "
+                            f"'{self.trainable_layers}'", field="rmu.trainable_layers")
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return {**super().options, "forget_hidden_norm": self.forget_hidden_norm}
 
     def retain_losses(self) -> dict[str, Callable[..., torch.Tensor]]:
         return {"hidden_mse": self._retain_hidden_mse, **RETAIN_LOSSES}
@@ -230,26 +304,61 @@ class RMU(UnlearningMethod):
     def uses_reference(self) -> bool:
         return self.uses_retain and self.retain_loss in ("hidden_mse", "kl")
 
-    def prepare(self, model: nn.Module) -> None:
+    def prepare(self, model: nn.Module, forget: Sequence[EncodedSample] | None = None, *,
+                pad_token_id: int = 0) -> None:
         blocks = decoder_layers(model)
         self.layer = self.resolved_layer(len(blocks))
-        if self.trainable_layers is None:
-            self.trainable_layers = list(range(max(0, self.layer - 2), self.layer + 1))
-        trainable = {id(param) for index in self.trainable_layers
-                     for name, param in blocks[index].named_parameters()
-                     if re.fullmatch(self.trainable_params, name)}
-        if not trainable:
-            raise ValueError(f"rmu: no parameter of layers {self.trainable_layers} matches "
-                             f"'{self.trainable_params}'")
+        if self.trainable_layers == "all":
+            trainable = {id(param) for param in model.parameters()}
+        else:
+            if self.trainable_layers is None:
+                self.trainable_layers = list(range(max(0, self.layer - 2), self.layer + 1))
+            trainable = {id(param) for index in self.trainable_layers
+                         for name, param in blocks[index].named_parameters()
+                         if re.fullmatch(self.trainable_params, name)}
+            if not trainable:
+                raise ValueError(f"rmu: no parameter of layers {self.trainable_layers} matches "
+                                 f"'{self.trainable_params}'")
         for param in model.parameters():
             param.requires_grad_(id(param) in trainable)
+        if self._auto_steering:
+            if forget is None:
+                raise DataError("steering_coeff='auto' is measured on the forget samples: "
+                                "pass them to prepare", field="rmu.steering_coeff")
+            self.forget_hidden_norm = self.mean_hidden_norm(model, forget, pad_token_id)
+            self.steering_coeff = self.steering_scale * self.forget_hidden_norm
+        self._steering.clear()
         self.steering_vector(getattr(model, "module", model).config.hidden_size)
+
+    @torch.no_grad()
+    def mean_hidden_norm(self, model: nn.Module, forget: Sequence[EncodedSample],
+                         pad_token_id: int, batch_size: int = 16) -> float:
+        """Mean L2 norm of block `layer`'s output (a `[d_model]` vector per position) over the
+        answer positions (`labels != -100`) of `forget`, every token of every sample pooled,
+        with `model` in eval mode."""
+        device = next(model.parameters()).device
+        was_training = model.training
+        model.eval()
+        total, count = 0.0, 0
+        for _, batch in iter_batches_by_length(forget, batch_size, pad_token_id):
+            batch = {k: v.to(device) for k, v in batch.items()}
+            norms = self.hidden_state(model, batch).double().norm(dim=-1)
+            answer = batch["labels"] != IGNORE_INDEX
+            total += float(norms[answer].sum())
+            count += int(answer.sum())
+        model.train(was_training)
+        if count == 0:
+            raise DataError("the forget samples have no answer tokens", field="answer")
+        return total / count
 
     def steering_vector(self, d_model: int) -> torch.Tensor:
         """`steering_coeff * u` `[d_model]`, u uniform on [0, 1)^d normalized, fixed by `seed`.
 
         Drawn once per width (random ops cannot run inside `torch.func.vmap`; `prepare` draws it
         for the model's width before any transform)."""
+        if isinstance(self.steering_coeff, str):
+            raise DataError("steering_coeff='auto' is measured by prepare: call it first",
+                            field="rmu.steering_coeff")
         if d_model not in self._steering:
             generator = torch.Generator().manual_seed(int(self.seed))
             direction = torch.rand(d_model, generator=generator)

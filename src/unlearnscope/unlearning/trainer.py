@@ -237,7 +237,7 @@ def run_unlearning(model, tokenizer, forget_samples: list[Sample],
     reference = None
     if unlearner.uses_reference:
         reference = copy.deepcopy(model).eval().requires_grad_(False)
-    unlearner.prepare(model)
+    unlearner.prepare(model, forget, pad_token_id=pad)
     if out is not None and accelerator.is_main_process:
         write_config(out, "unlearn", {**(run_options or {}), "settings": asdict(config),
                                       "method_options": unlearner.options,
