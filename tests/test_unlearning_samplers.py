@@ -9,6 +9,7 @@ import torch
 from scipy.stats import chisquare
 
 from unlearnscope.errors import DataError, UnknownNameError
+from unlearnscope.scoring.base import SCORERS, Scorer
 from unlearnscope.unlearning.samplers import (
     CurriculumStream,
     UniformStream,
@@ -125,3 +126,28 @@ def test_load_difficulty_accepts_a_dataframe():
     assert scorer == "loss" and value.tolist() == [2.0, 1.0] and difficulty.tolist() == [2.0, 1.0]
     with pytest.raises(DataError, match="missing column"):
         load_difficulty(table.drop(columns="difficulty"), ["x"])
+
+
+def test_ease_weights_use_the_value_for_every_scorer_whose_value_is_ease(monkeypatch):
+    value = np.array([0.2, 0.05, 0.1, 0.0])
+    for name in ("mrd", "mrd_grad", "mrd_hutchinson"):
+        assert SCORERS[name].value_is_ease
+        assert ease_weights(name, value, -value).tolist() == value.tolist()
+        with pytest.raises(DataError, match=f"{name} values must be non-negative"):
+            ease_weights(name, value - 0.1, 0.1 - value)
+    # Any other scorer, known or not, is weighted by the rank of ease (hardest = 1).
+    assert not SCORERS["loss"].value_is_ease
+    for name in ("loss", "not_registered"):
+        assert ease_weights(name, value, -value).tolist() == [4.0, 2.0, 3.0, 1.0]
+
+    # The attribute is read through the registry, not from the name.
+    class EaseValued(Scorer):
+        name = "ease_valued"
+        higher_is_harder = False
+        value_is_ease = True
+
+        def score(self, model, tokenizer, samples, encoded, *, batch_size):
+            raise NotImplementedError
+
+    monkeypatch.setitem(SCORERS, "ease_valued", EaseValued)
+    assert ease_weights("ease_valued", value, -value).tolist() == value.tolist()

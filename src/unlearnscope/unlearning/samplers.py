@@ -9,7 +9,8 @@ the state is just `{"epoch", "offset"}`: checkpoints restore it exactly.
 - `weighted`: each slot draws a sample with probability `(1 - t) * w + t / n`, `w` the
   normalized ease weights and `t` the fraction of training done (slot / total slots), so the
   distribution anneals linearly to uniform by the end of training (the MRD paper's weighted
-  sampling). For `mrd`, `w` is proportional to the MRD value (high MRD = easy); for any other
+  sampling). For a scorer whose value is proportional to ease (`Scorer.value_is_ease`: `mrd`,
+  `mrd_grad`, `mrd_hutchinson`; high MRD = easy) `w` is proportional to the value; for any other
   scorer `w` is proportional to the rank of ease (1 for the hardest sample, n for the easiest,
   ties averaged), a positive transform that works whatever the scorer's scale or sign.
 - `easy-to-hard` / `hard-to-easy`: samples sorted by difficulty are split into `chunks`
@@ -29,6 +30,7 @@ import torch
 from scipy.stats import rankdata
 
 from unlearnscope.errors import DataError, UnknownNameError
+from unlearnscope.scoring.base import SCORERS
 
 SCHEDULES = ("uniform", "weighted", "easy-to-hard", "hard-to-easy")
 
@@ -179,10 +181,16 @@ def load_difficulty(source: str | Path | pd.DataFrame, sample_ids: list[str],
 
 
 def ease_weights(scorer: str, value: np.ndarray, difficulty: np.ndarray) -> np.ndarray:
-    """Positive sampling weights `[n]`, higher for easier samples (see the module docstring)."""
-    if scorer == "mrd":
+    """Positive sampling weights `[n]`, higher for easier samples (see the module docstring).
+
+    The value itself for a registered scorer whose class sets `value_is_ease` (the MRD forms);
+    the rank of ease for every other scorer, including names the registry does not know.
+    """
+    kind = SCORERS.get(scorer)
+    if kind is not None and kind.value_is_ease:
         if (value < 0).any() or value.sum() <= 0:
-            raise DataError("MRD values must be non-negative and not all zero", field="value")
+            raise DataError(f"{scorer} values must be non-negative and not all zero",
+                            field="value")
         return value
     return rankdata(-difficulty, method="average")
 
