@@ -205,9 +205,17 @@ def test_distinct_forget_samples_count_the_run_before_a_resume(tokenizer, tmp_pa
     with pytest.raises(KeyboardInterrupt):
         run_unlearning(tiny_model(tokenizer), tokenizer, forget, None, "grad_ascent",
                        out_dir=tmp_path / "resumed", **settings)
-    progress = json.loads((tmp_path / "resumed" / "checkpoint" / "latest" /
-                           "progress.json").read_text())
+    progress_file = tmp_path / "resumed" / "checkpoint" / "latest" / "progress.json"
+    progress = json.loads(progress_file.read_text())
     assert progress["forget_drawn"] == list(range(8))
+    # A checkpoint without the record cannot give the count: refused, naming the field.
+    progress_file.write_text(json.dumps({k: v for k, v in progress.items()
+                                         if k != "forget_drawn"}))
+    monkeypatch.setattr(trainer, "_train_step", real_step)
+    with pytest.raises(DataError, match="forget_drawn"):
+        run_unlearning(tiny_model(tokenizer), tokenizer, forget, None, "grad_ascent",
+                       out_dir=tmp_path / "resumed", resume=True, **settings)
+    progress_file.write_text(json.dumps(progress))
 
     def recorded(*args, **kwargs):
         after_resume.extend(args[7])  # the step's forget indices
