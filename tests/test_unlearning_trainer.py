@@ -11,12 +11,14 @@ import pytest
 import torch
 
 from test_unlearning_support import tiny_model, tiny_tokenizer, toy_samples
+from unlearnscope.data.sample import Sample
 from unlearnscope.data.tokenize import encode_samples, pad_id
 from unlearnscope.errors import DataError
 from unlearnscope.models.generation import greedy_answers, rouge_l_recall
 from unlearnscope.models.logprobs import answer_nll
 from unlearnscope.unlearning import trainer
 from unlearnscope.unlearning.outcomes import outcome_table
+from unlearnscope.unlearning.samplers import build_stream
 from unlearnscope.unlearning.trainer import UnlearnConfig, plan_steps, run_unlearning
 
 FORGET, RETAIN = toy_samples("f")[:4], toy_samples("r")[4:]
@@ -135,3 +137,93 @@ def test_difficulty_schedules_train_from_a_score_table(tokenizer, tmp_path, sche
     with pytest.raises(DataError, match="needs difficulty"):
         run_unlearning(tiny_model(tokenizer), tokenizer, FORGET, RETAIN, "grad_diff",
                        schedule=schedule, **FAST)
+
+
+def _many_samples(n: int) -> list:
+    facts = toy_samples("f")
+    return [Sample(f"f{i}", facts[i % len(facts)].question, facts[i % len(facts)].answer)
+            for i in range(n)]
+
+
+@pytest.mark.parametrize("schedule", ["uniform", "weighted", "easy-to-hard", "hard-to-easy"])
+def test_every_schedule_under_a_budget_has_the_same_slots_and_reaches_its_pool(
+        tokenizer, monkeypatch, schedule):
+    # The demo's schedule setting: 40 samples, 3 epochs, batch 8, a budget of 10 steps.
+    forget = _many_samples(40)
+    value = np.linspace(1.0, 0.025, 40)
+    scores = pd.DataFrame({"sample_id": [s.id for s in forget], "scorer": "mrd",
+                           "value": value, "difficulty": -value})
+    built = []
+
+    def spy(*args, **kwargs):
+        built.append(kwargs)
+        return build_stream(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "build_stream", spy)
+    result = run_unlearning(tiny_model(tokenizer), tokenizer, forget, None, "grad_ascent",
+                            schedule=schedule, difficulty=scores, epochs=3, batch_size=8,
+                            grad_accum=1, max_steps=10, lr=1e-3, warmup_epochs=0.0)
+    summary = result.summary
+    assert summary["steps"] == 10 and summary["forget_slots"] == 80
+    assert built[0]["total_slots"] == 80  # annealing and pacing use the real slot count
+    # the summary counts the distinct samples among the stream's 80 draws
+    distinct = len(set(build_stream(schedule, 40, **built[0]).draw(80)))
+    assert summary["distinct_forget_samples_drawn"] == distinct
+    if schedule != "weighted":  # weighted draws with replacement: its pool is all 40 anyway
+        assert summary["distinct_forget_samples_drawn"] == 40
+
+
+def test_slots_follow_steps_when_n_is_not_a_multiple_of_the_global_batch(tokenizer):
+    forget = _many_samples(10)
+    difficulty = np.arange(10, dtype=float)
+    scores = pd.DataFrame({"sample_id": [s.id for s in forget], "scorer": "loss",
+                           "value": difficulty, "difficulty": difficulty})
+    result = run_unlearning(tiny_model(tokenizer), tokenizer, forget, None, "grad_ascent",
+                            schedule="easy-to-hard", difficulty=scores, epochs=3, batch_size=4,
+                            grad_accum=1, lr=1e-3, warmup_epochs=0.0)
+    assert result.summary["steps"] == 9 and result.summary["forget_slots"] == 36
+    assert result.summary["distinct_forget_samples_drawn"] == 10
+
+
+def test_distinct_forget_samples_count_the_run_before_a_resume(tokenizer, tmp_path,
+                                                                monkeypatch):
+    # 8 samples, batch 2, 6 steps: the first 4 steps draw all 8, the last 2 only 4 of them.
+    forget = toy_samples("f")
+    settings = {**FAST, "max_steps": 6, "checkpoint_every": 4, "save": False}
+    straight = run_unlearning(tiny_model(tokenizer), tokenizer, forget, None, "grad_ascent",
+                              out_dir=tmp_path / "straight", **settings)
+    assert straight.summary["distinct_forget_samples_drawn"] == 8
+    real_step = trainer._train_step
+    after_resume: list[int] = []
+
+    def killed_at_step_five(*args, **kwargs):
+        if args[-1] == 4:
+            raise KeyboardInterrupt
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "_train_step", killed_at_step_five)
+    with pytest.raises(KeyboardInterrupt):
+        run_unlearning(tiny_model(tokenizer), tokenizer, forget, None, "grad_ascent",
+                       out_dir=tmp_path / "resumed", **settings)
+    progress_file = tmp_path / "resumed" / "checkpoint" / "latest" / "progress.json"
+    progress = json.loads(progress_file.read_text())
+    assert progress["forget_drawn"] == list(range(8))
+    # A checkpoint without the record cannot give the count: refused, naming the field.
+    progress_file.write_text(json.dumps({k: v for k, v in progress.items()
+                                         if k != "forget_drawn"}))
+    monkeypatch.setattr(trainer, "_train_step", real_step)
+    with pytest.raises(DataError, match="forget_drawn"):
+        run_unlearning(tiny_model(tokenizer), tokenizer, forget, None, "grad_ascent",
+                       out_dir=tmp_path / "resumed", resume=True, **settings)
+    progress_file.write_text(json.dumps(progress))
+
+    def recorded(*args, **kwargs):
+        after_resume.extend(args[7])  # the step's forget indices
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "_train_step", recorded)
+    resumed = run_unlearning(tiny_model(tokenizer), tokenizer, forget, None, "grad_ascent",
+                             out_dir=tmp_path / "resumed", resume=True, **settings)
+    assert len(after_resume) == 4 and len(set(after_resume)) < 8
+    assert resumed.summary["distinct_forget_samples_drawn"] == 8
+    assert resumed.summary["forget_slots"] == straight.summary["forget_slots"] == 12

@@ -66,7 +66,9 @@ def register(subparsers) -> None:
     parser.add_argument("--scorer", default=None,
                         help="which scorer of the table (needed when it holds several)")
     parser.add_argument("--curriculum-chunks", type=int, default=None,
-                        help="curriculum chunks (default: one per epoch)")
+                        help="curriculum chunks; the pool grows by one at each equal "
+                             "fraction of the run's sample slots, steps x global batch "
+                             "(default: --epochs, one per epoch without --max-steps)")
     parser.add_argument("--track-every", type=int, default=0,
                         help="record every forget sample's loss every N steps")
     parser.add_argument("--rouge", action="store_true",

@@ -3,18 +3,24 @@
 - **Easy/hard sets** (the CUD paper's experiment): for each scorer, select the k easiest and the
   k hardest samples by its difficulty, unlearn each set alone from the target model with each
   method, and compare the set's mean efficacy (x100) with k random samples (several seeds).
-  A metric that predicts difficulty gives hard sets below random and easy sets above.
+  A metric that predicts difficulty gives hard sets below random and easy sets above. Each
+  delta carries the random sets' spread and two permutation p-values (`easy_hard_sets`).
 - **Schedules**: at the same step budget, compare uniform sampling with MRD-weighted sampling
   and easy-to-hard / hard-to-easy curricula: efficacy, forget quality, model utility and the
   steps until a target mean efficacy is reached.
+
+Every arm's row says how many forget slots its run drew (steps x global batch, equal for the
+arms of one experiment) and how many distinct samples those slots reached.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from itertools import combinations
 
 import numpy as np
 import pandas as pd
@@ -23,9 +29,12 @@ from unlearnscope.data.sample import Sample
 from unlearnscope.progress import progress_bar
 from unlearnscope.unlearning.trainer import run_unlearning
 
-SET_COLUMNS = ["scorer", "method", "set", "k", "efficacy", "delta_vs_random"]
-SCHEDULE_COLUMNS = ["method", "schedule", "scorer", "efficacy", "forget_quality",
-                    "model_utility", "steps_to_target"]
+SET_COLUMNS = ["scorer", "method", "set", "k", "efficacy", "delta_vs_random", "random_std",
+               "random_min", "random_max", "n_random", "p_value", "p_value_sets",
+               "forget_slots", "distinct_samples_drawn"]
+SCHEDULE_COLUMNS = ["method", "schedule", "scorer", "forget_slots", "distinct_samples_drawn",
+                    "efficacy", "forget_quality", "model_utility", "steps_to_target"]
+PERMUTATIONS = 10_000
 DEFAULT_SCHEDULES = (("uniform", None), ("weighted", "mrd"), ("easy-to-hard", "cud"),
                      ("hard-to-easy", "cud"), ("easy-to-hard", "mrd"), ("hard-to-easy", "mrd"))
 
@@ -79,14 +88,129 @@ def select_sets(scores: pd.DataFrame, scorer: str, k: int,
     return list(ordered.sample_id[:k]), list(ordered.sample_id[-k:])
 
 
+def permutation_p_value(chosen: np.ndarray, reference: np.ndarray, *,
+                        permutations: int = PERMUTATIONS, seed: int = 0) -> float:
+    """Two-sided permutation p-value of the difference of means `mean(chosen) -
+    mean(reference)` (`chosen [k]`, `reference [m]`).
+
+    The k + m values are pooled and k of them relabelled as chosen. When the C(k + m, k)
+    relabellings number at most `permutations`, all are enumerated and p = #{|D*| >= |D|} /
+    C(k + m, k) (the observed labelling is one of them); otherwise `permutations` uniformly
+    random relabellings (seeded) give p = (1 + #{|D*| >= |D|}) / (1 + permutations).
+    """
+    chosen = np.asarray(chosen, dtype=np.float64)
+    pooled = np.concatenate([chosen, np.asarray(reference, dtype=np.float64)])
+    k, size = len(chosen), len(pooled)
+    if k == 0 or k == size:
+        raise ValueError("a permutation test needs values on both sides")
+    total = pooled.sum()
+
+    def difference(sums: np.ndarray) -> np.ndarray:
+        return sums / k - (total - sums) / (size - k)
+
+    observed = abs(float(difference(np.array(chosen.sum()))))
+    threshold = observed - 1e-9 * max(1.0, observed)  # ties in floating point count as >=
+    if math.comb(size, k) <= permutations:
+        sums = pooled[np.array(list(combinations(range(size), k)))].sum(axis=1)
+        return float(np.mean(np.abs(difference(sums)) >= threshold))
+    rng = np.random.default_rng(seed)
+    extreme, left = 0, permutations
+    while left:
+        batch = min(left, 1000)
+        picks = rng.random((batch, size)).argsort(axis=1)[:, :k]
+        extreme += int((np.abs(difference(pooled[picks].sum(axis=1))) >= threshold).sum())
+        left -= batch
+    return (1 + extreme) / (1 + permutations)
+
+
+def set_rank_p_value(chosen: float, random: np.ndarray) -> float:
+    """Two-sided rank p-value of one set's efficacy among `random [m]` random sets' ones.
+
+    With values v = (chosen, *random) and S_i = |v_i - mean(v)|, p = #{i : S_i >= S_0} /
+    (m + 1). Exact when the chosen set is exchangeable with the random ones (the scorer picks
+    like a random draw), however the samples of one run depend on each other; it cannot go
+    below 1 / (m + 1).
+    """
+    values = np.concatenate([[float(chosen)], np.asarray(random, dtype=np.float64)])
+    spread = np.abs(values - values.mean())
+    return float(np.mean(spread >= spread[0] - 1e-9 * max(1.0, spread[0])))
+
+
+@dataclass
+class _SetRun:
+    """One unlearning run of a sample set: per-sample efficacy x 100 `[k]` (in the set's id
+    order), the forget slots it drew and the distinct samples they reached."""
+
+    efficacy: np.ndarray
+    forget_slots: int
+    distinct: int
+
+
+def _set_run(result, ids: Sequence[str]) -> _SetRun:
+    by_id = result.outcomes.set_index("sample_id")["efficacy"]
+    return _SetRun(100.0 * by_id.loc[list(ids)].to_numpy(dtype=np.float64),
+                   int(result.summary["forget_slots"]),
+                   int(result.summary["distinct_forget_samples_drawn"]))
+
+
+def _over_methods(runs: Sequence[_SetRun]) -> _SetRun:
+    """The method-averaged run of one set: per-sample efficacy averaged over methods, the
+    smallest slot and distinct-sample counts."""
+    return _SetRun(np.mean([r.efficacy for r in runs], axis=0),
+                   min(r.forget_slots for r in runs), min(r.distinct for r in runs))
+
+
+def _set_rows(method: str, k: int, random: Sequence[_SetRun],
+              chosen: dict[str, tuple[_SetRun, _SetRun]], permutations: int) -> list[tuple]:
+    """The `SET_COLUMNS` rows of one method (or of the method average): the random row, then
+    each scorer's easy and hard rows."""
+    set_means = np.array([r.efficacy.mean() for r in random])
+    baseline = float(set_means.mean())
+    spread = (float(np.std(set_means, ddof=1)) if len(random) > 1 else float("nan"),
+              float(set_means.min()), float(set_means.max()), len(random))
+    pooled = np.concatenate([r.efficacy for r in random])
+    rows = [("random", method, "random", k, baseline, 0.0, *spread, float("nan"),
+             float("nan"), min(r.forget_slots for r in random), min(r.distinct for r in random))]
+    for name, pair in chosen.items():
+        for label, run in zip(("easy", "hard"), pair, strict=True):
+            value = float(run.efficacy.mean())
+            rows.append((name, method, label, k, value, value - baseline, *spread,
+                         permutation_p_value(run.efficacy, pooled, permutations=permutations),
+                         set_rank_p_value(value, set_means), run.forget_slots, run.distinct))
+    return rows
+
+
 def easy_hard_sets(unlearner: Unlearner, forget: Sequence[Sample], scores: pd.DataFrame, *,
                    scorers: Sequence[str], methods: Sequence[str], k: int,
                    random_seeds: Sequence[int] = (0, 1, 2),
-                   eligible_ids: Sequence[str] | None = None) -> pd.DataFrame:
+                   eligible_ids: Sequence[str] | None = None,
+                   permutations: int = PERMUTATIONS) -> pd.DataFrame:
     """The easy/hard set table (`SET_COLUMNS`); method `mean` averages over methods.
 
     `efficacy` is the set's mean per-sample efficacy x 100; `delta_vs_random` subtracts the mean
-    over `random_seeds` of random k-sets drawn from the same eligible samples.
+    over the `random_seeds` random k-sets drawn from the same eligible samples (the same sets
+    for every method). Uncertainty of each delta:
+
+    - `random_std` (ddof 1; NaN with one random set), `random_min`, `random_max`: the spread of
+      the random sets' efficacies, `n_random` of them;
+    - `p_value`: sample-level permutation test (`permutation_p_value`), two-sided on the
+      difference of means, of the set's k per-sample efficacies against the pooled per-sample
+      efficacies of the random sets' runs (k x `n_random` values). Its null hypothesis is that
+      the set's samples fare like random samples of the pool, each sample's efficacy taken as
+      one draw; it has resolution with few random sets, but it ignores that the samples of one
+      run share that run (a whole run doing better or worse makes it too small).
+    - `p_value_sets`: set-level rank test (`set_rank_p_value`) of the set's efficacy among the
+      random sets' ones: exact whatever the dependence within a run, but never below 1 /
+      (`n_random` + 1) (19 random sets are needed to reach 0.05).
+
+    The `random` rows carry the spread and NaN p-values. `forget_slots` and
+    `distinct_samples_drawn` are the run's (for `random`, the smallest over its sets).
+    The `mean` rows apply the same definitions to the per-sample efficacies averaged over
+    methods (each set is unlearned by every method, so a sample's method-averaged efficacy is
+    well defined): their efficacy and delta are the means of the methods' ones, their spread
+    is that of the random sets' method-averaged efficacies, and their p-values test the
+    method-averaged effect. Their slot and distinct-sample counts are the smallest over
+    methods.
     """
     by_id = {s.id: s for s in forget}
     eligible = list(eligible_ids) if eligible_ids is not None else list(by_id)
@@ -94,26 +218,28 @@ def easy_hard_sets(unlearner: Unlearner, forget: Sequence[Sample], scores: pd.Da
     for seed in random_seeds:
         order = np.random.default_rng(seed).permutation(len(eligible))
         random_sets.append(sorted(eligible[i] for i in order[:k]))
+    if not random_sets or not methods:
+        raise ValueError("the easy/hard set experiment needs at least one random set and one "
+                         "method")
     chosen = {name: select_sets(scores, name, k, eligible) for name in scorers}
     runs = [(m, "random", ids) for m in methods for ids in random_sets]
     runs += [(m, name, ids) for m in methods for name in scorers for ids in chosen[name]]
-    efficacy: dict[tuple[str, tuple[str, ...]], float] = {}
+    done: dict[tuple[str, tuple[str, ...]], _SetRun] = {}
     for method, _, ids in progress_bar(runs, desc="easy/hard sets", unit="run"):
-        result = unlearner.run([by_id[i] for i in ids], method)
-        efficacy[(method, tuple(ids))] = 100.0 * float(result.outcomes.efficacy.mean())
+        done[(method, tuple(ids))] = _set_run(unlearner.run([by_id[i] for i in ids], method),
+                                              ids)
+
+    def rows_for(method: str, run_of: Callable[[Sequence[str]], _SetRun]) -> list[tuple]:
+        return _set_rows(method, k, [run_of(ids) for ids in random_sets],
+                         {name: (run_of(easy), run_of(hard))
+                          for name, (easy, hard) in chosen.items()}, permutations)
+
     rows = []
     for method in methods:
-        baseline = float(np.mean([efficacy[(method, tuple(ids))] for ids in random_sets]))
-        rows.append(("random", method, "random", k, baseline, 0.0))
-        for name in scorers:
-            for label, ids in zip(("easy", "hard"), chosen[name], strict=True):
-                value = efficacy[(method, tuple(ids))]
-                rows.append((name, method, label, k, value, value - baseline))
-    table = pd.DataFrame(rows, columns=SET_COLUMNS)
-    mean = (table.groupby(["scorer", "set", "k"], sort=False)[["efficacy", "delta_vs_random"]]
-            .mean().reset_index())
-    mean.insert(1, "method", "mean")
-    return pd.concat([table, mean[SET_COLUMNS]], ignore_index=True)
+        rows += rows_for(method, lambda ids, method=method: done[(method, tuple(ids))])
+    rows += rows_for("mean", lambda ids: _over_methods([done[(m, tuple(ids))]
+                                                        for m in methods]))
+    return pd.DataFrame(rows, columns=SET_COLUMNS)
 
 
 def steps_to_target(trajectory: pd.DataFrame, target_efficacy: float) -> float:
@@ -132,7 +258,10 @@ def schedule_comparison(unlearner: Unlearner, forget: Sequence[Sample], scores: 
                         evaluate: Callable[[object], tuple[float | None, float | None]],
                         schedules: Sequence[tuple[str, str | None]] = DEFAULT_SCHEDULES,
                         track_every: int = 1) -> pd.DataFrame:
-    """The schedule table (`SCHEDULE_COLUMNS`), all runs at `budget_steps` optimizer steps.
+    """The schedule table (`SCHEDULE_COLUMNS`), all runs at `budget_steps` optimizer steps, so
+    every arm draws the same `forget_slots`; `distinct_samples_drawn` is how many forget samples
+    each arm's slots reached (all of them for uniform and curricula once the slots are at least
+    the forget set's size; weighted sampling draws with replacement and may miss some).
 
     `evaluate(model) -> (forget_quality, model_utility)` scores each unlearned model.
     Schedules whose scorer is missing from `scores` are skipped.
@@ -146,7 +275,8 @@ def schedule_comparison(unlearner: Unlearner, forget: Sequence[Sample], scores: 
                                    difficulty=scores if scorer else None, scorer=scorer,
                                    max_steps=budget_steps, track_every=track_every)
             quality, utility = evaluate(result.model)
-            rows.append((method, schedule, scorer or "-",
+            rows.append((method, schedule, scorer or "-", result.summary["forget_slots"],
+                         result.summary["distinct_forget_samples_drawn"],
                          100.0 * float(result.outcomes.efficacy.mean()), quality, utility,
                          steps_to_target(result.trajectory, target_efficacy)))
     return pd.DataFrame(rows, columns=SCHEDULE_COLUMNS)

@@ -23,8 +23,8 @@ row `i` of `tofu:<id_prefix>` (TOFU's `forgetXX_perturbed` files list the questi
                               "weight": 1.27}, ...}}
 
 - `ease` (default): our `weighted` schedule's weights (`unlearning.samplers.ease_weights`): the
-  MRD value for `mrd` (high MRD = easy), else the rank of ease (1 for the hardest row, n for
-  the easiest, ties averaged);
+  value for the MRD forms (`mrd`, `mrd_grad`, `mrd_hutchinson`; high MRD = easy), else the rank
+  of ease (1 for the hardest row, n for the easiest, ties averaged);
 - `hardness`: the rank of difficulty (1 for the easiest row, n for the hardest).
 
 Weights are scaled to mean 1 over the listed rows, so they serve as per-sample loss weights

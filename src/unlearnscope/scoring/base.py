@@ -35,11 +35,15 @@ class Scorer(ABC):
     """One difficulty metric.
 
     `higher_is_harder`: True when a larger `value` means the sample is harder to unlearn.
+    `value_is_ease`: True when `value` is non-negative and proportional to how easy the sample
+    is to unlearn (the MRD forms), so difficulty-weighted sampling may weight by the value
+    itself rather than by rank.
     `score` returns `[n_samples]` float64 values in the order of `samples`.
     """
 
     name: ClassVar[str]
     higher_is_harder: ClassVar[bool]
+    value_is_ease: ClassVar[bool] = False
 
     def __init__(self, **options: Any) -> None:
         self.options = options

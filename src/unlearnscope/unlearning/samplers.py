@@ -2,25 +2,30 @@
 or curricula.
 
 A stream hands out indices into the real dataset (`0..n-1`), never positions in a subset,
-so every sample is reachable. The order of epoch `e` is a pure function of `(seed, e)`, and
-the state is just `{"epoch", "offset"}`: checkpoints restore it exactly.
+so every sample is reachable. The order of epoch `e` (a stage, for curricula) is a pure
+function of `(seed, e)` and the stream's settings, and the state is just `{"epoch",
+"offset"}`: checkpoints restore it exactly.
 
 - `uniform`: a fresh random permutation each epoch.
 - `weighted`: each slot draws a sample with probability `(1 - t) * w + t / n`, `w` the
-  normalized ease weights and `t` the fraction of training done (slot / total slots), so the
-  distribution anneals linearly to uniform by the end of training (the MRD paper's weighted
-  sampling). For `mrd`, `w` is proportional to the MRD value (high MRD = easy); for any other
+  normalized ease weights and `t` the fraction of training done (slot / (total slots - 1), the
+  run's real slot count), so the distribution anneals linearly to uniform by the last slot (the
+  MRD paper's weighted sampling). For a scorer whose value is proportional to ease (`Scorer.value_is_ease`: `mrd`,
+  `mrd_grad`, `mrd_hutchinson`; high MRD = easy) `w` is proportional to the value; for any other
   scorer `w` is proportional to the rank of ease (1 for the hardest sample, n for the easiest,
   ties averaged), a positive transform that works whatever the scorer's scale or sign.
 - `easy-to-hard` / `hard-to-easy`: samples sorted by difficulty are split into `chunks`
-  chunks (default: one per epoch); epoch `e` draws from the first `min(e + 1, chunks)` chunks.
-  Every epoch has `n` slots, filled by shuffled passes over its pool, so all schedules spend
-  the same number of steps.
+  chunks, and the run's sample slots (steps x global batch) into `chunks` equal stages; stage
+  `s` draws from the first `s + 1` chunks, its new samples first (`CurriculumStream`). The
+  full pool is reached before the run ends and, when the run has at least `n` slots, every
+  sample is drawn.
+
+Every schedule hands out exactly the slots the trainer asks for, so all schedules of a run
+see the same number of slots.
 """
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +34,7 @@ import torch
 from scipy.stats import rankdata
 
 from unlearnscope.errors import DataError, UnknownNameError
+from unlearnscope.scoring.base import SCORERS
 
 SCHEDULES = ("uniform", "weighted", "easy-to-hard", "hard-to-easy")
 
@@ -112,24 +118,62 @@ class WeightedStream(EpochStream):
 
 
 class CurriculumStream(EpochStream):
-    """Pools that grow chunk by chunk along `order` (dataset indices, first = first taught)."""
+    """Pools that grow chunk by chunk along `order` (dataset indices, first = first taught),
+    paced by the run's `total_slots`.
 
-    def __init__(self, order: np.ndarray, seed: int, chunks: int) -> None:
+    With T = `total_slots` and c = `chunks`, stage s (the stream's `epoch`) covers the slots
+    `[floor(s T / c), floor((s + 1) T / c))` and draws from the pool `order[:ceil((s + 1) n /
+    c)]`. A stage first draws, shuffled, the samples of its pool that no earlier stage drew
+    (its new chunk, and any sample an earlier stage had no slot for), then fills its slots
+    with shuffled passes over the pool. So the full pool is reached after a fraction (c - 1) / c
+    of the slots, and when T >= n every sample is drawn at least once: the last stage has
+    ceil(T / c) >= floor(n / c) slots, enough for its new chunk, and any stage that could not
+    draw all of its pool drew only new samples. Draws past T continue with stages of n slots
+    over the full pool, the undrawn first. A stage's order is a pure function of `(seed,
+    stage)` and the settings (the undrawn samples are found by replaying earlier stages), so
+    the state stays `{"epoch", "offset"}`.
+    """
+
+    def __init__(self, order: np.ndarray, seed: int, chunks: int, total_slots: int) -> None:
         super().__init__(len(order), seed)
         self.order = torch.tensor(np.asarray(order, dtype=np.int64))
         if sorted(self.order.tolist()) != list(range(self.n)):
             raise ValueError("a curriculum order must be a permutation of the dataset indices")
         self.chunks = max(1, min(int(chunks), self.n))
+        self.total_slots = max(int(total_slots), 1)
+        self._drawn_before = [torch.zeros(self.n, dtype=torch.bool)]
 
-    def pool(self, epoch: int) -> torch.Tensor:
-        size = math.ceil(self.n * min(epoch + 1, self.chunks) / self.chunks)
+    def pool(self, stage: int) -> torch.Tensor:
+        """The dataset indices `[pool size]` that stage `stage` draws from."""
+        size = -(-self.n * min(stage + 1, self.chunks) // self.chunks)
         return self.order[:size]
 
+    def stage_slots(self, stage: int) -> int:
+        """How many slots stage `stage` has."""
+        if stage >= self.chunks:
+            return self.n
+        total, chunks = self.total_slots, self.chunks
+        return total * (stage + 1) // chunks - total * stage // chunks
+
     def epoch_order(self, epoch: int) -> torch.Tensor:
-        pool, generator = self.pool(epoch), self.generator(epoch)
-        passes = math.ceil(self.n / len(pool))
-        shuffled = [pool[torch.randperm(len(pool), generator=generator)] for _ in range(passes)]
-        return torch.cat(shuffled)[: self.n]
+        while len(self._drawn_before) <= epoch:
+            stage = len(self._drawn_before) - 1
+            drawn = self._drawn_before[stage].clone()
+            drawn[self._stage_order(stage, self._drawn_before[stage])] = True
+            self._drawn_before.append(drawn)
+        return self._stage_order(epoch, self._drawn_before[epoch])
+
+    def _stage_order(self, stage: int, drawn: torch.Tensor) -> torch.Tensor:
+        """Stage `stage`'s indices `[stage_slots(stage)]`, given the mask `[n]` of samples
+        drawn by the earlier stages."""
+        pool, generator, slots = self.pool(stage), self.generator(stage), self.stage_slots(stage)
+        fresh = pool[~drawn[pool]]
+        parts = [fresh[torch.randperm(len(fresh), generator=generator)]]
+        filled = len(fresh)
+        while filled < slots:
+            parts.append(pool[torch.randperm(len(pool), generator=generator)])
+            filled += len(pool)
+        return torch.cat(parts)[:slots]
 
 
 def load_difficulty(source: str | Path | pd.DataFrame, sample_ids: list[str],
@@ -179,10 +223,16 @@ def load_difficulty(source: str | Path | pd.DataFrame, sample_ids: list[str],
 
 
 def ease_weights(scorer: str, value: np.ndarray, difficulty: np.ndarray) -> np.ndarray:
-    """Positive sampling weights `[n]`, higher for easier samples (see the module docstring)."""
-    if scorer == "mrd":
+    """Positive sampling weights `[n]`, higher for easier samples (see the module docstring).
+
+    The value itself for a registered scorer whose class sets `value_is_ease` (the MRD forms);
+    the rank of ease for every other scorer, including names the registry does not know.
+    """
+    kind = SCORERS.get(scorer)
+    if kind is not None and kind.value_is_ease:
         if (value < 0).any() or value.sum() <= 0:
-            raise DataError("MRD values must be non-negative and not all zero", field="value")
+            raise DataError(f"{scorer} values must be non-negative and not all zero",
+                            field="value")
         return value
     return rankdata(-difficulty, method="average")
 
@@ -190,7 +240,11 @@ def ease_weights(scorer: str, value: np.ndarray, difficulty: np.ndarray) -> np.n
 def build_stream(schedule: str, n: int, *, seed: int, total_slots: int, scorer: str | None = None,
                  value: np.ndarray | None = None, difficulty: np.ndarray | None = None,
                  chunks: int = 1) -> EpochStream:
-    """The forget-sample stream for a schedule (difficulty arrays aligned with the samples)."""
+    """The forget-sample stream for a schedule (difficulty arrays aligned with the samples).
+
+    `total_slots` is the number of indices the run will draw (steps x global batch): the
+    weighted stream anneals over it and curricula pace their `chunks` stages by it.
+    """
     if schedule not in SCHEDULES:
         raise UnknownNameError("schedule", schedule, list(SCHEDULES))
     if schedule == "uniform":
@@ -202,4 +256,4 @@ def build_stream(schedule: str, n: int, *, seed: int, total_slots: int, scorer: 
     order = np.argsort(difficulty, kind="stable")
     if schedule == "hard-to-easy":
         order = np.argsort(-difficulty, kind="stable")
-    return CurriculumStream(order, seed, chunks)
+    return CurriculumStream(order, seed, chunks, total_slots)

@@ -4,7 +4,10 @@ Plain PyTorch on Accelerate: `torchrun --nproc_per_node 2 -m unlearnscope unlear
 `accelerate launch`) runs data parallel. One optimizer step consumes `batch_size *
 processes * grad_accum` forget indices (and as many retain indices) from streams that every
 process draws identically; each process takes its slice. Forget and retain streams cycle
-independently. An epoch is `ceil(n_forget / global batch)` steps whatever the schedule.
+independently. An epoch is `ceil(n_forget / global batch)` steps whatever the schedule; a
+run draws `steps x global batch` forget indices (`forget_slots` in the summary, the same for
+every schedule), and the summary's `distinct_forget_samples_drawn` counts the forget samples
+they reached (kept in the checkpoint, so a resumed run counts its whole history).
 
 Run folder (`out_dir`): `config.json` is written by the caller; this writes `outcomes.parquet`,
 `summary.json`, `training.parquet` (per-step losses and learning rate), with `track_every`
@@ -51,12 +54,7 @@ from unlearnscope.unlearning.outcomes import (
     loss_summary,
     outcome_table,
 )
-from unlearnscope.unlearning.samplers import (
-    EpochStream,
-    UniformStream,
-    build_stream,
-    load_difficulty,
-)
+from unlearnscope.unlearning.samplers import UniformStream, build_stream, load_difficulty
 
 log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint"
@@ -81,7 +79,7 @@ class UnlearnConfig:
     max_steps: int | None = None
     seed: int = 0
     schedule: str = "uniform"
-    curriculum_chunks: int | None = None  # default: one chunk per epoch
+    curriculum_chunks: int | None = None  # default: `epochs` (stages pace the run's slots)
     checkpoint_every: int = 0
     track_every: int = 0
     rouge: bool = False
@@ -255,9 +253,16 @@ def run_unlearning(model, tokenizer, forget_samples: list[Sample],
     accelerator.register_for_checkpointing(scheduler)
 
     start, history = 0, []
+    drawn = np.zeros(len(forget), dtype=bool)  # forget samples drawn so far
     if resuming:
         progress = checkpoints.load()
         start, history = progress["step"], progress["history"]
+        if "forget_drawn" not in progress:
+            raise DataError("the checkpoint does not record which forget samples were drawn "
+                            "(an older version wrote it): rerun without resume",
+                            source=str(checkpoints.latest / "progress.json"),
+                            field="forget_drawn")
+        drawn[progress["forget_drawn"]] = True
         forget_stream.load_state_dict(progress["forget_stream"])
         if retain_stream is not None:
             retain_stream.load_state_dict(progress["retain_stream"])
@@ -267,8 +272,12 @@ def run_unlearning(model, tokenizer, forget_samples: list[Sample],
     bar = progress_bar(total=plan.total_steps, initial=start, desc=f"unlearn {config.method}",
                        unit="step", disable=not accelerator.is_main_process)
     for step in range(start, plan.total_steps):
+        forget_indices = forget_stream.draw(plan.global_batch)
+        retain_indices = (None if retain_stream is None
+                          else retain_stream.draw(plan.global_batch))
+        drawn[forget_indices] = True
         record = _train_step(model, unlearner, reference, optimizer, accelerator, forget,
-                             retain, forget_stream, retain_stream, pad, config, plan, step)
+                             retain, forget_indices, retain_indices, pad, config, step)
         scheduler.step()
         history.append(record)
         bar.set_postfix(loss=f"{record['loss']:.4f}", refresh=False)
@@ -282,6 +291,7 @@ def run_unlearning(model, tokenizer, forget_samples: list[Sample],
         if config.checkpoint_every and done % config.checkpoint_every == 0 \
                 and done < plan.total_steps:
             checkpoints.save({"step": done, "history": history,
+                              "forget_drawn": np.flatnonzero(drawn).tolist(),
                               "forget_stream": forget_stream.state_dict(),
                               "retain_stream": None if retain_stream is None
                               else retain_stream.state_dict()})
@@ -291,7 +301,8 @@ def run_unlearning(model, tokenizer, forget_samples: list[Sample],
     model.eval().requires_grad_(True)
     after = _evaluate(model, tokenizer, forget_samples, forget, retain_eval, pad, config, "after")
     return _finish(model, tokenizer, accelerator, checkpoints, out, save, config, unlearner,
-                   forget_ids, before, after, history, tracked, plan, len(retain))
+                   forget_ids, before, after, history, tracked, plan, len(retain),
+                   int(drawn.sum()))
 
 
 def _retain_eval_subset(retain, config: UnlearnConfig):
@@ -326,11 +337,10 @@ def _batch_for_rank(encoded, indices: list[int], micro: int, accelerator: Accele
 
 
 def _train_step(model, unlearner: UnlearningMethod, reference, optimizer, accelerator,
-                forget, retain, forget_stream: EpochStream, retain_stream: EpochStream | None,
-                pad: int, config: UnlearnConfig, plan: _Plan, step: int) -> dict[str, Any]:
-    """One optimizer step over `grad_accum` micro-batches; returns this process's losses."""
-    forget_indices = forget_stream.draw(plan.global_batch)
-    retain_indices = retain_stream.draw(plan.global_batch) if retain_stream is not None else None
+                forget, retain, forget_indices: list[int], retain_indices: list[int] | None,
+                pad: int, config: UnlearnConfig, step: int) -> dict[str, Any]:
+    """One optimizer step over `grad_accum` micro-batches on the global batch of dataset
+    indices `forget_indices` (and `retain_indices`); returns this process's losses."""
     totals = {"loss": 0.0, "forget_loss": 0.0, "retain_loss": 0.0}
     for micro in range(config.grad_accum):
         forget_batch = _batch_for_rank(forget, forget_indices, micro, accelerator, config, pad)
@@ -381,12 +391,15 @@ def _restore_trajectory(checkpoints: _Checkpointer, accelerator: Accelerator,
 def _finish(model, tokenizer, accelerator: Accelerator, checkpoints: _Checkpointer,
             out: Path | None, save: bool, config: UnlearnConfig, unlearner: UnlearningMethod,
             forget_ids: list[str], before: dict, after: dict, history: list[dict],
-            tracked: list[dict], plan: _Plan, n_retain: int) -> UnlearnResult:
+            tracked: list[dict], plan: _Plan, n_retain: int,
+            distinct_drawn: int) -> UnlearnResult:
     outcomes = outcome_table(forget_ids, before["forget_loss"], after["forget_loss"],
                              before.get("forget_rouge"), after.get("forget_rouge"))
     summary: dict[str, Any] = {
         "method": config.method, "method_options": unlearner.options,
         "steps": plan.total_steps, "n_forget": len(forget_ids), "n_retain": n_retain,
+        "forget_slots": plan.total_steps * plan.global_batch,
+        "distinct_forget_samples_drawn": distinct_drawn,
         "forget": loss_summary(np.asarray(before["forget_loss"]),
                                np.asarray(after["forget_loss"])),
         "mean_efficacy": float(outcomes["efficacy"].mean()),
