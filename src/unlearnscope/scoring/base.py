@@ -40,6 +40,7 @@ class Scorer(ABC):
 
     name: ClassVar[str]
     higher_is_harder: ClassVar[bool]
+    is_control: ClassVar[bool] = False
 
     def __init__(self, **options: Any) -> None:
         self.options = options
