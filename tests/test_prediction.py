@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from scipy import stats
 from sklearn.pipeline import Pipeline
 
 from unlearnscope.anchors import AnchorSets, write_anchors
@@ -21,6 +22,7 @@ from unlearnscope.evaluation.prediction import (
     feature_table,
     predict_difficulty,
     prediction_markdown,
+    prediction_summary,
 )
 from unlearnscope.scoring import SCORERS
 from unlearnscope.scoring.base import Scorer
@@ -66,8 +68,17 @@ def test_recovers_a_ranking_of_two_features_on_held_out_samples():
     assert row.kind == "predictor" and row.n == len(HELD)
     assert row.spearman > 0.9
     assert row.spearman_low < row.spearman < row.spearman_high
-    singles = result.table[result.table.kind == "scorer"]
+    singles = result.table[result.table.kind == "scorer"].set_index("scorer")
     assert row.spearman > singles.spearman.max() + 0.1  # better than either feature alone
+    fit = np.isin(IDS, FIT)
+    assert singles.loc["x1", "fit_spearman"] == pytest.approx(
+        stats.spearmanr(features["x1"][fit], difficulty[fit]).statistic, abs=1e-12)
+    assert singles.loc["x1", "spearman"] == pytest.approx(
+        stats.spearmanr(features["x1"][~fit], difficulty[~fit]).statistic, abs=1e-12)
+    summary = prediction_summary(result.table).iloc[0]
+    assert summary.best_scorer == summary.fit_best_scorer == "x1"
+    assert summary.predictor_spearman.startswith(f"{row.spearman:.3f} [")
+    assert summary.best_control == ""
     top = result.importance.sort_values("importance_mean", ascending=False).feature
     assert set(top[:2]) == {"x1", "x2"}
     assert list(result.table.columns) == PREDICTION_COLUMNS
@@ -141,6 +152,8 @@ def test_anchor_scorers_only_with_anchors_from_the_fit_half(monkeypatch):
     result = predict_difficulty(scores, {"npo": _outcomes(difficulty)}, FIT, methods=["npo"],
                                 anchor_fit_ids=IDS, n_boot=20, n_repeats=2)
     assert "fake_cud" in result.dropped and "fake_cud" not in result.features
+    assert "fake_cud" not in set(result.table.scorer)  # its figure would not be held out
+    assert "x1" in set(result.table.scorer)
     assert "fake_cud" in prediction_markdown(result)
 
 
@@ -211,6 +224,7 @@ def _run_folder(folder, ids, features, difficulty, fit, held):
 
 def test_cli_writes_tables_and_predicted_scores(tmp_path, capsys):
     features, difficulty = _world(n=40)
+    features["answer_length"] = np.arange(40.0) % 7
     ids = IDS[:40]
     fit, held = ids[::2], ids[1::2]
     run = tmp_path / "run"
@@ -221,6 +235,10 @@ def test_cli_writes_tables_and_predicted_scores(tmp_path, capsys):
     table = pd.read_csv(run / "validation" / "prediction.csv")
     assert set(table.method) == {"npo", "grad_diff", "mean"}
     assert (table[table.kind == "predictor"].n == len(held)).all()
+    kinds = table.drop_duplicates("scorer").set_index("scorer").kind
+    assert kinds["answer_length"] == "control" and kinds["x1"] == "scorer"
+    summary = pd.read_csv(run / "validation" / "prediction_summary.csv")
+    assert set(summary.best_control) == {"answer_length"} and len(summary) == 3
     assert "## Cross-method" in (run / "validation" / "prediction.md").read_text()
     cross = pd.read_csv(run / "validation" / "prediction_cross_method.csv")
     assert len(cross) == 9

@@ -20,7 +20,8 @@ predicts every other sample:
 
 Nothing from the held-out samples reaches the fit: the feature transforms are fitted on fit
 rows, the folds partition fit rows, and held-out outcomes are read only to report held-out
-Spearman (with a bootstrap interval, next to every single scorer), the cross-method table
+Spearman (with a bootstrap interval, next to every single scorer but those dropped for
+their anchors, whose figures would not be held out), the cross-method table
 (fit on method A's outcomes, evaluated on method B's) and permutation importances.
 
 The predictions form a score table (`sample_id, scorer, value, difficulty`, scorer
@@ -69,13 +70,14 @@ CIRCUIT_PREFIX = "circuit:"
 DEFAULT_TOP_N = 0.05  # circuit edges kept per sample, as `unlearnscope circuits analyze`
 MIN_FIT = 6
 PREDICTION_COLUMNS = ["method", "scorer", "kind", "spearman", "spearman_low", "spearman_high",
-                      "n", "model", "cv_spearman"]
+                      "n", "model", "fit_spearman"]
 CROSS_METHOD_COLUMNS = ["fit_method", "eval_method", "spearman", "spearman_low",
                         "spearman_high", "n"]
 IMPORTANCE_COLUMNS = ["method", "feature", "importance_mean", "importance_std", "n"]
 SELECTION_COLUMNS = ["method", "family", "params", "cv_spearman", "chosen"]
 SUMMARY_COLUMNS = ["method", "best_control", "best_control_spearman", "best_scorer",
-                   "best_scorer_spearman", "predictor_spearman", "n"]
+                   "best_scorer_spearman", "fit_best_scorer", "fit_best_scorer_spearman",
+                   "predictor_spearman", "n"]
 
 
 def predicted_name(method: str) -> str:
@@ -331,10 +333,14 @@ def predict_difficulty(scores: pd.DataFrame, outcomes: Mapping[str, pd.DataFrame
                               list(features.columns))
     if not others & set(held_out):
         return result
-    singles = scores[~scores["scorer"].astype(str).str.startswith(PREDICTED)]
+    # anchor-based scorers whose anchors saw held-out outcomes are not held-out figures
+    leaky = {name for name in dropped if _uses_anchors(str(name))}
+    names = scores["scorer"].astype(str)
+    singles = scores[~names.str.startswith(PREDICTED) & ~names.isin(leaky)]
     table = correlations(pd.concat([singles, predicted], ignore_index=True), outcomes,
                          exclude_ids=fit, n_boot=n_boot, seed=seed)
-    result.table = _prediction_table(table, fitted, targets)
+    on_fit = difficulty_matrix(singles).reindex(fit)
+    result.table = _prediction_table(table, fitted, targets, on_fit, measured_fit)
     cross = table[table["scorer"].isin([predicted_name(m) for m in targets])]
     result.cross_method = pd.DataFrame({
         "fit_method": cross["scorer"].str.removeprefix(f"{PREDICTED}:"),
@@ -349,18 +355,26 @@ def predict_difficulty(scores: pd.DataFrame, outcomes: Mapping[str, pd.DataFrame
 
 
 def _prediction_table(table: pd.DataFrame, fitted: Mapping[str, FittedPredictor],
-                      targets: Sequence[str]) -> pd.DataFrame:
-    """Per method: the predictor's row, then every single scorer's, from `correlations`."""
+                      targets: Sequence[str], on_fit: pd.DataFrame,
+                      measured_fit: pd.DataFrame) -> pd.DataFrame:
+    """Per method: the predictor's row, then every single scorer's, from `correlations`;
+    `fit_spearman` is the predictor's out-of-fold Spearman on the fit half and each scorer's
+    Spearman there (`on_fit` `[n_fit, n_scorers]` against `measured_fit`)."""
     parts = []
     for method in targets:
         rows = table[table["method"] == method]
         chosen = fitted[method].selection
         own = rows[rows["scorer"] == predicted_name(method)].assign(
             kind="predictor", model=fitted[method].candidate.describe(),
-            cv_spearman=float(chosen.loc[chosen["chosen"], "cv_spearman"].iloc[0]))
+            fit_spearman=float(chosen.loc[chosen["chosen"], "cv_spearman"].iloc[0]))
         single = rows[~rows["scorer"].astype(str).str.startswith(PREDICTED)]
+        target = measured_fit.loc[on_fit.index, method].to_numpy()
+        fit_rho = []
+        for scorer in single["scorer"]:
+            pair = on_fit[scorer].notna().to_numpy()
+            fit_rho.append(_spearman(on_fit[scorer].to_numpy()[pair], target[pair]))
         single = single.assign(kind=[_kind(s) for s in single["scorer"]], model="",
-                               cv_spearman=np.nan)
+                               fit_spearman=fit_rho)
         parts.extend([own, single])
     return pd.concat(parts, ignore_index=True)[PREDICTION_COLUMNS]
 
@@ -385,17 +399,23 @@ def _interval(rho: float, low: float, high: float) -> str:
 
 
 def prediction_summary(table: pd.DataFrame) -> pd.DataFrame:
-    """Per method: the best control, the best real scorer (by held-out Spearman) and the
-    predictor, each as `rho [low, high]` (`SUMMARY_COLUMNS`)."""
+    """Per method, each as held-out `rho [low, high]` (`SUMMARY_COLUMNS`): the best control
+    and the best real scorer by held-out Spearman (picked on the held-out samples, so
+    optimistic), the real scorer one would pick from the fit half (best `fit_spearman`: the
+    fair baseline for the predictor, chosen without held-out outcomes too), and the
+    predictor."""
     rows = []
     for method, group in table.groupby("method", sort=False):
         row: dict[str, Any] = {"method": method, "n": int(group["n"].max())}
-        for kind, name in (("control", "best_control"), ("scorer", "best_scorer")):
-            candidates = group[(group["kind"] == kind) & group["spearman"].notna()]
+        for kind, name, by in (("control", "best_control", "spearman"),
+                               ("scorer", "best_scorer", "spearman"),
+                               ("scorer", "fit_best_scorer", "fit_spearman")):
+            candidates = group[(group["kind"] == kind) & group[by].notna()
+                               & group["spearman"].notna()]
             if candidates.empty:
                 row[name], row[f"{name}_spearman"] = "", ""
                 continue
-            best = candidates.loc[candidates["spearman"].idxmax()]
+            best = candidates.loc[candidates[by].idxmax()]
             row[name] = best["scorer"]
             row[f"{name}_spearman"] = _interval(best.spearman, best.spearman_low,
                                                 best.spearman_high)
@@ -428,7 +448,7 @@ def prediction_markdown(result: PredictionResult) -> str:
             to_markdown(prediction_summary(result.table)),
             "\n## Held-out Spearman\n\n",
             to_markdown(shown[["method", "scorer", "kind", "spearman [95% CI]", "n", "model",
-                               "cv_spearman"]], floatfmt=".3f"),
+                               "fit_spearman"]], floatfmt=".3f"),
             "\n## Cross-method (fit on one method's outcomes, evaluate on another's)\n\n",
             to_markdown(cross[["fit_method", "eval_method", "spearman [95% CI]", "n"]]),
             "\n## Permutation importance (held-out)\n\n",
