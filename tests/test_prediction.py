@@ -152,6 +152,13 @@ def test_anchor_scorers_only_with_anchors_from_the_fit_half(monkeypatch):
     result = predict_difficulty(scores, {"npo": _outcomes(difficulty)}, FIT, methods=["npo"],
                                 anchor_fit_ids=IDS, n_boot=20, n_repeats=2)
     assert "fake_cud" in result.dropped and "fake_cud" not in result.features
+    inside = predict_difficulty(scores, {"npo": _outcomes(difficulty)}, FIT, methods=["npo"],
+                                anchor_fit_ids=FIT, n_boot=20, n_repeats=2)
+    assert "fake_cud" in inside.features
+    row = inside.table.set_index("scorer").loc["fake_cud"]
+    assert row.spearman == pytest.approx(1.0) and np.isnan(row.fit_spearman)  # in-sample
+    kept, dropped = feature_table(scores, FIT, anchor_fit_ids=FIT, use_anchor_scorers=False)
+    assert "fake_cud" not in kept.columns and "on request" in dropped["fake_cud"]
     assert "fake_cud" not in set(result.table.scorer)  # its figure would not be held out
     assert "x1" in set(result.table.scorer)
     assert "fake_cud" in prediction_markdown(result)

@@ -51,6 +51,9 @@ def register(subparsers) -> None:
                              "validation would score the predictor on its own fit samples)")
     parser.add_argument("--no-circuits", action="store_true",
                         help="leave the circuit statistics out of the features")
+    parser.add_argument("--no-anchor-scorers", action="store_true",
+                        help="leave anchor-based scorers (CUD) out of the features: on the fit "
+                             "half their anchors were voted from the same outcomes")
     parser.add_argument("--top-n", type=float, default=0.05,
                         help="edges per circuit for its statistics: a count, or a fraction of "
                              "the graph's edges (default 0.05)")
@@ -104,6 +107,7 @@ def run(args: argparse.Namespace) -> int:
                  {k: v for k, v in vars(args).items() if k != "func"})
     result = write_prediction(args.run, fit_ids=fit_ids, methods=args.methods, out_dir=out,
                               top_n=args.top_n, use_circuits=not args.no_circuits,
+                              use_anchor_scorers=not args.no_anchor_scorers,
                               merge=args.merge, seed=args.seed, n_boot=args.n_boot,
                               n_repeats=args.n_repeats)
     print(prediction_markdown(result), end="")

@@ -219,17 +219,34 @@ def circuit_features(store_dir: str | Path, sample_ids: Sequence[str], *,
     return table.add_prefix(CIRCUIT_PREFIX).reindex(list(sample_ids))
 
 
+def anchor_leak(scorer: str, fit_ids: set[str], anchor_fit_ids: set[str] | None
+                ) -> str | None:
+    """Why an anchor-based `scorer` would leak outcomes from outside `fit_ids` (its anchors
+    were discovered on `anchor_fit_ids`), or None when it does not (or uses no anchors)."""
+    if not _uses_anchors(scorer):
+        return None
+    if anchor_fit_ids is None:
+        return ("built on anchors, and no anchors file shows they were discovered inside the "
+                "fit half")
+    if not anchor_fit_ids <= fit_ids:
+        return (f"built on anchors discovered on {len(anchor_fit_ids - fit_ids)} samples "
+                "outside the fit half, whose outcomes would leak")
+    return None
+
+
 def feature_table(scores: pd.DataFrame, fit_ids: Iterable[str], *,
                   circuits: pd.DataFrame | None = None,
-                  anchor_fit_ids: Iterable[str] | None = None
+                  anchor_fit_ids: Iterable[str] | None = None,
+                  use_anchor_scorers: bool = True
                   ) -> tuple[pd.DataFrame, dict[str, str]]:
     """Features of every scored sample `[n_samples, n_features]` (indexed by sample_id) and
     the features left out, name -> reason.
 
     Columns: each scorer's difficulty, then the `circuits` columns (joined on sample_id).
     Left out: `predicted:*` scorers; anchor-based scorers unless `anchor_fit_ids` (the ids
-    their anchors were discovered on) lie inside `fit_ids`; features with no value or a
-    single value on the fit samples.
+    their anchors were discovered on) lie inside `fit_ids` (`anchor_leak`), and all of them
+    with `use_anchor_scorers=False`; features with no value or a single value on the fit
+    samples.
     """
     fit = set(fit_ids)
     frame = difficulty_matrix(scores)
@@ -238,14 +255,13 @@ def feature_table(scores: pd.DataFrame, fit_ids: Iterable[str], *,
     anchors = None if anchor_fit_ids is None else set(anchor_fit_ids)
     dropped: dict[str, str] = {}
     for name in frame.columns:
+        leak = anchor_leak(str(name), fit, anchors)
         if str(name).startswith(PREDICTED):
             dropped[name] = "an earlier prediction"
-        elif _uses_anchors(str(name)) and anchors is None:
-            dropped[name] = ("built on anchors, and no anchors file shows they were "
-                             "discovered inside the fit half")
-        elif _uses_anchors(str(name)) and not anchors <= fit:
-            dropped[name] = (f"built on anchors discovered on {len(anchors - fit)} samples "
-                             "outside the fit half, whose outcomes would leak")
+        elif leak is not None:
+            dropped[name] = leak
+        elif _uses_anchors(str(name)) and not use_anchor_scorers:
+            dropped[name] = "anchor-based scorers left out on request"
         else:
             values = frame.loc[frame.index.isin(fit), name].dropna()
             if values.empty:
@@ -283,7 +299,8 @@ def _outcome_ids(outcomes: Mapping[str, pd.DataFrame]) -> set[str]:
 def predict_difficulty(scores: pd.DataFrame, outcomes: Mapping[str, pd.DataFrame],
                        fit_ids: Iterable[str], *, circuits: pd.DataFrame | None = None,
                        anchor_fit_ids: Iterable[str] | None = None,
-                       methods: Sequence[str] | None = None, seed: int = 0,
+                       methods: Sequence[str] | None = None,
+                       use_anchor_scorers: bool = True, seed: int = 0,
                        n_boot: int = 1000, n_repeats: int = 10) -> PredictionResult:
     """Fit one predictor per method (and `mean`) on the `fit_ids` samples' outcomes, predict
     every other scored sample, and evaluate on held-out outcomes where they exist.
@@ -291,12 +308,16 @@ def predict_difficulty(scores: pd.DataFrame, outcomes: Mapping[str, pd.DataFrame
     `scores`: a score table; `outcomes`: method -> per-sample outcome table (`sample_id,
     efficacy`); `circuits`: extra features indexed by sample_id (`circuit_features`);
     `anchor_fit_ids`: the ids the anchors of anchor-based scorers were discovered on;
-    `methods`: the targets (default: every method, then `mean`); `n_repeats`: permutation
+    `use_anchor_scorers=False` leaves anchor-based scorers out of the features even when
+    their anchors came from the fit half (their fit-half values are in-sample there, so
+    cross-validation overrates them); `methods`: the targets (default: every method, then
+    `mean`); `n_repeats`: permutation
     importance repeats. Bootstrap, folds, trees and permutations are seeded with `seed`.
     """
     fit = sorted({str(i) for i in fit_ids})
-    features, dropped = feature_table(scores, fit, circuits=circuits,
-                                      anchor_fit_ids=anchor_fit_ids)
+    anchors = None if anchor_fit_ids is None else {str(i) for i in anchor_fit_ids}
+    features, dropped = feature_table(scores, fit, circuits=circuits, anchor_fit_ids=anchors,
+                                      use_anchor_scorers=use_anchor_scorers)
     missing = sorted(set(fit) - set(features.index))
     if missing:
         raise DataError(f"{len(missing)} fit samples have no scores: {', '.join(missing[:5])}",
@@ -334,7 +355,8 @@ def predict_difficulty(scores: pd.DataFrame, outcomes: Mapping[str, pd.DataFrame
     if not others & set(held_out):
         return result
     # anchor-based scorers whose anchors saw held-out outcomes are not held-out figures
-    leaky = {name for name in dropped if _uses_anchors(str(name))}
+    leaky = {name for name in map(str, scores["scorer"].unique())
+             if anchor_leak(name, set(fit), anchors) is not None}
     names = scores["scorer"].astype(str)
     singles = scores[~names.str.startswith(PREDICTED) & ~names.isin(leaky)]
     table = correlations(pd.concat([singles, predicted], ignore_index=True), outcomes,
@@ -359,7 +381,8 @@ def _prediction_table(table: pd.DataFrame, fitted: Mapping[str, FittedPredictor]
                       measured_fit: pd.DataFrame) -> pd.DataFrame:
     """Per method: the predictor's row, then every single scorer's, from `correlations`;
     `fit_spearman` is the predictor's out-of-fold Spearman on the fit half and each scorer's
-    Spearman there (`on_fit` `[n_fit, n_scorers]` against `measured_fit`)."""
+    Spearman there (`on_fit` `[n_fit, n_scorers]` against `measured_fit`); NaN for
+    anchor-based scorers, whose anchors were chosen from those very outcomes."""
     parts = []
     for method in targets:
         rows = table[table["method"] == method]
@@ -372,7 +395,9 @@ def _prediction_table(table: pd.DataFrame, fitted: Mapping[str, FittedPredictor]
         fit_rho = []
         for scorer in single["scorer"]:
             pair = on_fit[scorer].notna().to_numpy()
-            fit_rho.append(_spearman(on_fit[scorer].to_numpy()[pair], target[pair]))
+            # an anchor-based scorer is in-sample on the fit half its anchors were voted on
+            fit_rho.append(np.nan if _uses_anchors(str(scorer)) else
+                           _spearman(on_fit[scorer].to_numpy()[pair], target[pair]))
         single = single.assign(kind=[_kind(s) for s in single["scorer"]], model="",
                                fit_spearman=fit_rho)
         parts.extend([own, single])
@@ -516,7 +541,8 @@ def merge_predicted(scores_path: str | Path, predicted: pd.DataFrame, fit_ids: I
 def write_prediction(run_dir: str | Path, *, fit_ids: Iterable[str] | None = None,
                      methods: Sequence[str] | None = None, out_dir: str | Path | None = None,
                      top_n: float = DEFAULT_TOP_N, use_circuits: bool = True,
-                     merge: bool = False, seed: int = 0, n_boot: int = 1000,
+                     use_anchor_scorers: bool = True, merge: bool = False, seed: int = 0,
+                     n_boot: int = 1000,
                      n_repeats: int = 10) -> PredictionResult:
     """`predict_difficulty` on a run folder: `scores.parquet`, `unlearn/<method>/
     outcomes.parquet`, `anchors/anchors.json` (its `fit_ids` are the default fit half and
@@ -542,8 +568,8 @@ def write_prediction(run_dir: str | Path, *, fit_ids: Iterable[str] | None = Non
         circuits = circuit_features(store, sorted(set(scores["sample_id"])), top_n=top_n)
     result = predict_difficulty(scores, outcomes, fit_ids, circuits=circuits,
                                 anchor_fit_ids=anchors.fit_ids if anchors else None,
-                                methods=methods, seed=seed, n_boot=n_boot,
-                                n_repeats=n_repeats)
+                                methods=methods, use_anchor_scorers=use_anchor_scorers,
+                                seed=seed, n_boot=n_boot, n_repeats=n_repeats)
     write_prediction_tables(out_dir or run, result)
     if merge:
         merge_predicted(run / "scores.parquet", result.predicted, fit_ids,
