@@ -1,5 +1,6 @@
 """Difficulty scorers behind one interface, and the sharded, resumable scoring runner."""
 
+import unlearnscope.scoring.controls  # registers the trivial controls
 import unlearnscope.scoring.mrd  # noqa: F401 (registers mrd, mrd_grad, mrd_hutchinson)
 from unlearnscope.scoring import baselines, cud  # noqa: F401 (cud: registers its scorer)
 from unlearnscope.scoring.base import SCORERS, LogitScorer, Scorer, get_scorer, register_scorer

@@ -44,6 +44,7 @@ class Scorer(ABC):
     name: ClassVar[str]
     higher_is_harder: ClassVar[bool]
     value_is_ease: ClassVar[bool] = False
+    is_control: ClassVar[bool] = False
 
     def __init__(self, **options: Any) -> None:
         self.options = options
