@@ -232,7 +232,8 @@ def scored_candidates(run_dir: str | Path) -> list[ScoredCandidate]:
 
 
 def cud_choice_markdown(table: pd.DataFrame, header: Sequence[str]) -> str:
-    """`header` lines, the chosen configuration's line, then every candidate by fit score."""
+    """`header` lines, the chosen configuration's line (with its held-out figures), then every
+    candidate by fit score."""
     chosen = table[table["chosen"]].iloc[0]
     line = (f"Chosen: {chosen['candidate']} (fit-half Spearman {chosen['fit_spearman']:.3f}, "
             f"n={chosen['fit_n']}); held-out Spearman {chosen['held_out_spearman']:.3f} "
@@ -240,7 +241,9 @@ def cud_choice_markdown(table: pd.DataFrame, header: Sequence[str]) -> str:
             f"n={int(chosen['held_out_n'])}.")
     ordered = table.sort_values("fit_spearman", ascending=False, kind="mergesort",
                                 na_position="last")
-    return "\n".join([*header, "", line, "", to_markdown(ordered, floatfmt=".3f")])
+    shown = ordered.drop(columns=["held_out_spearman", "held_out_low", "held_out_high",
+                                  "held_out_n"])
+    return "\n".join([*header, "", line, "", to_markdown(shown, floatfmt=".3f")])
 
 
 def write_cud_choice(run_dir: str | Path, *, top_n: Sequence[float] = TOP_N,
