@@ -12,8 +12,8 @@ What the cross-method and the configuration-choice validations share:
   the fit half, for an anchor method (`combined`, `mean` or a method name);
 - `StoreCud`: CUD of stored samples against anchor lists, as the `cud` scorer computes it with a
   circuit store (`scoring.cud`: aggregates averaged per set, top-n selection with the store's
-  graph layout, then the similarity); each sample's circuit vector is selected once per
-  (top_n, vector) and reused for every anchor choice.
+  graph layout, then the similarity); the samples' circuit vectors of one (top_n, vector)
+  are selected once and reused for every anchor choice.
 """
 
 from __future__ import annotations
@@ -170,7 +170,7 @@ class StoreCud:
         self.position = {sample_id: i for i, sample_id in enumerate(self.sample_ids)}
         self.layout = store.layout
         self.edge_scores = store.edge_scores(self.sample_ids)  # [n, E] float32
-        self._vectors: dict[tuple[float, str], torch.Tensor] = {}
+        self._vectors: tuple[tuple[float, str], torch.Tensor] | None = None
 
     def _rows(self, ids: Sequence[str]) -> list[int]:
         missing = [i for i in ids if i not in self.position]
@@ -180,12 +180,13 @@ class StoreCud:
         return [self.position[i] for i in ids]
 
     def vectors(self, top_n: float, vector: str) -> torch.Tensor:
-        """Circuit vectors `[n, E]` of all samples (computed once per `(top_n, vector)`)."""
+        """Circuit vectors `[n, E]` of all samples; the last `(top_n, vector)` asked for is
+        kept (one `[n, E]` copy: ask in `(top_n, vector)` order to compute each once)."""
         key = (float(top_n), vector)
-        if key not in self._vectors:
-            self._vectors[key] = circuit_vectors(self.edge_scores, top_n, vector=vector,
-                                                 layout=self.layout)
-        return self._vectors[key]
+        if self._vectors is None or self._vectors[0] != key:
+            self._vectors = (key, circuit_vectors(self.edge_scores, top_n, vector=vector,
+                                                  layout=self.layout))
+        return self._vectors[1]
 
     def values(self, anchor_sets: Mapping[str, Mapping[str, Sequence[str]]],
                ids: Sequence[str], *, top_n: float, vector: str, similarity: str
