@@ -17,6 +17,8 @@ from unlearnscope.circuits.graph import GraphLayout
 from unlearnscope.circuits.selection import edge_names, edge_vector
 from unlearnscope.circuits.store import CircuitStore, ShardWriter, write_header, write_index
 from unlearnscope.cli import main
+from unlearnscope.evaluation.cross_method import write_cross_method
+from unlearnscope.evaluation.cud_choice import write_cud_choice
 from unlearnscope.report import build_report, load_run, measured_difficulty
 from unlearnscope.report.html import section_list
 from unlearnscope.report.markup import number
@@ -154,6 +156,8 @@ def _full_run(root: Path) -> Path:
         "fit_ids": ["s0", "s1", "s2", "s3", "s4", EVIL],
         "held_out_ids": [f"s{i}" for i in range(5, 11)]})
     _write_store(root / "circuits", SAMPLE_IDS)
+    write_cross_method(root, top_n=0.25, n_boot=100)
+    write_cud_choice(root, top_n=(0.25,), n_boot=100)
     return root
 
 
@@ -169,8 +173,9 @@ def test_every_section_rendered_with_embedded_plots(full_run):
     assert (root / "report.html").is_file()
     for heading in HEADINGS:
         assert f"<h2>{heading}</h2>" in page
-    # histograms, scatters, 3 circuit plots, heatmap, schedule bars, efficacy histograms
-    assert page.count('src="data:image/png;base64,') == 8
+    # histograms, scatters, 3 circuit plots, heatmap, schedule bars, efficacy histograms,
+    # cross-method heatmap
+    assert page.count('src="data:image/png;base64,') == 9
     assert "not computed in this run" not in page
     assert 'class="problem"' not in page
     assert "3 easy, 3 hard (vote, k=2), found on 6 samples, 6 held out" in page
@@ -306,9 +311,10 @@ def test_partial_run_with_scores_only(tmp_path):
         assert f"<h2>{heading}</h2>" in page
     for command in ("unlearnscope validate --run", "unlearnscope validate sets --run",
                     "unlearnscope validate schedules --run", "unlearnscope circuits --model",
-                    "unlearnscope unlearn --model"):
+                    "unlearnscope unlearn --model", "unlearnscope validate cross-method --run",
+                    "unlearnscope validate cud-choice --run"):
         assert f"<code>{command}" in page
-    assert page.count("not computed in this run") == 7
+    assert page.count("not computed in this run") == 9
     # histograms and the scorer correlations computed from the scores
     assert page.count('src="data:image/png;base64,') == 2
     assert "scorer_correlations.csv is absent" in page

@@ -13,13 +13,14 @@ Each action is one entry of `ACTIONS` (name -> handler of the parsed arguments).
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from unlearnscope.anchors import read_anchors
 from unlearnscope.cli._common import add_data_args, add_model_args
 from unlearnscope.data import load_samples
 from unlearnscope.errors import DataError
+from unlearnscope.evaluation import cross_method, cud_choice
 from unlearnscope.evaluation.experiments import (
     Unlearner,
     easy_hard_sets,
@@ -36,6 +37,7 @@ from unlearnscope.evaluation.validation import (
 )
 from unlearnscope.models import load_model
 from unlearnscope.runs import write_config, write_text
+from unlearnscope.scoring.cud import SIMILARITIES, VECTORS
 
 
 def register(subparsers) -> None:
@@ -87,7 +89,41 @@ def register(subparsers) -> None:
                              help="optimizer steps per run (schedules)")
     experiments.add_argument("--target-efficacy", type=float, default=0.3,
                              help="mean efficacy whose first step is reported (schedules)")
+    add_cud_validation_args(parser)
     parser.set_defaults(func=run)
+
+
+def add_cud_validation_args(parser: argparse.ArgumentParser) -> None:
+    """Options of the `cross-method` and `cud-choice` actions."""
+    group = parser.add_argument_group(
+        "cross-method and cud-choice",
+        "CUD recomputed from --run's circuit store for anchors voted on the fit half of its "
+        "anchors/anchors.json. cross-method: for every ordered pair of methods, anchors from "
+        "one method, Spearman with the other's -efficacy on the held-out half, plus leave-one-"
+        "method-out (different seeds paired where per-seed outcomes exist) -> validation/"
+        "cross_method.csv/.md. cud-choice: every candidate configuration scored on the fit "
+        "half, the best reported on the held-out half -> validation/cud_choice.csv/.md.")
+    group.add_argument("--cud-top-n", default=None,
+                       help="circuit size: an edge count or a fraction of the edges "
+                            "(cross-method: one, default 0.05; cud-choice: comma-separated, "
+                            "default 0.02,0.05,0.1)")
+    group.add_argument("--cud-vector", default=None,
+                       help="binary or weighted (cross-method default binary; cud-choice "
+                            "default both)")
+    group.add_argument("--cud-similarity", default=None,
+                       help="cosine, jaccard or hamming (cross-method default cosine; "
+                            "cud-choice default all three)")
+    group.add_argument("--cud-anchor-method", default=None,
+                       help="how several methods' anchors combine: mean or combined "
+                            "(cross-method default mean; cud-choice: comma-separated, also "
+                            "method names, default combined, mean and each voting method)")
+    group.add_argument("--vote-methods", default=None,
+                       help="cud-choice: methods whose outcomes vote the anchors (default: "
+                            "those of anchors.json, else all)")
+    group.add_argument("--anchor-k", type=int, default=None,
+                       help="anchor set size (default: k of the run's anchors.json)")
+    group.add_argument("--fit-fraction", type=float, default=0.5,
+                       help="fit half when the run has no anchors.json (split seeded by --seed)")
 
 
 def _method_outcomes(args: argparse.Namespace) -> tuple[list[str], list[Path]]:
@@ -195,8 +231,65 @@ def run_schedules(args: argparse.Namespace) -> int:
     return 0
 
 
+def _names(value: str | None, default: Sequence[str]) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()] if value else list(default)
+
+
+def _one(value: str | None, default: str, flag: str) -> str:
+    values = _names(value, [default])
+    if len(values) != 1:
+        raise DataError(f"validate cross-method takes one value, got {value}", field=flag)
+    return values[0]
+
+
+def _top_n(values: Sequence[str], flag: str = "--cud-top-n") -> list[float]:
+    try:
+        return [float(v) for v in values]
+    except ValueError:
+        raise DataError(f"not a number: {', '.join(values)}", field=flag) from None
+
+
+def _require_run(args: argparse.Namespace, action: str) -> Path:
+    if args.run is None:
+        raise DataError(f"validate {action} needs --run DIR (a run folder with unlearn/, "
+                        "circuits/ and anchors/anchors.json)", field="--run")
+    return Path(args.run)
+
+
+def run_cross_method(args: argparse.Namespace) -> int:
+    run_dir = _require_run(args, "cross-method")
+    table = cross_method.write_cross_method(
+        run_dir, top_n=_top_n([_one(args.cud_top_n, "0.05", "--cud-top-n")])[0],
+        vector=_one(args.cud_vector, "binary", "--cud-vector"),
+        similarity=_one(args.cud_similarity, "cosine", "--cud-similarity"),
+        anchor_method=_one(args.cud_anchor_method, "mean", "--cud-anchor-method"),
+        k=args.anchor_k, fit_fraction=args.fit_fraction, split_seed=args.seed,
+        n_boot=args.n_boot, seed=args.seed, out_dir=args.out)
+    folder = Path(args.out or run_dir) / "validation"
+    print((folder / cross_method.MD_FILE).read_text(encoding="utf-8"), end="")
+    print(f"-> {folder / cross_method.MD_FILE} ({len(table)} rows)")
+    return 0
+
+
+def run_cud_choice(args: argparse.Namespace) -> int:
+    run_dir = _require_run(args, "cud-choice")
+    table = cud_choice.write_cud_choice(
+        run_dir, top_n=_top_n(_names(args.cud_top_n, [str(n) for n in cud_choice.TOP_N])),
+        vectors=_names(args.cud_vector, VECTORS),
+        similarities=_names(args.cud_similarity, SIMILARITIES),
+        anchor_methods=_names(args.cud_anchor_method, []) or None,
+        vote_methods=_names(args.vote_methods, []) or None, k=args.anchor_k,
+        fit_fraction=args.fit_fraction, split_seed=args.seed, n_boot=args.n_boot,
+        seed=args.seed, out_dir=args.out)
+    folder = Path(args.out or run_dir) / "validation"
+    print((folder / cud_choice.MD_FILE).read_text(encoding="utf-8"), end="")
+    print(f"-> {folder / cud_choice.MD_FILE} ({len(table)} candidates)")
+    return 0
+
+
 ACTIONS: dict[str, Callable[[argparse.Namespace], int]] = {
-    "correlations": run_correlations, "sets": run_sets, "schedules": run_schedules}
+    "correlations": run_correlations, "sets": run_sets, "schedules": run_schedules,
+    "cross-method": run_cross_method, "cud-choice": run_cud_choice}
 
 
 def run(args: argparse.Namespace) -> int:

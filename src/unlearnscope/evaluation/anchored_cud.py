@@ -1,0 +1,206 @@
+"""CUD recomputed from a run's circuit store for anchors voted inside the run (no model forward).
+
+What the cross-method and the configuration-choice validations share:
+
+- `read_run_outcomes`: every method's outcome tables by seed, from `unlearn/<method>/seed<s>/
+  outcomes.parquet` (one per seed) or the single-seed `unlearn/<method>/outcomes.parquet`
+  (its seed: `settings.seed` of the folder's `summary.json` or `config.json`, else 0);
+- `seed_mean`: one method's per-sample outcome averaged over chosen seeds;
+- `run_halves`: the fit / held-out split of the run's `anchors/anchors.json` (its `k` too), or
+  a seeded `split_fit` when the run has none;
+- `vote_sets`: the easy / hard lists the `vote` heuristic gives from outcome tables restricted to
+  the fit half, for an anchor method (`combined`, `mean` or a method name);
+- `StoreCud`: CUD of stored samples against anchor lists, as the `cud` scorer computes it with a
+  circuit store (`scoring.cud`: aggregates averaged per set, top-n selection with the store's
+  graph layout, then the similarity); the samples' circuit vectors of one (top_n, vector)
+  are selected once and reused for every anchor choice.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from unlearnscope.anchors.sets import ANCHORS_FILE, AnchorSets, check_k, read_anchors, split_fit
+from unlearnscope.anchors.vote import vote_anchors
+from unlearnscope.circuits.store import HEADER_FILE, CircuitStore
+from unlearnscope.errors import DataError, UnknownNameError
+from unlearnscope.evaluation.validation import MEAN_METHOD, read_outcomes
+from unlearnscope.runs import read_json
+from unlearnscope.scoring.cud import (
+    SIMILARITIES,
+    STORE_SUBDIR,
+    VECTORS,
+    anchor_aggregate,
+    circuit_vectors,
+    cud,
+)
+
+OUTCOMES_FILE = "outcomes.parquet"
+SEED_DIR = re.compile(r"^seed(\d+)$")
+ANCHOR_METHODS = ("combined", "mean")  # besides a single method's name (AnchorSets.sets_for)
+
+SeedOutcomes = Mapping[str, Mapping[int, pd.DataFrame]]  # method -> seed -> outcome table
+
+
+def _single_run_seed(folder: Path) -> int:
+    for name, keys in (("summary.json", ("settings", "seed")),
+                       ("config.json", ("options", "settings", "seed"))):
+        if (folder / name).is_file():
+            value = read_json(folder / name)
+            for key in keys:
+                value = value.get(key) if isinstance(value, dict) else None
+            if value is not None:
+                return int(value)
+    return 0
+
+
+def read_run_outcomes(run_dir: str | Path) -> dict[str, dict[int, pd.DataFrame]]:
+    """`{method: {seed: outcome table}}` of the run folder's `unlearn/<method>/` folders, in
+    method-name order; folders without outcomes are skipped. A folder holding both layouts is a
+    `DataError`, as is a run without any outcomes."""
+    unlearn = Path(run_dir) / "unlearn"
+    found: dict[str, dict[int, pd.DataFrame]] = {}
+    for folder in sorted(p for p in unlearn.iterdir() if p.is_dir()) if unlearn.is_dir() else []:
+        seeds = {int(match.group(1)): child / OUTCOMES_FILE for child in sorted(folder.iterdir())
+                 if child.is_dir() and (match := SEED_DIR.match(child.name))
+                 and (child / OUTCOMES_FILE).is_file()}
+        if (folder / OUTCOMES_FILE).is_file():
+            if seeds:
+                raise DataError(f"holds both {OUTCOMES_FILE} and seed<s>/{OUTCOMES_FILE}",
+                                source=str(folder))
+            seeds = {_single_run_seed(folder): folder / OUTCOMES_FILE}
+        if not seeds:
+            continue
+        if folder.name == MEAN_METHOD:
+            raise DataError(f"the method name '{MEAN_METHOD}' is reserved for the "
+                            "method-averaged difficulty", source=str(folder))
+        found[folder.name] = {seed: read_outcomes(path) for seed, path in sorted(seeds.items())}
+    if not found:
+        raise DataError(f"no unlearn/<method>/{OUTCOMES_FILE} or unlearn/<method>/seed<s>/"
+                        f"{OUTCOMES_FILE}", source=str(run_dir))
+    return found
+
+
+def seed_mean(tables: Mapping[int, pd.DataFrame], seeds: Sequence[int] | None = None
+              ) -> pd.DataFrame:
+    """One method's outcome averaged over `seeds` (default: all): columns `sample_id`,
+    `efficacy` and, when every table has it, `delta_loss` (the vote's tie-breaker); one row per
+    sample every chosen table has, in the first table's order."""
+    chosen = sorted(tables) if seeds is None else list(seeds)
+    if not chosen:
+        raise DataError("no seed to average", field="seed")
+    columns = ["efficacy"] + (["delta_loss"] if all("delta_loss" in tables[s].columns
+                                                    for s in chosen) else [])
+    frames = [tables[s].set_index(tables[s]["sample_id"].astype(str))[columns]
+              .astype(np.float64) for s in chosen]
+    common = frames[0].index
+    for frame in frames[1:]:
+        common = common[common.isin(frame.index)]
+    mean = sum(frame.loc[common] for frame in frames) / len(frames)
+    return mean.rename_axis("sample_id").reset_index()
+
+
+@dataclass
+class Halves:
+    """The fit half (anchors are voted on it; configurations are chosen on it), the held-out
+    half (validation only), the anchor set size `k` and where the split came from."""
+
+    fit_ids: list[str]
+    held_out_ids: list[str]
+    k: int
+    source: str
+
+
+def run_halves(run_dir: str | Path, sample_ids: Sequence[str], *, k: int | None = None,
+               fit_fraction: float = 0.5, seed: int = 0) -> Halves:
+    """The split of the run's `anchors/anchors.json` (and its `k` unless `k` is given); without
+    that file, `split_fit(sample_ids, fit_fraction, seed)` and `k` must be given."""
+    path = Path(run_dir) / "anchors" / ANCHORS_FILE
+    if path.is_file():
+        anchors = read_anchors(path)
+        return Halves(anchors.fit_ids, anchors.held_out_ids, anchors.k if k is None else k,
+                      f"anchors/{ANCHORS_FILE}")
+    if k is None:
+        raise DataError(f"no anchors/{ANCHORS_FILE} in the run: give the anchor set size k "
+                        "(and the fit fraction) to split the samples here", source=str(path),
+                        field="k")
+    fit, held_out = split_fit(list(sample_ids), fit_fraction, seed)
+    return Halves(fit, held_out, k, f"split_fit(fraction={fit_fraction}, seed={seed})")
+
+
+def vote_sets(tables: Mapping[str, pd.DataFrame], fit_ids: Sequence[str], k: int,
+              anchor_method: str) -> dict[str, dict[str, list[str]]]:
+    """The anchor lists (`AnchorSets.sets_for`) of the `vote` over `tables` (method -> outcome
+    table) on `fit_ids` only: `combined` the overall vote, `mean` every method's own lists, a
+    method name that method's lists. No row outside `fit_ids` is read."""
+    check_k(k, len(fit_ids))
+    result = vote_anchors(tables, k, sample_ids=list(fit_ids))
+    sets = AnchorSets("vote", k, result.easy, result.hard, list(fit_ids), [],
+                      per_method=result.per_method)
+    return sets.sets_for(anchor_method)
+
+
+def open_run_store(path: str | Path) -> CircuitStore:
+    """The circuit store of a run folder (`<run>/circuits/`) or a store folder itself."""
+    path = Path(path)
+    store_dir = path if (path / HEADER_FILE).is_file() else path / STORE_SUBDIR
+    if not (store_dir / HEADER_FILE).is_file():
+        raise DataError("no circuit store (run `unlearnscope circuits` first)",
+                        source=str(store_dir))
+    return CircuitStore.open(store_dir)
+
+
+class StoreCud:
+    """CUD of stored samples against anchor lists of stored samples.
+
+    `edge_scores` `[n, E]` of `sample_ids` are read once; `values` gives what the `cud` scorer
+    gives with this store (`scoring.cud.cud_from_aggregates`), reusing each sample's circuit
+    vector `[E]` across anchor choices.
+    """
+
+    def __init__(self, store: CircuitStore, sample_ids: Sequence[str]) -> None:
+        self.sample_ids = list(sample_ids)
+        self.position = {sample_id: i for i, sample_id in enumerate(self.sample_ids)}
+        self.layout = store.layout
+        self.edge_scores = store.edge_scores(self.sample_ids)  # [n, E] float32
+        self._vectors: tuple[tuple[float, str], torch.Tensor] | None = None
+
+    def _rows(self, ids: Sequence[str]) -> list[int]:
+        missing = [i for i in ids if i not in self.position]
+        if missing:
+            raise DataError(f"no stored circuit for sample(s) {', '.join(missing[:10])}",
+                            field="sample_id")
+        return [self.position[i] for i in ids]
+
+    def vectors(self, top_n: float, vector: str) -> torch.Tensor:
+        """Circuit vectors `[n, E]` of all samples; the last `(top_n, vector)` asked for is
+        kept (one `[n, E]` copy: ask in `(top_n, vector)` order to compute each once)."""
+        key = (float(top_n), vector)
+        if self._vectors is None or self._vectors[0] != key:
+            self._vectors = (key, circuit_vectors(self.edge_scores, top_n, vector=vector,
+                                                  layout=self.layout))
+        return self._vectors[1]
+
+    def values(self, anchor_sets: Mapping[str, Mapping[str, Sequence[str]]],
+               ids: Sequence[str], *, top_n: float, vector: str, similarity: str
+               ) -> np.ndarray:
+        """CUD `[len(ids)]` float64 of `ids` against the anchors of `anchor_sets` (`{set name:
+        {"easy": ids, "hard": ids}}`; several sets are averaged as `anchor_aggregate` does)."""
+        if similarity not in SIMILARITIES:
+            raise UnknownNameError("similarity", similarity, list(SIMILARITIES))
+        if vector not in VECTORS:
+            raise UnknownNameError("circuit vector", vector, list(VECTORS))
+        aggregates = [anchor_aggregate([self.edge_scores[self._rows(lists[side])]
+                                        for lists in anchor_sets.values()])
+                      for side in ("easy", "hard")]
+        anchors = circuit_vectors(torch.stack(aggregates).float(), top_n, vector=vector,
+                                  layout=self.layout)
+        samples = self.vectors(top_n, vector)[self._rows(ids)]
+        return cud(samples, anchors[0], anchors[1], similarity).numpy()
