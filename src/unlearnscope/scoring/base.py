@@ -35,11 +35,14 @@ class Scorer(ABC):
     """One difficulty metric.
 
     `higher_is_harder`: True when a larger `value` means the sample is harder to unlearn.
+    `uses_anchors`: True when the scorer is fitted on anchor samples (CUD); its `config()` then
+    names them (`anchor_fit_ids`), so validation can leave them out.
     `score` returns `[n_samples]` float64 values in the order of `samples`.
     """
 
     name: ClassVar[str]
     higher_is_harder: ClassVar[bool]
+    uses_anchors: ClassVar[bool] = False
 
     def __init__(self, **options: Any) -> None:
         self.options = options
