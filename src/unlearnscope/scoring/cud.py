@@ -223,9 +223,9 @@ class CUD(Scorer):
             raise UnknownNameError("circuit vector", vector, list(VECTORS))
         if selection not in SELECTIONS:
             raise UnknownNameError("circuit selection", selection, list(SELECTIONS))
-        given = {key: value for key, value in (("method", method), ("ig_steps", ig_steps),
-                                                ("baseline", baseline), ("rule", rule),
-                                                ("metric", metric)) if value is not None}
+        given = {key: value for key, value in zip(ATTRIBUTION_KEYS, (method, ig_steps, baseline,
+                                                                     rule, metric), strict=True)
+                 if value is not None}
         self.store = _open_store(circuits) if circuits else None
         if self.store is not None:
             check_attribution(self.store.header, given,
