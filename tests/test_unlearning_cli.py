@@ -97,6 +97,27 @@ def test_unlearn_cli_two_processes_with_torchrun(workspace, tmp_path):
     assert (out / "model" / "config.json").is_file() and not (out / "checkpoint").exists()
 
 
+@pytest.mark.slow
+def test_unlearn_cli_rmu_trains_every_reachable_parameter_under_two_processes(workspace,
+                                                                              tmp_path):
+    """RMU's reference setting (all parameters) under DDP: the parameters above the steered
+    block get no gradient, and DDP used to stop at step 2 ("Expected to have finished
+    reduction"); they are frozen now, and the gradients are reduced: 2 processes x batch 1
+    give one process's batch-2 run."""
+    rmu = ("--method", "rmu", "--method-option", "layer=0", "--method-option", "steering_coeff=5",
+           "--no-save")
+    out = tmp_path / "rmu"
+    done = torchrun(*unlearn_args(workspace, out, *rmu))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads((out / "summary.json").read_text())["steps"] == 4
+    outcomes = pd.read_parquet(out / "outcomes.parquet")
+    assert (outcomes["delta_loss"] != 0).all()
+    single = tmp_path / "single"
+    assert main(unlearn_args(workspace, single, *rmu, "--batch-size", "2")) == 0
+    pd.testing.assert_frame_equal(outcomes, pd.read_parquet(single / "outcomes.parquet"),
+                                  rtol=1e-5)
+
+
 def steps_args(root, out, *extra):
     return ["steps-to-forget", "--model", str(root / "model"), "--method", "grad_ascent",
             "--data", f"jsonl:{root / 'forget.jsonl'}?id_field=id", "--out", str(out),
