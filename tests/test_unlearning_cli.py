@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -14,7 +15,14 @@ import pytest
 from test_unlearning_support import tiny_model, tiny_tokenizer, toy_samples
 from unlearnscope.cli import main
 from unlearnscope.cli._common import key_values, named_key_values
+from unlearnscope.cli.unlearn import METHOD_OPTIONS_HELP
 from unlearnscope.errors import UnlearnscopeError
+from unlearnscope.unlearning.methods import (
+    METHODS,
+    NLL_WEIGHTINGS,
+    RMU_SETTINGS,
+    UnlearningMethod,
+)
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +74,17 @@ def test_parse_method_options():
         named_key_values(["ga.lr=1"], ["npo"], "-s", "method")
     with pytest.raises(UnlearnscopeError, match=r"expected NAME\.KEY=VALUE"):
         named_key_values(["npo=1"], ["npo"], "-s", "method")
+
+
+def test_method_option_help_names_every_method_setting(capsys):
+    """Every option a method accepts, and the choices of `setting` and `nll_weighting`."""
+    words = set(re.findall(r"[a-z_-]+", METHOD_OPTIONS_HELP))
+    for cls in METHODS.values():
+        assert set(UnlearningMethod.defaults) | set(cls.defaults) <= words, cls.name
+    assert {*RMU_SETTINGS, *NLL_WEIGHTINGS, "auto", "hidden_mse"} <= words
+    with pytest.raises(SystemExit):
+        main(["unlearn", "--help"])
+    assert "steering_scale" in capsys.readouterr().out
 
 
 def test_unlearn_cli_one_process(workspace, tmp_path, capsys):

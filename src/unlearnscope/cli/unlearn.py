@@ -14,18 +14,27 @@ from unlearnscope.cli._common import (
     samples_from,
 )
 from unlearnscope.models import load_model
-from unlearnscope.unlearning.methods import METHODS
+from unlearnscope.unlearning.methods import METHODS, NLL_WEIGHTINGS, RMU_SETTINGS
 from unlearnscope.unlearning.samplers import SCHEDULES
 from unlearnscope.unlearning.trainer import UnlearnConfig, run_unlearning
+
+METHOD_OPTIONS_HELP = (
+    "override a method setting; values are JSON (e.g. trainable_layers=[1,2]) or plain "
+    "strings. Every method: gamma (forget weight), alpha (retain weight), retain_loss (nll|kl), "
+    f"nll_weighting ({'|'.join(NLL_WEIGHTINGS)}: answer-NLL terms are means over the batch's "
+    "answer tokens, or over samples). npo, undial: beta; simnpo: beta, delta. rmu: setting "
+    f"({'|'.join(RMU_SETTINGS)}: the defaults of the options not given), layer (the steered "
+    "block), steering_coeff (a number, or auto: steering_scale times the mean hidden-state "
+    "norm at that block on the forget answers), steering_scale, trainable_layers (all, or a "
+    "list of block indices), trainable_params (a regex inside those blocks), seed; its "
+    "retain_loss is hidden_mse (or nll|kl)")
 
 
 def add_training_args(parser: argparse.ArgumentParser) -> None:
     """Options shared by `unlearn` and `steps-to-forget`."""
     parser.add_argument("--method", required=True, choices=sorted(METHODS))
     parser.add_argument("--method-option", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a method setting (gamma, alpha, beta, delta, retain_loss "
-                             "nll|kl, steering_coeff, layer, trainable_layers, ...); values "
-                             "are JSON (e.g. trainable_layers=[1,2]) or plain strings")
+                        help=METHOD_OPTIONS_HELP)
     parser.add_argument("--lr", type=float, default=1e-5)
     parser.add_argument("--weight-decay", type=float, default=0.01)
     parser.add_argument("--max-grad-norm", type=float, default=1.0,
