@@ -10,6 +10,7 @@ from unlearnscope.data import load_samples
 from unlearnscope.errors import UnlearnscopeError
 from unlearnscope.models import load_model
 from unlearnscope.models.finetune import FinetuneConfig, build_tiny, finetune
+from unlearnscope.models.precision import PRECISIONS
 from unlearnscope.models.tiny import TinyConfig
 from unlearnscope.runs import write_config
 
@@ -43,6 +44,11 @@ def register(subparsers) -> None:
                              "tofu:forget05 when training on forget05 + retain95 (repeatable; "
                              "taken whole, --max-samples does not apply)")
     parser.add_argument("--max-length", type=int, default=None)
+    parser.add_argument("--precision", choices=PRECISIONS, default="float32",
+                        help="float32, or bf16-autocast: each batch's forward and loss in "
+                             "bfloat16 autocast, weights, gradients and AdamW state float32 "
+                             "(faster on CPUs with AVX-512 BF16 and on GPUs; evaluations stay "
+                             "float32)")
     parser.add_argument("--tokenizer-texts", default=None,
                         help="for --model tiny: dataset spec whose texts train the tokenizer "
                              "(default: the training data)")
@@ -62,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
                             grad_accum=args.grad_accum, warmup_ratio=args.warmup_ratio,
                             weight_decay=args.weight_decay, seed=args.seed,
                             checkpoint_every=args.checkpoint_every, target_prob=args.target_prob,
-                            max_length=args.max_length)
+                            max_length=args.max_length, precision=args.precision)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     write_config(args.out, "finetune", options_of(args))
     if args.model == "tiny":

@@ -14,6 +14,7 @@ from unlearnscope.cli._common import (
     samples_from,
 )
 from unlearnscope.models import load_model
+from unlearnscope.models.precision import PRECISIONS
 from unlearnscope.unlearning.methods import METHODS, NLL_WEIGHTINGS, RMU_SETTINGS
 from unlearnscope.unlearning.samplers import SCHEDULES
 from unlearnscope.unlearning.trainer import UnlearnConfig, run_unlearning
@@ -83,6 +84,11 @@ def register(subparsers) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=None,
                         help="for --rouge (default: the longest reference answer of a batch)")
     parser.add_argument("--eval-batch-size", type=int, default=defaults.eval_batch_size)
+    parser.add_argument("--precision", choices=PRECISIONS, default=defaults.precision,
+                        help="float32, or bf16-autocast: each step's forward and loss (the "
+                             "reference model's too) in bfloat16 autocast, weights, gradients "
+                             "and AdamW state float32; the before/after evaluations stay "
+                             "float32")
     parser.add_argument("--retain-eval-limit", type=int, default=None,
                         help="evaluate at most N retain samples (a seeded random subset)")
     parser.set_defaults(func=run)
@@ -100,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
         curriculum_chunks=args.curriculum_chunks, checkpoint_every=args.checkpoint_every,
         track_every=args.track_every, rouge=args.rouge, max_new_tokens=args.max_new_tokens,
         eval_batch_size=args.eval_batch_size, retain_eval_limit=args.retain_eval_limit,
-        max_length=args.max_length)
+        max_length=args.max_length, precision=args.precision)
     model, tokenizer = load_model(args.model, dtype=args.dtype,
                                   trust_remote_code=args.trust_remote_code)
     result = run_unlearning(model, tokenizer, forget, retain, config=config,

@@ -34,6 +34,7 @@ from unlearnscope.data.tokenize import (
 )
 from unlearnscope.models.loading import MODEL_SUBDIR
 from unlearnscope.models.logprobs import answer_nll, mean_answer_nll
+from unlearnscope.models.precision import check_precision, training_autocast
 from unlearnscope.models.tiny import TinyConfig, build_tiny_model
 from unlearnscope.progress import progress_bar
 from unlearnscope.runs import check_finite, write_json, write_parquet
@@ -54,6 +55,7 @@ class FinetuneConfig:
     checkpoint_every: int = 0  # batches between mid-epoch checkpoints; epochs always end with one
     target_prob: float | None = None
     max_length: int | None = None
+    precision: str = "float32"  # or "bf16-autocast" (unlearnscope.models.precision)
 
 
 def training_texts(samples: Sequence[Sample]) -> list[str]:
@@ -110,6 +112,10 @@ def finetune(model, tokenizer, samples: Sequence[Sample], out_dir: str | Path,
              target_samples: Sequence[Sample] | None = None):
     """Train `model` on `samples` (answer tokens carry the loss); returns the trained model.
 
+    `config.precision` `bf16-autocast` runs each batch's forward and loss under bfloat16
+    autocast with float32 weights (`unlearnscope.models.precision`); the probabilities
+    measured for `target_prob` and `finetune.json` stay float32.
+
     With `config.target_prob`, training stops after the first epoch whose mean answer
     probability on `target_samples` (default: the training samples; e.g. the forget set of a
     forget + retain run) reaches it.
@@ -122,6 +128,7 @@ def finetune(model, tokenizer, samples: Sequence[Sample], out_dir: str | Path,
     and `loss` (the main process's mean micro-batch loss over the update).
     """
     out = Path(out_dir)
+    check_precision(config.precision)
     accelerator = Accelerator(gradient_accumulation_steps=config.grad_accum,
                               cpu=not torch.cuda.is_available())
     set_seed(config.seed)
@@ -163,9 +170,10 @@ def finetune(model, tokenizer, samples: Sequence[Sample], out_dir: str | Path,
         epoch_loader = accelerator.skip_first_batches(loader, skip) if skip else loader
         for index, batch in enumerate(epoch_loader, start=skip):
             with accelerator.accumulate(model):
-                logits = model(input_ids=batch["input_ids"],
-                               attention_mask=batch["attention_mask"]).logits
-                loss = mean_answer_nll(logits, batch["labels"]).mean()
+                with training_autocast(config.precision, model):
+                    logits = model(input_ids=batch["input_ids"],
+                                   attention_mask=batch["attention_mask"]).logits
+                    loss = mean_answer_nll(logits, batch["labels"]).mean()
                 check_finite(loss.detach(), f"fine-tuning loss (epoch {epoch}, batch {index})")
                 accelerator.backward(loss)
                 update_losses.append(loss.item())
