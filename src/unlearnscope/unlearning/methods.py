@@ -276,15 +276,15 @@ class RMU(UnlearningMethod):
 
     `setting` names the values of the options not given explicitly:
     - `reference` (default): open-unlearning's `configs/trainer/RMU.yaml` for TOFU (tuned on
-      Llama-3.2-1B): block 7 steered, steering_coeff 2, alpha 1, gamma 1, every parameter of
-      the model trained.
+      Llama-3.2-1B): block 7 steered, steering_coeff 2, alpha 1, gamma 1, every parameter
+      trained (every one the steered output depends on: see below).
     - `small-model`: this toolkit's earlier setting, which moves few weights of a small model:
       only the MLP down-projection matrices of the steered block and the two before it train
       (WMDP's RMU choice), the steered block is `n_layers // 2 - 1` (7 of 16, scaled to the
       model), steering_coeff 300, alpha 1000.
 
     Options: `layer` (None: `n_layers // 2 - 1`; past the last block: the last block);
-    `trainable_layers` "all" (every parameter) or block indices (None: `layer` and the two
+    `trainable_layers` "all" (every parameter, see below) or block indices (None: `layer` and the two
     before it) whose parameters named (inside the block) as the regex `trainable_params` train;
     `steering_coeff` a number, or "auto": `steering_scale` (default 1) times the mean L2 norm of
     the starting model's block-`layer` output over the forget answer tokens, measured by
@@ -293,16 +293,16 @@ class RMU(UnlearningMethod):
 
     The losses read only block `layer`'s output, so every forward (forget, retain, frozen
     reference) stops after that block (`stop_after`): the blocks above it, the final norm and
-    the LM head never run, and loss and gradients equal a full forward's. Unless the retain
-    loss is `nll` or `kl` (which run the whole model), `prepare` freezes the trainable
-    parameters the steered output does not depend on (with `trainable_layers="all"`: the
-    blocks above `layer`, the final norm and an untied LM head). They stay exactly at the
-    starting model's values: AdamW neither updates nor decays them. The trainer's AdamW did
-    the same before (the loss never reached them, so their gradient was None and AdamW skips
-    such parameters, weight decay included), so its runs are unchanged; `steps_to_forget`,
-    whose `torch.func.grad` gave them zero gradients, used to decay them and now leaves them
-    alone and stacks fewer copies' parameters. Frozen, they are also outside DDP's gradient
-    reduction, so data-parallel runs no longer fail on parameters without gradients.
+    the LM head never run, and loss and gradients are a full forward's. Unless the retain loss
+    is `nll` or `kl` (which read the logits), `prepare` freezes the trainable parameters the
+    steered output does not depend on (with `trainable_layers="all"`: the blocks above
+    `layer`, the final norm and an untied LM head). They keep the starting model's values
+    exactly: RMU's loss never changed them, and AdamW's weight decay, which applies only to
+    parameters with a gradient, does not either. In the trainer a full forward gave the same
+    (their gradient was None, which AdamW skips); in `steps_to_forget`, where `torch.func.grad`
+    returns zero gradients for them, they are no longer decayed and no longer stacked per
+    copy. Frozen, they are also outside DDP's gradient reduction, which refuses parameters
+    that get no gradient.
     """
 
     name = "rmu"
