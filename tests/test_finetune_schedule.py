@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -92,3 +93,42 @@ def test_resumed_run_continues_the_schedule(tmp_path, monkeypatch, small_config)
     resumed = pd.read_parquet(tmp_path / "resumed" / "training.parquet")
     assert resumed["lr"].tolist() == pytest.approx(linear_schedule(9, 2), rel=1e-9, abs=1e-12)
     pd.testing.assert_frame_equal(resumed, straight)
+
+
+FORGET = "synthetic:authors/forget?n_authors=4&questions_per_author=3"
+RETAIN = "synthetic:authors/retain?n_authors=4&questions_per_author=3"
+
+
+def test_target_prob_is_measured_on_the_target_data(tmp_path, capsys):
+    """`--target-data` names the samples `--target-prob` applies to (here the forget set of a
+    forget + retain run): their mean answer probability after every epoch is recorded, and the
+    first epoch reaching the target stops training."""
+    from unlearnscope.models import load_model
+    from unlearnscope.models.finetune import mean_answer_prob
+
+    def run(out, target_prob: float) -> dict:
+        assert main(["finetune", "--model", "tiny", "--data", FORGET, "--extra-data", RETAIN,
+                     "--target-data", FORGET, "--target-prob", str(target_prob), "--out",
+                     str(out), "--epochs", "3", "--lr", "1e-2", "--batch-size", "4"]) == 0
+        return json.loads((out / "finetune.json").read_text())
+
+    report = run(tmp_path / "full", 0.999)  # never reached: all 3 epochs
+    forget = load_samples(FORGET)
+    assert report["epochs_trained"] == 3 and report["n_target_samples"] == len(forget) == 3
+    probs = report["target_prob_by_epoch"]
+    assert len(probs) == 3 and probs[0] < probs[1] < probs[2] < 0.999
+    model, tokenizer = load_model(str(tmp_path / "full" / "model"), device="cpu")
+    assert probs[-1] == pytest.approx(mean_answer_prob(model, tokenizer, forget), rel=1e-5)
+    everything = forget + load_samples(RETAIN)
+    assert report["mean_answer_prob"] == pytest.approx(
+        mean_answer_prob(model, tokenizer, everything), rel=1e-5)
+    assert probs[-1] != pytest.approx(report["mean_answer_prob"], rel=1e-2)  # not all data
+
+    stopped = run(tmp_path / "stopped", (probs[0] + probs[1]) / 2)
+    assert stopped["epochs_trained"] == 2
+    assert stopped["target_prob_by_epoch"] == pytest.approx(probs[:2], rel=1e-6)
+
+    assert main(["finetune", "--model", "tiny", "--data", FORGET, "--target-data", FORGET,
+                 "--out", str(tmp_path / "refused")]) == 2
+    assert "give --target-prob too" in capsys.readouterr().err
+    assert not (tmp_path / "refused" / "config.json").exists()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -14,7 +15,14 @@ import pytest
 from test_unlearning_support import tiny_model, tiny_tokenizer, toy_samples
 from unlearnscope.cli import main
 from unlearnscope.cli._common import key_values, named_key_values
+from unlearnscope.cli.unlearn import METHOD_OPTIONS_HELP
 from unlearnscope.errors import UnlearnscopeError
+from unlearnscope.unlearning.methods import (
+    METHODS,
+    NLL_WEIGHTINGS,
+    RMU_SETTINGS,
+    UnlearningMethod,
+)
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +76,17 @@ def test_parse_method_options():
         named_key_values(["npo=1"], ["npo"], "-s", "method")
 
 
+def test_method_option_help_names_every_method_setting(capsys):
+    """Every option a method accepts, and the choices of `setting` and `nll_weighting`."""
+    words = set(re.findall(r"[a-z_-]+", METHOD_OPTIONS_HELP))
+    for cls in METHODS.values():
+        assert set(UnlearningMethod.defaults) | set(cls.defaults) <= words, cls.name
+    assert {*RMU_SETTINGS, *NLL_WEIGHTINGS, "auto", "hidden_mse"} <= words
+    with pytest.raises(SystemExit):
+        main(["unlearn", "--help"])
+    assert "steering_scale" in capsys.readouterr().out
+
+
 def test_unlearn_cli_one_process(workspace, tmp_path, capsys):
     out = tmp_path / "run"
     assert main(unlearn_args(workspace, out, "--no-save", "--method-option", "alpha=0.5")) == 0
@@ -95,6 +114,27 @@ def test_unlearn_cli_two_processes_with_torchrun(workspace, tmp_path):
     assert (outcomes["delta_loss"] != 0).all()
     assert sorted(pd.read_parquet(out / "trajectory.parquet")["step"].unique()) == [0, 2, 4]
     assert (out / "model" / "config.json").is_file() and not (out / "checkpoint").exists()
+
+
+@pytest.mark.slow
+def test_unlearn_cli_rmu_trains_every_reachable_parameter_under_two_processes(workspace,
+                                                                              tmp_path):
+    """RMU's reference setting (all parameters) under DDP: the parameters above the steered
+    block get no gradient, and DDP used to stop at step 2 ("Expected to have finished
+    reduction"); they are frozen now, and the gradients are reduced: 2 processes x batch 1
+    give one process's batch-2 run."""
+    rmu = ("--method", "rmu", "--method-option", "layer=0", "--method-option", "steering_coeff=5",
+           "--no-save")
+    out = tmp_path / "rmu"
+    done = torchrun(*unlearn_args(workspace, out, *rmu))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads((out / "summary.json").read_text())["steps"] == 4
+    outcomes = pd.read_parquet(out / "outcomes.parquet")
+    assert (outcomes["delta_loss"] != 0).all()
+    single = tmp_path / "single"
+    assert main(unlearn_args(workspace, single, *rmu, "--batch-size", "2")) == 0
+    pd.testing.assert_frame_equal(outcomes, pd.read_parquet(single / "outcomes.parquet"),
+                                  rtol=1e-5)
 
 
 def steps_args(root, out, *extra):

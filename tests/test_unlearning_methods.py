@@ -9,13 +9,15 @@ import math
 import pandas as pd
 import pytest
 import torch
+from transformers import LlamaConfig, LlamaForCausalLM
 
+from circuit_models import SMALL, padded_batch, tiny
 from test_unlearning_support import tiny_model, tiny_tokenizer, toy_samples
 from unlearnscope.data.tokenize import collate, encode_samples, pad_id
 from unlearnscope.errors import DataError, UnknownNameError
 from unlearnscope.models.logprobs import mean_answer_nll
-from unlearnscope.unlearning import trainer
-from unlearnscope.unlearning.methods import METHODS, RMU_SETTINGS, get_method
+from unlearnscope.unlearning import losses, trainer
+from unlearnscope.unlearning.methods import METHODS, RMU_SETTINGS, decoder_layers, get_method
 from unlearnscope.unlearning.trainer import run_unlearning
 
 
@@ -226,7 +228,9 @@ def test_rmu_reference_setting_is_open_unlearnings_config_and_trains_everything(
         "setting": "reference", "gamma": 1.0, "alpha": 1.0, "retain_loss": "hidden_mse",
         "nll_weighting": "token", "steering_coeff": 2.0, "layer": 7, "trainable_layers": "all",
         "trainable_params": None, "steering_scale": None, "seed": 0, "forget_hidden_norm": None}
-    assert all(p.requires_grad for p in model.parameters())
+    # block 7 is the last: every parameter but the final norm and the LM head reaches it
+    assert sorted(n for n, p in model.named_parameters() if not p.requires_grad) == [
+        "lm_head.weight", "model.norm.weight"]
     assert method.steering_vector(32).norm().item() == pytest.approx(2.0, rel=1e-6)
     assert method.uses_reference
     small = get_method("rmu", setting="small-model", trainable_layers="all")
@@ -238,6 +242,100 @@ def test_rmu_reference_setting_is_open_unlearnings_config_and_trains_everything(
     with pytest.raises(DataError, match=r"'rmu\.trainable_layers'"):
         get_method("rmu", trainable_layers="some")
     assert set(RMU_SETTINGS) == {"reference", "small-model"}
+
+
+def full_forward_block_output(model, batch, block: int) -> torch.Tensor:
+    """Output of `block` from a complete forward (every block and the LM head run)."""
+    captured = []
+    handle = decoder_layers(model)[block].register_forward_hook(
+        lambda _m, _i, out: captured.append(out[0] if isinstance(out, tuple) else out))
+    try:
+        model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    finally:
+        handle.remove()
+    return captured[0]
+
+
+@pytest.mark.parametrize("family", ["llama", "llama-gqa", "qwen2-gqa", "gpt2", "neox-parallel",
+                                    "phi-gqa"])
+def test_rmu_forward_stops_at_the_steered_block_with_the_full_forwards_loss_and_gradients(family):
+    """Loss and every gradient equal those of a full forward; no block above the steered one,
+    and no LM head, runs (for the model or the frozen reference)."""
+    model = tiny(family)
+    reference = copy.deepcopy(model).requires_grad_(False)
+    forget, retain = padded_batch(1), padded_batch(2)
+    method = get_method("rmu", layer=0, steering_coeff=5.0, alpha=3.0)
+    target = method.steering_vector(model.config.hidden_size)
+    hidden = full_forward_block_output(model, forget, 0)
+    with torch.no_grad():
+        frozen = full_forward_block_output(reference, retain, 0)
+    expected = (losses.hidden_mse(hidden, target, forget["labels"] != -100).mean()
+                + 3.0 * losses.hidden_mse(full_forward_block_output(model, retain, 0), frozen,
+                                          retain["labels"] != -100).mean())
+    expected.backward()
+    expected_grads = {n: None if p.grad is None else p.grad.clone()
+                      for n, p in model.named_parameters()}
+    model.zero_grad(set_to_none=True)
+
+    calls = []
+    handles = [module.register_forward_pre_hook(lambda *_: calls.append(1))
+               for net in (model, reference)
+               for module in (decoder_layers(net)[1], net.get_output_embeddings())]
+    parts = method.loss(model, forget, retain, reference)
+    for handle in handles:
+        handle.remove()
+    assert calls == []
+    assert torch.equal(parts.total, expected.detach())
+    parts.total.backward()
+    for name, param in model.named_parameters():
+        if expected_grads[name] is None:
+            assert param.grad is None, name
+        else:
+            torch.testing.assert_close(param.grad, expected_grads[name], rtol=1e-6, atol=0,
+                                       msg=name)
+    assert any(g is None for g in expected_grads.values())  # block 1 and the head get none
+    assert model.forward.__func__ is type(model).forward  # the patched forward is gone
+    assert "forward" not in vars(model) and "forward" not in vars(reference)
+
+
+def test_rmu_prepare_freezes_what_the_steered_block_does_not_reach(setup):
+    tokenizer = setup[0]
+    model = tiny_model(tokenizer, layers=3)
+    get_method("rmu", layer=1).prepare(model)
+    frozen = sorted(n for n, p in model.named_parameters() if not p.requires_grad)
+    assert frozen == sorted(["lm_head.weight", "model.norm.weight",
+                             *(n for n, _ in model.named_parameters()
+                               if n.startswith("model.layers.2."))])
+    # a retain term on the logits runs the whole model: nothing is frozen
+    model = tiny_model(tokenizer, layers=3)
+    get_method("rmu", layer=1, retain_loss="nll").prepare(model)
+    assert all(p.requires_grad for p in model.parameters())
+    # tied embeddings: the LM head's weight is the embedding, which block 0 reads
+    torch.manual_seed(0)
+    tied = LlamaForCausalLM(LlamaConfig(**{**SMALL, "tie_word_embeddings": True}))
+    get_method("rmu", layer=0).prepare(tied)
+    assert tied.lm_head.weight is tied.model.embed_tokens.weight and tied.lm_head.weight.requires_grad
+    assert not any(p.requires_grad for p in tied.model.layers[1].parameters())
+    with pytest.raises(ValueError, match="reaches the output of block 0"):
+        get_method("rmu", layer=0, trainable_layers=[1], trainable_params=".*").prepare(
+            tiny_model(tokenizer, layers=3))
+
+
+def test_rmu_run_leaves_the_parameters_above_the_steered_block_exactly_as_they_were(setup):
+    """With weight decay, everything the steered output depends on moves; the blocks above,
+    the final norm and the LM head are neither updated nor decayed (as before the forward
+    stopped early: their gradient was None, and AdamW skips those)."""
+    tokenizer = setup[0]
+    start = tiny_model(tokenizer, layers=3)
+    result = run_unlearning(copy.deepcopy(start), tokenizer, toy_samples("f")[:4],
+                            toy_samples("r")[4:], "rmu", epochs=2, lr=5e-3, batch_size=2,
+                            grad_accum=1, warmup_epochs=0.0, weight_decay=0.5,
+                            method_options={"layer": 1, "steering_coeff": 5.0})
+    after = dict(result.model.named_parameters())
+    for name, param in start.named_parameters():
+        untouched = name in ("lm_head.weight", "model.norm.weight") or name.startswith(
+            "model.layers.2.")
+        assert torch.equal(after[name], param) == untouched, name
 
 
 def hand_mean_norm(model, batches, layer: int) -> float:

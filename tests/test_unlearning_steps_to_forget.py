@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import importlib
+import json
 import math
 
 import pandas as pd
@@ -94,6 +95,26 @@ def test_rmu_with_retain_samples_trains_only_its_layers(tokenizer):
     fresh = tiny_model(tokenizer)
     for a, b in zip(model.parameters(), fresh.parameters(), strict=True):
         torch.testing.assert_close(a, b)  # the copies train; the model itself is untouched
+
+
+def test_rmu_auto_steering_coeff_is_measured_on_the_samples(tokenizer, tmp_path):
+    """steering_coeff=auto: scale x the mean block-output norm over the samples' answer
+    tokens, measured before any copy trains, and recorded in config.json."""
+    config = StepsToForgetConfig(method="rmu", lr=1e-2, max_steps=2, copies=2, method_options={
+        "layer": 0, "steering_coeff": "auto", "steering_scale": 3.0})
+    table = steps_to_forget(tiny_model(tokenizer), tokenizer, SAMPLES[:2], config=config,
+                            out_dir=tmp_path)
+    assert (table["loss_final"] != table["loss_before"]).all()
+    norms = []
+    model = tiny_model(tokenizer)
+    with torch.no_grad():
+        for encoded in encode_samples(tokenizer, SAMPLES[:2]).samples:
+            batch = collate([encoded], pad_id(tokenizer))
+            hidden = model(**batch, output_hidden_states=True).hidden_states[1][0]
+            norms.extend(hidden[batch["labels"][0] != -100].norm(dim=-1).tolist())
+    options = json.loads((tmp_path / "config.json").read_text())["options"]["method_options"]
+    assert options["forget_hidden_norm"] == pytest.approx(sum(norms) / len(norms), rel=1e-5)
+    assert options["steering_coeff"] == pytest.approx(3.0 * sum(norms) / len(norms), rel=1e-5)
 
 
 def test_resume_skips_finished_samples(tokenizer, tmp_path, monkeypatch):

@@ -14,18 +14,28 @@ from unlearnscope.cli._common import (
     samples_from,
 )
 from unlearnscope.models import load_model
-from unlearnscope.unlearning.methods import METHODS
+from unlearnscope.models.precision import PRECISIONS
+from unlearnscope.unlearning.methods import METHODS, NLL_WEIGHTINGS, RMU_SETTINGS
 from unlearnscope.unlearning.samplers import SCHEDULES
 from unlearnscope.unlearning.trainer import UnlearnConfig, run_unlearning
+
+METHOD_OPTIONS_HELP = (
+    "override a method setting; values are JSON (e.g. trainable_layers=[1,2]) or plain "
+    "strings. Every method: gamma (forget weight), alpha (retain weight), retain_loss (nll|kl), "
+    f"nll_weighting ({'|'.join(NLL_WEIGHTINGS)}: answer-NLL terms are means over the batch's "
+    "answer tokens, or over samples). npo, undial: beta; simnpo: beta, delta. rmu: setting "
+    f"({'|'.join(RMU_SETTINGS)}: the defaults of the options not given), layer (the steered "
+    "block), steering_coeff (a number, or auto: steering_scale times the mean hidden-state "
+    "norm at that block on the forget answers), steering_scale, trainable_layers (all, or a "
+    "list of block indices), trainable_params (a regex inside those blocks), seed; its "
+    "retain_loss is hidden_mse (or nll|kl)")
 
 
 def add_training_args(parser: argparse.ArgumentParser) -> None:
     """Options shared by `unlearn` and `steps-to-forget`."""
     parser.add_argument("--method", required=True, choices=sorted(METHODS))
     parser.add_argument("--method-option", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a method setting (gamma, alpha, beta, delta, retain_loss "
-                             "nll|kl, steering_coeff, layer, trainable_layers, ...); values "
-                             "are JSON (e.g. trainable_layers=[1,2]) or plain strings")
+                        help=METHOD_OPTIONS_HELP)
     parser.add_argument("--lr", type=float, default=1e-5)
     parser.add_argument("--weight-decay", type=float, default=0.01)
     parser.add_argument("--max-grad-norm", type=float, default=1.0,
@@ -76,6 +86,11 @@ def register(subparsers) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=None,
                         help="for --rouge (default: the longest reference answer of a batch)")
     parser.add_argument("--eval-batch-size", type=int, default=defaults.eval_batch_size)
+    parser.add_argument("--precision", choices=PRECISIONS, default=defaults.precision,
+                        help="float32, or bf16-autocast: each step's forward and loss (the "
+                             "reference model's too) in bfloat16 autocast, weights, gradients "
+                             "and AdamW state float32; the before/after evaluations stay "
+                             "float32")
     parser.add_argument("--retain-eval-limit", type=int, default=None,
                         help="evaluate at most N retain samples (a seeded random subset)")
     parser.set_defaults(func=run)
@@ -93,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
         curriculum_chunks=args.curriculum_chunks, checkpoint_every=args.checkpoint_every,
         track_every=args.track_every, rouge=args.rouge, max_new_tokens=args.max_new_tokens,
         eval_batch_size=args.eval_batch_size, retain_eval_limit=args.retain_eval_limit,
-        max_length=args.max_length)
+        max_length=args.max_length, precision=args.precision)
     model, tokenizer = load_model(args.model, dtype=args.dtype,
                                   trust_remote_code=args.trust_remote_code)
     result = run_unlearning(model, tokenizer, forget, retain, config=config,

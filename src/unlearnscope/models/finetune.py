@@ -34,6 +34,7 @@ from unlearnscope.data.tokenize import (
 )
 from unlearnscope.models.loading import MODEL_SUBDIR
 from unlearnscope.models.logprobs import answer_nll, mean_answer_nll
+from unlearnscope.models.precision import check_precision, training_autocast
 from unlearnscope.models.tiny import TinyConfig, build_tiny_model
 from unlearnscope.progress import progress_bar
 from unlearnscope.runs import check_finite, write_json, write_parquet
@@ -54,6 +55,7 @@ class FinetuneConfig:
     checkpoint_every: int = 0  # batches between mid-epoch checkpoints; epochs always end with one
     target_prob: float | None = None
     max_length: int | None = None
+    precision: str = "float32"  # or "bf16-autocast" (unlearnscope.models.precision)
 
 
 def training_texts(samples: Sequence[Sample]) -> list[str]:
@@ -110,15 +112,23 @@ def finetune(model, tokenizer, samples: Sequence[Sample], out_dir: str | Path,
              target_samples: Sequence[Sample] | None = None):
     """Train `model` on `samples` (answer tokens carry the loss); returns the trained model.
 
+    `config.precision` `bf16-autocast` runs each batch's forward and loss under bfloat16
+    autocast with float32 weights (`unlearnscope.models.precision`); the probabilities
+    measured for `target_prob` and `finetune.json` stay float32.
+
     With `config.target_prob`, training stops after the first epoch whose mean answer
-    probability on `target_samples` (default: the training samples) reaches it.
+    probability on `target_samples` (default: the training samples; e.g. the forget set of a
+    forget + retain run) reaches it.
     Writes `out_dir/model/` with `save_pretrained` weights and the tokenizer (load it with
     `load_model(out_dir)`), `out_dir/finetune.json` with the final mean answer probability
-    on the training data and the number of epochs trained, and `out_dir/training.parquet`, one
+    on the training data, the number of epochs trained and, with `target_prob`, the target
+    samples' mean answer probability after each epoch (`target_prob_by_epoch`, the last is the
+    saved model's) and their number (`n_target_samples`), and `out_dir/training.parquet`, one
     row per optimizer update: `update` (1, 2, ...), `epoch`, `lr` (the rate that update used)
     and `loss` (the main process's mean micro-batch loss over the update).
     """
     out = Path(out_dir)
+    check_precision(config.precision)
     accelerator = Accelerator(gradient_accumulation_steps=config.grad_accum,
                               cpu=not torch.cuda.is_available())
     set_seed(config.seed)
@@ -139,14 +149,15 @@ def finetune(model, tokenizer, samples: Sequence[Sample], out_dir: str | Path,
     # Accelerate step it once per process.
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     accelerator.register_for_checkpointing(scheduler)
-    progress = {"epoch": 0, "batch": 0, "done": False, "history": []}
+    target = list(target_samples or samples)
+    progress = {"epoch": 0, "batch": 0, "done": False, "history": [], "target_probs": []}
     epochs_trained = 0
     if resume and _state_path(out).is_file():
         accelerator.load_state(str(out / CHECKPOINT))
         progress = json.loads(_state_path(out).read_text())
         log.info("resuming fine-tuning at epoch %d, batch %d", progress["epoch"],
                  progress["batch"])
-    history = progress["history"]
+    history, target_probs = progress["history"], progress.setdefault("target_probs", [])
     update_losses: list[float] = []
     bar = progress_bar(total=len(loader) * config.epochs, initial=progress["epoch"] * len(loader) +
                        progress["batch"], desc="finetune", unit="batch",
@@ -159,9 +170,10 @@ def finetune(model, tokenizer, samples: Sequence[Sample], out_dir: str | Path,
         epoch_loader = accelerator.skip_first_batches(loader, skip) if skip else loader
         for index, batch in enumerate(epoch_loader, start=skip):
             with accelerator.accumulate(model):
-                logits = model(input_ids=batch["input_ids"],
-                               attention_mask=batch["attention_mask"]).logits
-                loss = mean_answer_nll(logits, batch["labels"]).mean()
+                with training_autocast(config.precision, model):
+                    logits = model(input_ids=batch["input_ids"],
+                                   attention_mask=batch["attention_mask"]).logits
+                    loss = mean_answer_nll(logits, batch["labels"]).mean()
                 check_finite(loss.detach(), f"fine-tuning loss (epoch {epoch}, batch {index})")
                 accelerator.backward(loss)
                 update_losses.append(loss.item())
@@ -178,18 +190,21 @@ def finetune(model, tokenizer, samples: Sequence[Sample], out_dir: str | Path,
             step = epoch * len(loader) + index + 1
             if config.checkpoint_every and step % config.checkpoint_every == 0:
                 _checkpoint(accelerator, out, {"epoch": epoch, "batch": index + 1,
-                                               "done": False, "history": history})
+                                               "done": False, "history": history,
+                                               "target_probs": target_probs})
         epochs_trained = epoch + 1
         if config.target_prob is not None:
-            prob = mean_answer_prob(accelerator.unwrap_model(model), tokenizer,
-                                    target_samples or samples, max_length=limit)
-            log.info("epoch %d: mean answer probability %.4f", epoch + 1, prob)
+            prob = mean_answer_prob(accelerator.unwrap_model(model), tokenizer, target,
+                                    max_length=limit)
+            target_probs.append(prob)
+            log.info("epoch %d: mean answer probability %.4f on the %d target samples",
+                     epoch + 1, prob, len(target))
             if prob >= config.target_prob:
                 bar.close()
                 progress["done"] = True
                 break
         _checkpoint(accelerator, out, {"epoch": epoch + 1, "batch": 0, "done": False,
-                                       "history": history})
+                                       "history": history, "target_probs": target_probs})
     epochs_trained = max(epochs_trained, progress["epoch"])
     bar.close()
     model = accelerator.unwrap_model(model)
@@ -199,9 +214,12 @@ def finetune(model, tokenizer, samples: Sequence[Sample], out_dir: str | Path,
         if save:
             model.save_pretrained(out / MODEL_SUBDIR, safe_serialization=True)
             tokenizer.save_pretrained(out / MODEL_SUBDIR)
+        targeted = ({} if config.target_prob is None else
+                    {"target_prob_by_epoch": target_probs, "n_target_samples": len(target)})
         write_json(out / "finetune.json", {"mean_answer_prob": final_prob,
                                            "epochs_trained": epochs_trained,
-                                           "n_samples": len(samples), **asdict(config)})
+                                           "n_samples": len(samples), **targeted,
+                                           **asdict(config)})
         write_parquet(out / "training.parquet",
                       pd.DataFrame(history, columns=["update", "epoch", "lr", "loss"]))
         shutil.rmtree(out / CHECKPOINT, ignore_errors=True)

@@ -215,19 +215,49 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
     raise ValueError(f"no list of {n_layers} decoder layers in {type(model).__name__}")
 
 
+class _StopForward(Exception):
+    """Raised by the hook of `stop_after` to end a forward at a block, carrying its output."""
+
+    def __init__(self, hidden: torch.Tensor) -> None:
+        super().__init__("forward stopped after the steered block")
+        self.hidden = hidden
+
+
 @contextmanager
-def capture_output(module: nn.Module):
-    """Record the hidden state `[batch, pos, d_model]` a block outputs during the forward."""
-    captured: list[torch.Tensor] = []
+def stop_after(model, block: nn.Module):
+    """While open, calling `model` returns `block`'s output `[batch, pos, d_model]` and runs
+    nothing after it (later blocks, final norm, LM head).
+
+    A forward hook on `block` raises `_StopForward`; the forward of the HF model (`model`,
+    or `model.module` for a DDP wrapper or a functional wrapper) is patched to catch it and
+    return the hidden state, so a DDP wrapper's own forward completes (its gradient
+    synchronization is prepared on that output) and the graph up to `block` is the one a
+    full forward builds.
+    """
+    inner = getattr(model, "module", model)
+    had_own_forward = "forward" in vars(inner)
+    original = inner.forward
 
     def hook(_module, _inputs, output):
-        captured.append(output[0] if isinstance(output, tuple) else output)
+        raise _StopForward(output[0] if isinstance(output, tuple) else output)
 
-    handle = module.register_forward_hook(hook)
+    def forward(*args, **kwargs):
+        try:
+            original(*args, **kwargs)
+        except _StopForward as stop:
+            return stop.hidden
+        raise RuntimeError(f"{type(block).__name__} was not called by the forward")
+
+    handle = block.register_forward_hook(hook)
+    inner.forward = forward
     try:
-        yield captured
+        yield
     finally:
         handle.remove()
+        if had_own_forward:
+            inner.forward = original
+        else:
+            del inner.forward
 
 
 MLP_DOWN_PROJ = r"mlp\.(down_proj|c_proj|dense_4h_to_h|fc_out|fc2)\.weight"
@@ -246,20 +276,33 @@ class RMU(UnlearningMethod):
 
     `setting` names the values of the options not given explicitly:
     - `reference` (default): open-unlearning's `configs/trainer/RMU.yaml` for TOFU (tuned on
-      Llama-3.2-1B): block 7 steered, steering_coeff 2, alpha 1, gamma 1, every parameter of
-      the model trained.
+      Llama-3.2-1B): block 7 steered, steering_coeff 2, alpha 1, gamma 1, every parameter
+      trained (every one the steered output depends on: see below).
     - `small-model`: this toolkit's earlier setting, which moves few weights of a small model:
       only the MLP down-projection matrices of the steered block and the two before it train
       (WMDP's RMU choice), the steered block is `n_layers // 2 - 1` (7 of 16, scaled to the
       model), steering_coeff 300, alpha 1000.
 
     Options: `layer` (None: `n_layers // 2 - 1`; past the last block: the last block);
-    `trainable_layers` "all" (every parameter) or block indices (None: `layer` and the two
+    `trainable_layers` "all" (every parameter, see below) or block indices (None: `layer` and the two
     before it) whose parameters named (inside the block) as the regex `trainable_params` train;
     `steering_coeff` a number, or "auto": `steering_scale` (default 1) times the mean L2 norm of
     the starting model's block-`layer` output over the forget answer tokens, measured by
     `prepare` (given the forget samples) before training, so `options` shows the number
     (`steering_coeff`) and the norm (`forget_hidden_norm`).
+
+    The losses read only block `layer`'s output, so every forward (forget, retain, frozen
+    reference) stops after that block (`stop_after`): the blocks above it, the final norm and
+    the LM head never run, and loss and gradients are a full forward's. Unless the retain loss
+    is `nll` or `kl` (which read the logits), `prepare` freezes the trainable parameters the
+    steered output does not depend on (with `trainable_layers="all"`: the blocks above
+    `layer`, the final norm and an untied LM head). They keep the starting model's values
+    exactly: RMU's loss never changed them, and AdamW's weight decay, which applies only to
+    parameters with a gradient, does not either. In the trainer a full forward gave the same
+    (their gradient was None, which AdamW skips); in `steps_to_forget`, where `torch.func.grad`
+    returns zero gradients for them, they are no longer decayed and no longer stacked per
+    copy. Frozen, they are also outside DDP's gradient reduction, which refuses parameters
+    that get no gradient.
     """
 
     name = "rmu"
@@ -321,6 +364,8 @@ class RMU(UnlearningMethod):
                                  f"'{self.trainable_params}'")
         for param in model.parameters():
             param.requires_grad_(id(param) in trainable)
+        if not self.uses_retain or self.retain_loss == "hidden_mse":
+            self._freeze_unreached(model)
         if self._auto_steering:
             if forget is None:
                 raise DataError("steering_coeff='auto' is measured on the forget samples: "
@@ -329,6 +374,25 @@ class RMU(UnlearningMethod):
             self.steering_coeff = self.steering_scale * self.forget_hidden_norm
         self._steering.clear()
         self.steering_vector(getattr(model, "module", model).config.hidden_size)
+
+    def _freeze_unreached(self, model: nn.Module) -> None:
+        """Stop training the parameters that block `layer`'s output does not depend on (found
+        by a one-token probe forward and backward, in eval mode, so no random state moves)."""
+        params = [p for p in model.parameters() if p.requires_grad]
+        probe = {"input_ids": torch.zeros((1, 1), dtype=torch.long, device=params[0].device)}
+        was_training = model.training
+        model.eval()
+        with torch.enable_grad():
+            hidden = self.hidden_state(model, probe)
+            grads = (torch.autograd.grad(hidden.sum(), params, allow_unused=True)
+                     if hidden.requires_grad else [None] * len(params))
+        model.train(was_training)
+        for param, gradient in zip(params, grads, strict=True):
+            if gradient is None:
+                param.requires_grad_(False)
+        if all(gradient is None for gradient in grads):
+            raise ValueError(f"rmu: no trainable parameter (layers {self.trainable_layers}) "
+                             f"reaches the output of block {self.layer}")
 
     @torch.no_grad()
     def mean_hidden_norm(self, model: nn.Module, forget: Sequence[EncodedSample],
@@ -371,11 +435,10 @@ class RMU(UnlearningMethod):
         return max(0, min(layer, n_layers - 1))
 
     def hidden_state(self, model, batch: Batch) -> torch.Tensor:
-        """Output of block `layer` `[batch, pos, d_model]`."""
+        """Output of block `layer` `[batch, pos, d_model]`; the forward stops there."""
         blocks = decoder_layers(model)
-        with capture_output(blocks[self.resolved_layer(len(blocks))]) as captured:
-            forward_logits(model, batch)
-        return captured[0]
+        with stop_after(model, blocks[self.resolved_layer(len(blocks))]):
+            return model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"))
 
     def forget_loss(self, model, batch: Batch, reference: nn.Module | None) -> torch.Tensor:
         hidden = self.hidden_state(model, batch)

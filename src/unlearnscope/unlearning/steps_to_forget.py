@@ -190,7 +190,8 @@ def steps_to_forget(model, tokenizer, samples: list[Sample], *,
     reference = None
     if unlearner.uses_reference:
         reference = copy.deepcopy(model).requires_grad_(False)
-    unlearner.prepare(model)
+    unlearner.prepare(model, encode_samples(tokenizer, samples, max_length=limit).samples,
+                      pad_token_id=pad)
     trainable = [p for p in model.parameters() if p.requires_grad]
     copies = config.copies or auto_copies(trainable, config.memory_budget_gb)
     if out is not None and state.is_main_process:

@@ -39,6 +39,7 @@ from transformers import get_scheduler
 from unlearnscope.data.sample import Sample
 from unlearnscope.data.tokenize import collate, encode_samples, model_max_length, pad_id
 from unlearnscope.errors import DataError
+from unlearnscope.models.precision import training_autocast
 from unlearnscope.progress import progress_bar
 from unlearnscope.runs import (
     ProgressLog,
@@ -87,6 +88,7 @@ class UnlearnConfig:
     eval_batch_size: int = 16
     retain_eval_limit: int | None = None
     max_length: int | None = None
+    precision: str = "float32"  # or "bf16-autocast" around each loss (models.precision)
 
 
 @dataclass
@@ -348,7 +350,8 @@ def _train_step(model, unlearner: UnlearningMethod, reference, optimizer, accele
             retain, retain_indices, micro, accelerator, config, pad)
         last = micro == config.grad_accum - 1
         with nullcontext() if last else accelerator.no_sync(model):
-            parts = unlearner.loss(model, forget_batch, retain_batch, reference)
+            with training_autocast(config.precision, model):
+                parts = unlearner.loss(model, forget_batch, retain_batch, reference)
             check_finite(parts.total.detach(), f"{config.method} loss at step {step + 1}")
             accelerator.backward(parts.total / config.grad_accum)
         totals["loss"] += parts.total.item() / config.grad_accum
