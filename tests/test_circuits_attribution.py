@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
@@ -9,7 +11,7 @@ from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausa
 from circuit_models import FAMILIES, SMALL, VOCAB, padded_batch, tiny
 from unlearnscope.circuits import GraphLayout, attribute, graph_layout
 from unlearnscope.circuits.architecture import model_parts
-from unlearnscope.circuits.metrics import answer_logprob
+from unlearnscope.circuits.metrics import answer_logprob, paper_prob_diff
 from unlearnscope.circuits.readers import (
     add_layer_reader_gradients,
     autograd_norm_vjp,
@@ -167,6 +169,35 @@ def test_answer_prob_is_the_chain_rule_of_answer_logprob_for_eap():
     prob = attribute(model, batch, method="EAP", metric="answer_prob")
     factor = logprob.metric_clean.exp()[:, None, None]
     torch.testing.assert_close(prob.scores, factor * logprob.scores, atol=1e-7, rtol=1e-4)
+
+
+def test_paper_metric_by_hand():
+    """exp(q) (q - p), p and q the per-token geometric-mean answer probability of the current
+    and the clean run: the pointwise kl_div(p, q, log_target=True) of the authors' code."""
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 6, 7, generator=generator)
+    clean = torch.randn(2, 6, 7, generator=generator)
+    labels = torch.tensor([[-100, -100, 3, 1, 6, -100], [-100, 2, 5, 0, 4, 1]])
+
+    def normalized_prob(values, row):
+        logps = []
+        for pos in range(1, labels.shape[1]):
+            target = int(labels[row, pos])
+            if target == -100:
+                continue
+            scores = values[row, pos - 1].tolist()
+            logps.append(scores[target] - math.log(sum(math.exp(v) for v in scores)))
+        return math.exp(sum(logps) / len(logps))
+
+    got = paper_prob_diff(logits, labels, clean)
+    for row in range(2):
+        p, q = normalized_prob(logits, row), normalized_prob(clean, row)
+        assert float(got[row]) == pytest.approx(math.exp(q) * (q - p), rel=1e-5)
+    p = torch.tensor([normalized_prob(logits, r) for r in range(2)])
+    q = torch.tensor([normalized_prob(clean, r) for r in range(2)])
+    torch.testing.assert_close(got, torch.nn.functional.kl_div(p, q, log_target=True,
+                                                               reduction="none"))
+    assert paper_prob_diff(clean, labels, clean).abs().max() < 1e-7
 
 
 def test_kl_metric_has_no_gradient_at_the_clean_input():

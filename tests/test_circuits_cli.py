@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from unlearnscope.circuits import attribute
-from unlearnscope.circuits.compute import compute_circuits
+from unlearnscope.circuits.compute import ATTRIBUTION_PRESETS, compute_circuits
 from unlearnscope.circuits.store import CircuitStore, shard_files
 from unlearnscope.cli import main
 from unlearnscope.cli.circuits import read_groups
@@ -88,6 +88,25 @@ def test_resume_recomputes_only_missing_samples(tiny_run, tmp_path) -> None:
     assert float16_close(after.scores(ids), expected)
     # resuming with other settings is refused (exit 2, nothing written)
     assert main([*resume_args, "--rule", "midpoint"]) == 2
+
+
+def test_paper_preset_sets_the_cud_authors_attribution(tiny_model_dir, tmp_path,
+                                                        capsys) -> None:
+    args = ["circuits", "--model", str(tiny_model_dir), "--data", DATA, "--max-samples", "2",
+            "--out", str(tmp_path / "paper"), "--preset", "paper", "--top-n", "20"]
+    assert main(args) == 0
+    header = CircuitStore.open(tmp_path / "paper" / "circuits").header
+    assert {k: header[k] for k in ATTRIBUTION_PRESETS["paper"]} == {
+        "method": "EAP-IG-activations", "ig_steps": 5, "baseline": "zero-activations",
+        "rule": "left", "metric": "paper_prob_diff"}
+    assert header["preset"] == "paper"
+    config = json.loads((tmp_path / "paper" / "config.json").read_text())
+    assert config["options"]["method"] == "EAP-IG-activations"
+    # a flag may repeat the preset's value, not contradict it
+    assert main([*args, "--ig-steps", "5", "--out", str(tmp_path / "same")]) == 0
+    assert main([*args, "--method", "EAP", "--out", str(tmp_path / "other")]) == 2
+    assert "--preset paper sets --method EAP-IG-activations" in capsys.readouterr().err
+    assert not (tmp_path / "other").exists()
 
 
 def test_analyze_writes_summary_tests_and_plots(tiny_run, tmp_path) -> None:

@@ -1,3 +1,5 @@
+import json
+import logging
 import math
 import zlib
 
@@ -7,9 +9,11 @@ import torch
 
 from unlearnscope.data import Sample, encode_samples
 from unlearnscope.data.tokenize import IGNORE_INDEX
-from unlearnscope.errors import NonFiniteError, UnknownNameError
-from unlearnscope.scoring import BASELINES, SCORERS, get_scorer, score_samples
+from unlearnscope.errors import DataError, NonFiniteError, UnknownNameError
+from unlearnscope.runs import ProgressLog, read_json, write_config
+from unlearnscope.scoring import BASELINES, SCORERS, get_scorer, read_scorer_configs, score_samples
 from unlearnscope.scoring.base import Scorer
+from unlearnscope.scoring.runner import changed_options, options_digest, value_options
 
 
 def _toy():
@@ -215,3 +219,99 @@ def test_merge_adds_scorers_to_an_existing_table(tiny_lm, small_samples, tmp_pat
     assert len(merged) == 3 * len(small_samples)
     replaced = score_samples(model, tok, small_samples, [get_scorer("zlib")], tmp_path)
     assert set(replaced.scorer) == {"zlib"}  # without merge the table is the new scorers only
+
+
+# ---- resume with changed options, scorers.json -------------------------------------------
+
+
+@pytest.mark.parametrize(("name", "before", "after", "change"), [
+    ("mrd", {"k": 2}, {"k": 3}, "k: 2 -> 3"),
+    ("mrd", {"k": 2, "sigma": 1e-5}, {"k": 2, "sigma": 1e-3}, "sigma: 1e-05 -> 0.001"),
+    ("min_k", {"k": 0.4}, {"k": 0.2}, "k: 0.4 -> 0.2"),
+])
+def test_resume_recomputes_a_scorer_whose_options_changed(tiny_lm, small_samples, tmp_path,
+                                                          caplog, name, before, after, change):
+    model, tok = tiny_lm
+    old = score_samples(model, tok, small_samples, [_CrashAfter(limit=0),
+                                                    get_scorer(name, **before)],
+                        tmp_path / "run", chunk_size=4)
+    unchanged = _CrashAfter(limit=0)
+    with caplog.at_level(logging.WARNING, logger="unlearnscope.scoring.runner"):
+        resumed = score_samples(model, tok, small_samples, [unchanged, get_scorer(name, **after)],
+                                tmp_path / "run", chunk_size=4, resume=True)
+    assert unchanged.calls == 0  # loss kept its options: its values are reused
+    fresh = score_samples(model, tok, small_samples, [get_scorer(name, **after)],
+                          tmp_path / "fresh", chunk_size=4)
+    values = resumed[resumed.scorer == name].reset_index(drop=True)
+    pd.testing.assert_frame_equal(values, fresh)
+    assert not values.value.equals(old[old.scorer == name].reset_index(drop=True).value)
+    assert f"scorer '{name}'" in caplog.text and change in caplog.text
+    # resuming again with the new options reuses everything and reports nothing
+    caplog.clear()
+    counted = _CrashAfter(limit=0)
+    with caplog.at_level(logging.WARNING, logger="unlearnscope.scoring.runner"):
+        again = score_samples(model, tok, small_samples, [counted, get_scorer(name, **after)],
+                              tmp_path / "run", chunk_size=4, resume=True)
+    assert counted.calls == 0 and caplog.text == ""
+    pd.testing.assert_frame_equal(again, resumed)
+
+
+def test_progress_without_options_is_not_reused(tiny_lm, small_samples, tmp_path, caplog):
+    model, tok = tiny_lm
+    ProgressLog(tmp_path / "progress" / "scores-rank0.jsonl").append(
+        {"sample_id": s.id, "scorer": "loss", "value": 123.0} for s in small_samples)
+    with caplog.at_level(logging.WARNING, logger="unlearnscope.scoring.runner"):
+        table = score_samples(model, tok, small_samples, [get_scorer("loss")], tmp_path,
+                              resume=True)
+    assert not (table.value == 123.0).any()
+    assert "recorded without their options" in caplog.text
+
+
+def test_value_options_leave_out_the_class_description():
+    options = value_options(get_scorer("mrd", k=5))
+    assert options == {"k": 5, "sigma": 1e-5, "seed": 0}
+    assert options_digest(options) == options_digest({"seed": 0, "sigma": 1e-5, "k": 5})
+    assert options_digest(options) != options_digest({**options, "k": 6})
+    assert changed_options({"k": 5, "a": 1}, {"k": 6, "b": "x"}) == [
+        'a: 1 -> unset', 'b: unset -> "x"', "k: 5 -> 6"]
+
+
+def test_scorers_json_holds_the_configs_of_the_table(tiny_lm, small_samples, tmp_path):
+    model, tok = tiny_lm
+    score_samples(model, tok, small_samples, [get_scorer("loss"), get_scorer("min_k", k=0.3)],
+                  tmp_path)
+    expected = {"loss": get_scorer("loss").config(), "min_k": get_scorer("min_k", k=0.3).config()}
+    assert read_json(tmp_path / "scorers.json") == expected
+    assert expected["min_k"] == {"name": "min_k", "higher_is_harder": True, "k": 0.3}
+    assert read_scorer_configs(tmp_path) == expected
+    assert read_scorer_configs(tmp_path / "scores.parquet") == expected
+    # merge keeps the entries of the kept scorers; a recomputed scorer gets its new config
+    score_samples(model, tok, small_samples, [get_scorer("prob"), get_scorer("min_k", k=0.5)],
+                  tmp_path, merge=True)
+    merged = read_scorer_configs(tmp_path)
+    assert set(merged) == {"loss", "min_k", "prob"} == set(pd.read_parquet(
+        tmp_path / "scores.parquet").scorer)
+    assert merged["min_k"]["k"] == 0.5 and merged["loss"] == expected["loss"]
+    score_samples(model, tok, small_samples, [get_scorer("zlib")], tmp_path)
+    assert set(read_scorer_configs(tmp_path)) == {"zlib"}
+
+
+def test_read_scorer_configs_falls_back_to_config_json(tmp_path):
+    assert read_scorer_configs(tmp_path) == {}
+    listed = [{"name": "cud", "uses_anchors": True, "anchor_fit_ids": ["a", "b"]},
+              {"name": "loss", "higher_is_harder": False}]
+    write_config(tmp_path, "score", {"scorers": "cud,loss", "scorer_configs": listed})
+    assert read_scorer_configs(tmp_path) == {"cud": listed[0], "loss": listed[1]}
+    write_config(tmp_path, "circuits", {"method": "EAP"})
+    assert read_scorer_configs(tmp_path) == {}
+    write_config(tmp_path, "score", {"scorer_configs": [{"uses_anchors": True}]})
+    with pytest.raises(DataError, match="scorer_configs"):
+        read_scorer_configs(tmp_path)
+    (tmp_path / "scorers.json").write_text(json.dumps({"cud": 3}))
+    with pytest.raises(DataError, match=r"scorers\.json"):
+        read_scorer_configs(tmp_path)
+
+
+def test_only_cud_scorers_use_anchors():
+    assert not Scorer.uses_anchors
+    assert {name for name, cls in SCORERS.items() if cls.uses_anchors} == {"cud", "cud_paper"}

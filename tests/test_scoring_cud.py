@@ -5,18 +5,21 @@ from __future__ import annotations
 
 import math
 
+import pandas as pd
 import pytest
 import torch
 
 from unlearnscope.anchors import AnchorSets, write_anchors
 from unlearnscope.circuits import attribute, graph_layout
+from unlearnscope.circuits.compute import ATTRIBUTION_PRESETS, compute_circuits
 from unlearnscope.circuits.graph import GraphLayout
 from unlearnscope.circuits.selection import edge_matrix, edge_vector
 from unlearnscope.circuits.store import CircuitStore, ShardWriter, write_header, write_index
 from unlearnscope.data.tokenize import collate, encode_samples, pad_id
 from unlearnscope.errors import DataError, UnknownNameError
-from unlearnscope.scoring import get_scorer, score_samples
+from unlearnscope.scoring import get_scorer, read_scorer_configs, score_samples
 from unlearnscope.scoring.cud import (
+    PAPER_PRESET,
     anchor_aggregate,
     circuit_vectors,
     cud,
@@ -145,6 +148,22 @@ def test_circuit_vectors_with_layout_select_and_prune():
     assert values.tolist() == [0.0, 1.0]
 
 
+def test_greedy_circuits_keep_dangling_nodes_unless_pruned():
+    """Greedy from the logits takes a1.h0 -> logits, then m1 -> logits (above any input of
+    a1.h0): neither node has an input edge, so pruning empties the circuit."""
+    layout = GraphLayout(2, 2)
+    matrix = torch.full((layout.n_forward, layout.n_backward), 1e-3)
+    matrix[layout.head_forward_index(1, 0), layout.logits_backward_index] = 10.0
+    matrix[layout.mlp_forward_index(1), layout.logits_backward_index] = -5.0
+    scores = edge_vector(matrix * layout.real_edge_mask, layout)[None]
+    kept = circuit_vectors(scores, 2, layout=layout, selection="greedy", prune=False)
+    assert kept.sum() == 2 and kept[0, scores[0].abs().topk(2).indices].sum() == 2
+    assert circuit_vectors(scores, 2, layout=layout, selection="greedy").sum() == 0
+    assert _greedy_edges(scores[0], layout, 2) == set(scores[0].abs().topk(2).indices.tolist())
+    with pytest.raises(DataError, match="layout"):
+        circuit_vectors(scores, 2, selection="greedy")
+
+
 def test_method_averaged_anchor_weighs_methods_equally():
     a = t(0, 0, 3, 3).reshape(2, 2)  # method A's set: mean [1.5, 1.5]
     b = t(4, 0).reshape(1, 2)  # method B's set: mean [4, 0]
@@ -238,3 +257,138 @@ def test_scorer_option_errors(anchors_file):
         get_scorer("cud", anchors=str(anchors_file), similarity="dice")
     with pytest.raises(DataError, match="no lists for method 'simnpo'"):
         get_scorer("cud", anchors=str(anchors_file), anchor_method="simnpo")
+
+
+def test_cud_config_names_its_anchors(anchors_file, small_samples):
+    config = get_scorer("cud", anchors=str(anchors_file), top_n=TOP_N).config()
+    assert config["uses_anchors"] is True
+    assert config["anchor_fit_ids"] == [s.id for s in small_samples[:6]]
+    assert config["name"] == "cud" and config["anchors"] == str(anchors_file)
+
+
+def _store(tmp_path, model, tokenizer, samples, name, **settings):
+    """A circuit store of `samples` computed with `settings`, in `tmp_path/name/circuits`."""
+    return compute_circuits(model, tokenizer, samples, tmp_path / name / "circuits",
+                            batch_size=8, **settings)
+
+
+def test_resume_recomputes_cud_with_another_top_n(tiny_lm, small_samples, anchors_file,
+                                                  tmp_path):
+    model, tokenizer = tiny_lm
+    _store(tmp_path, model, tokenizer, small_samples, "run", ig_steps=IG_STEPS)
+
+    def cud_table(top_n, out, resume=False):
+        scorer = get_scorer("cud", anchors=str(anchors_file), circuits=str(tmp_path / "run"),
+                            top_n=top_n)
+        return score_samples(model, tokenizer, small_samples, [scorer], out, resume=resume)
+
+    first = cud_table(TOP_N, tmp_path / "scores")
+    resumed = cud_table(20, tmp_path / "scores", resume=True)
+    pd.testing.assert_frame_equal(resumed, cud_table(20, tmp_path / "fresh"))
+    assert not resumed.value.equals(first.value)
+
+
+# ---- the CUD authors' preset -------------------------------------------------------------
+
+
+def _greedy_edges(edge_scores: torch.Tensor, layout: GraphLayout, n: int) -> set[int]:
+    """The reference's greedy search, edge by edge in plain Python: start from the logits, take
+    the candidate edge of largest |score|, make its writer's input edges candidates, n times.
+    Returns the chosen edges' positions in the edge vector."""
+    writers, readers = layout.real_edge_mask.nonzero().T.tolist()
+    forward, backward = layout.forward_names, layout.backward_names
+    node_of_reader = [name.split("<")[0] for name in backward]
+    inputs: dict[str, list[int]] = {}
+    for edge, reader in enumerate(readers):
+        inputs.setdefault(node_of_reader[reader], []).append(edge)
+    scores = edge_scores.abs().tolist()
+    candidates, chosen, nodes = set(inputs["logits"]), set(), {"logits"}
+    for _ in range(n):
+        best = max(candidates - chosen, key=lambda edge: scores[edge])
+        chosen.add(best)
+        writer = forward[writers[best]]
+        if writer not in nodes:
+            nodes.add(writer)
+            candidates |= set(inputs.get(writer, []))
+    return chosen
+
+
+def _paper_cud_by_hand(edge_scores: torch.Tensor, easy: torch.Tensor, hard: torch.Tensor,
+                       layout: GraphLayout) -> list[float]:
+    """d_E / (d_E + d_H), d = 1 - cosine of binary circuits = 1 - |A & B| / sqrt(|A| |B|)."""
+    def distance(a: set[int], b: set[int]) -> float:
+        return 1 - len(a & b) / math.sqrt(len(a) * len(b))
+
+    easy_edges = _greedy_edges(easy.double().mean(0), layout, 75)
+    hard_edges = _greedy_edges(hard.double().mean(0), layout, 75)
+    values = []
+    for row in edge_scores:
+        edges = _greedy_edges(row, layout, 75)
+        d_easy, d_hard = distance(edges, easy_edges), distance(edges, hard_edges)
+        values.append(0.5 if d_easy + d_hard == 0 else d_easy / (d_easy + d_hard))
+    return values
+
+
+def test_paper_preset_resolves_to_the_paper_settings(anchors_file):
+    assert PAPER_PRESET == {"method": "EAP-IG-activations", "ig_steps": 5,
+                            "baseline": "zero-activations", "rule": "left",
+                            "metric": "paper_prob_diff", "selection": "greedy", "top_n": 75,
+                            "prune": False, "vector": "binary", "similarity": "cosine"}
+    config = get_scorer("cud_paper", anchors=str(anchors_file)).config()
+    assert {k: config[k] for k in PAPER_PRESET} == PAPER_PRESET
+    assert config["name"] == "cud_paper" and config["anchor_method"] == "combined"
+    assert config["uses_anchors"] is True and config["higher_is_harder"] is True
+    assert get_scorer("cud_paper", anchors=str(anchors_file), top_n=75, prune=False)
+    with pytest.raises(DataError, match="fixes top_n=75"):
+        get_scorer("cud_paper", anchors=str(anchors_file), top_n=50)
+    with pytest.raises(DataError, match="unknown option 'steps'"):
+        get_scorer("cud_paper", anchors=str(anchors_file), steps=5)
+
+
+def test_cud_paper_equals_a_hand_computation_beside_cud(tiny_lm, small_samples, anchors_file,
+                                                        tmp_path):
+    model, tokenizer = tiny_lm
+    layout = graph_layout(model)
+    paper = _store(tmp_path, model, tokenizer, small_samples, "paper",
+                   **ATTRIBUTION_PRESETS["paper"])
+    _store(tmp_path, model, tokenizer, small_samples, "ours", ig_steps=IG_STEPS)
+    scorers = [get_scorer("cud", anchors=str(anchors_file), circuits=str(tmp_path / "ours"),
+                          top_n=TOP_N),
+               get_scorer("cud_paper", anchors=str(anchors_file),
+                          circuits=str(tmp_path / "paper"))]
+    table = score_samples(model, tokenizer, small_samples, scorers, tmp_path / "scores")
+    assert set(table.scorer) == {"cud", "cud_paper"}
+    assert set(read_scorer_configs(tmp_path / "scores")) == {"cud", "cud_paper"}
+    values = table[table.scorer == "cud_paper"].set_index("sample_id").value
+    stored = paper.edge_scores([s.id for s in small_samples])
+    expected = _paper_cud_by_hand(stored, stored[[0, 1]], stored[[2, 3]], layout)
+    assert [values[s.id] for s in small_samples] == pytest.approx(expected, abs=1e-9)
+    assert values[small_samples[0].id] < values[small_samples[2].id]
+    assert len(set(expected)) > 3
+    # attributed on the fly with the paper's settings: the same formula on unrounded scores
+    encoded = encode_samples(tokenizer, small_samples).samples
+    direct = attribute(model, collate(encoded, pad_id(tokenizer)),
+                       **ATTRIBUTION_PRESETS["paper"])
+    direct_scores = edge_vector(direct.scores, layout)
+    on_the_fly = get_scorer("cud_paper", anchors=str(anchors_file)).score(
+        model, tokenizer, small_samples, encoded, batch_size=4)
+    assert on_the_fly.tolist() == pytest.approx(
+        _paper_cud_by_hand(direct_scores, direct_scores[[0, 1]], direct_scores[[2, 3]], layout),
+        abs=1e-6)
+
+
+def test_a_store_with_other_attribution_settings_is_refused(tiny_lm, small_samples,
+                                                            anchors_file, tmp_path):
+    model, tokenizer = tiny_lm
+    _store(tmp_path, model, tokenizer, small_samples[:6], "ours", ig_steps=IG_STEPS)
+    run = str(tmp_path / "ours")
+    with pytest.raises(DataError, match=r"attributed with method='EAP-IG-inputs', ig_steps=2, "
+                                        r"baseline='zero', metric='answer_logprob'") as error:
+        get_scorer("cud_paper", anchors=str(anchors_file), circuits=run)
+    assert error.value.field == "method" and "header.json" in str(error.value)
+    with pytest.raises(DataError, match="ig_steps=5"):
+        get_scorer("cud", anchors=str(anchors_file), circuits=run, ig_steps=5)
+    # without explicit settings the cud scorer takes the store's and reports them
+    config = get_scorer("cud", anchors=str(anchors_file), circuits=run).config()
+    assert (config["method"], config["ig_steps"], config["metric"]) == (
+        "EAP-IG-inputs", IG_STEPS, "answer_logprob")

@@ -20,6 +20,14 @@ as one sample.
   reference's alpha = k/m, k = 1..m (`"midpoint"`: (k + 1/2)/m); the gradients of all (2L+1) m
   passes are averaged.
 
+Baselines: a baseline token embedding (`baselines`) defines the baseline run, whose writer
+activations are a_u(baseline). `baseline="zero-activations"` (EAP-IG-activations only) is what
+the CUD authors' code uses instead: every writer's baseline activation is zero (a head's output
+before the output projection is zero, so an attention output keeps only the projection's bias),
+so each node is interpolated between zero and its clean output, and a_u(baseline) - a_u(clean)
+= -a_u(clean). (Their code never runs the corrupted input: the activations it subtracts the
+clean ones from keep their zero initialization.)
+
 Zero baseline, left rule: the alpha = 0 step runs the model on an all-zero token embedding. In
 models without positional embeddings (Llama family, GPT-NeoX, Phi) every norm then sees a zero
 residual stream, where its gradient is ~1/sqrt(eps) times its weight; the reference computes
@@ -54,7 +62,7 @@ import torch
 from torch import nn
 
 from unlearnscope.circuits.architecture import ModelParts, model_parts
-from unlearnscope.circuits.baselines import Baseline, baseline_embeddings
+from unlearnscope.circuits.baselines import NAMED_BASELINES, Baseline, baseline_embeddings
 from unlearnscope.circuits.graph import GraphLayout
 from unlearnscope.circuits.metrics import get_metric
 from unlearnscope.circuits.readers import add_layer_reader_gradients
@@ -70,6 +78,8 @@ _ZERO_STEP_HINT = (" (the alpha = 0 step runs the model on the baseline itself; 
                    " gradient, ~1/sqrt(eps) per layer, overflows in deep models: use"
                    " rule='midpoint' or another baseline)")
 RULES = ("left", "midpoint")
+ZERO_ACTIVATIONS = "zero-activations"
+BASELINES = (*NAMED_BASELINES, ZERO_ACTIVATIONS)
 
 
 @dataclass(frozen=True)
@@ -225,11 +235,16 @@ def attribute(model: nn.Module, batch: dict[str, torch.Tensor], *, method: str =
     """Per-sample EAP / EAP-IG edge scores of a HF causal LM on a right-padded batch.
 
     batch: `input_ids`, `attention_mask`, `labels` `[batch, pos]` (labels -100 outside the
-    answer). baseline: `"zero"`, `"pad"`, `"mean"`, corrupted input ids `[batch, pos]` or
-    baseline embeddings `[batch, pos, d_model]`. backend: `"hooks"` (hooks on the HF modules)
-    or `"bridge"` (TransformerLens' TransformerBridge); same numbers. Returns scores
-    `[batch, n_forward, n_backward]`.
+    answer). baseline: `"zero"`, `"pad"`, `"mean"`, corrupted input ids `[batch, pos]`,
+    baseline embeddings `[batch, pos, d_model]`, or `"zero-activations"` (every writer at zero,
+    EAP-IG-activations with the hooks backend only; see the module docstring). backend:
+    `"hooks"` (hooks on the HF modules) or `"bridge"` (TransformerLens' TransformerBridge); same
+    numbers. Returns scores `[batch, n_forward, n_backward]`.
     """
+    zero_writers = isinstance(baseline, str) and baseline == ZERO_ACTIVATIONS
+    if zero_writers and (method != "EAP-IG-activations" or backend != "hooks"):
+        raise DataError(f"baseline '{ZERO_ACTIVATIONS}' needs method 'EAP-IG-activations' and "
+                        f"backend 'hooks', got '{method}' and '{backend}'", field="baseline")
     if backend == "bridge":
         from unlearnscope.circuits.bridge import attribute_bridge  # bridge imports this module
 
@@ -247,15 +262,18 @@ def attribute(model: nn.Module, batch: dict[str, torch.Tensor], *, method: str =
     with _eval_mode(model), recorder.installed():
         with torch.no_grad():
             clean_embeds = parts.embedding(input_ids)
-        base_embeds = baseline_embeddings(baseline, parts.embedding, clean_embeds, input_ids,
-                                          model.config)
+        base_embeds = baseline_embeddings("zero" if zero_writers else baseline, parts.embedding,
+                                          clean_embeds, input_ids, model.config)
         alphas = interpolation_alphas(method, ig_steps, rule)
         # The gradient pass at the clean input (EAP) or at the baseline (alpha = 0, left rule)
         # records that run's writers too, which saves one forward pass.
         shared = {"EAP": "clean", "EAP-IG-inputs": "base" if alphas[0] == 0 else None}.get(method)
         runs: dict[str, tuple[Writers, torch.Tensor]] = {}
         for role, embeds in (("clean", clean_embeds), ("base", base_embeds)):
-            if role != shared:
+            if role == "base" and zero_writers:
+                runs[role] = _zero_writer_run(model, parts, recorder, runs["clean"][0],
+                                              input_ids, attention_mask)
+            elif role != shared:
                 with torch.no_grad(), recorder.recording(writers=True, embedding=embeds):
                     logits = _forward(model, input_ids, attention_mask)
                 runs[role] = (recorder.writers, logits)
@@ -286,6 +304,26 @@ def attribute(model: nn.Module, batch: dict[str, torch.Tensor], *, method: str =
         scores = gradient_sum.contract(writer_differences(parts, base, clean), layout)
     check_finite(scores, f"{method} edge scores" + (_ZERO_STEP_HINT if alphas[0] == 0 else ""))
     return AttributionResult(scores, layout, metric_clean.detach(), metric_base.detach())
+
+
+@torch.no_grad()
+def _zero_writer_run(model: nn.Module, parts: ModelParts, recorder: GraphRecorder, clean: Writers,
+                     input_ids: torch.Tensor, attention_mask: torch.Tensor
+                     ) -> tuple[Writers, torch.Tensor]:
+    """The `zero-activations` baseline: writers at zero (`clean`'s shapes; a head's z = 0, so
+    the attention output is the output projection of zeros, i.e. its bias) and the logits of
+    the run with every writer at that value."""
+    zero = Writers(embed=torch.zeros_like(clean.embed),
+                   z={layer: torch.zeros_like(z) for layer, z in clean.z.items()},
+                   mlp_out={layer: torch.zeros_like(m) for layer, m in clean.mlp_out.items()})
+    overrides: dict[nn.Module, torch.Tensor] = {}
+    for layer, block in enumerate(parts.blocks):
+        zero.attn_out[layer] = block.o_proj(zero.z[layer])
+        overrides[block.o_proj] = zero.attn_out[layer]
+        overrides[block.mlp] = zero.mlp_out[layer]
+    with recorder.recording(embedding=zero.embed, overrides=overrides):
+        logits = _forward(model, input_ids, attention_mask)
+    return zero, logits
 
 
 def _describe(baseline: Baseline) -> str:

@@ -29,6 +29,18 @@ from unlearnscope.data.tokenize import encode_samples, iter_batches, model_max_l
 from unlearnscope.errors import DataError
 from unlearnscope.progress import progress_bar
 
+# What `compute_circuits` (and the `circuits` command, the `cud` scorer) attribute with by default.
+ATTRIBUTION_DEFAULTS: dict[str, Any] = {"method": "EAP-IG-inputs", "ig_steps": 5,
+                                        "baseline": "zero", "rule": "left",
+                                        "metric": "answer_logprob"}
+# Attribution settings of named presets; `paper`: the CUD authors' (arXiv 2601.09624) code,
+# EAP-IG-activations with 5 steps from zero activations on their length-normalized answer
+# probability metric (see `attribution` and `metrics.paper_prob_diff`).
+ATTRIBUTION_PRESETS: dict[str, dict[str, Any]] = {
+    "paper": {"method": "EAP-IG-activations", "ig_steps": 5, "baseline": "zero-activations",
+              "rule": "left", "metric": "paper_prob_diff"},
+}
+
 
 def _start_store(directory: Path, header: dict[str, Any], extra: dict[str, Any], *,
                  resume: bool) -> set[str]:

@@ -44,10 +44,26 @@ def kl_to_clean(logits: torch.Tensor, labels: torch.Tensor,
     return (per_position * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)
 
 
+def paper_prob_diff(logits: torch.Tensor, labels: torch.Tensor,
+                    clean_logits: torch.Tensor) -> torch.Tensor:
+    """The CUD authors' attribution metric (arXiv 2601.09624, their `metric_fn`) `[batch]`.
+
+    With p and q the length-normalized answer probability (`answer_prob`) of the current
+    (patched) run and of the clean run, their code returns
+    `torch.nn.functional.kl_div(p, q, log_target=True)` pointwise, which reads both
+    probabilities as log-probabilities: exp(q) (q - p). It is 0 at the clean run; its gradient
+    is -exp(q) dp, so edges rank as for -p, each sample's scores scaled by exp(q).
+    """
+    p = answer_prob(logits, labels, clean_logits)
+    q = answer_prob(clean_logits, labels, clean_logits).detach()
+    return q.exp() * (q - p)
+
+
 METRICS: dict[str, Metric] = {
     "answer_logprob": answer_logprob,
     "answer_prob": answer_prob,
     "kl": kl_to_clean,
+    "paper_prob_diff": paper_prob_diff,
 }
 
 

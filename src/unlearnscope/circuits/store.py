@@ -81,6 +81,22 @@ def check_header(directory: str | Path, header: dict[str, Any]) -> None:
                             source=str(Path(directory) / HEADER_FILE), field=key)
 
 
+ATTRIBUTION_KEYS = ("method", "ig_steps", "baseline", "rule", "metric")
+
+
+def check_attribution(header: dict[str, Any], wanted: dict[str, Any], *, source: str,
+                      needed_by: str) -> None:
+    """Raise `DataError` naming every attribution setting (`ATTRIBUTION_KEYS`) in `wanted`
+    that the store `header` records with another value (or not at all)."""
+    wrong = [key for key in ATTRIBUTION_KEYS if key in wanted and header.get(key) != wanted[key]]
+    if wrong:
+        found = ", ".join(f"{key}={header.get(key)!r}" for key in wrong)
+        needed = ", ".join(f"{key}={wanted[key]!r}" for key in wrong)
+        raise DataError(f"the circuits were attributed with {found}; {needed_by} needs "
+                        f"{needed}: compute a store with those settings", source=source,
+                        field=wrong[0])
+
+
 def clear(directory: str | Path) -> None:
     """Remove the header, the index and every shard of a store folder."""
     directory = Path(directory)

@@ -17,9 +17,12 @@ import pandas as pd
 
 from unlearnscope import distributed
 from unlearnscope.circuits import graph_layout
-from unlearnscope.circuits.attribution import METHODS, RULES
-from unlearnscope.circuits.baselines import NAMED_BASELINES
-from unlearnscope.circuits.compute import compute_circuits
+from unlearnscope.circuits.attribution import BASELINES, METHODS, RULES
+from unlearnscope.circuits.compute import (
+    ATTRIBUTION_DEFAULTS,
+    ATTRIBUTION_PRESETS,
+    compute_circuits,
+)
 from unlearnscope.circuits.export import FORMATS, export_from_store
 from unlearnscope.circuits.metrics import METRICS
 from unlearnscope.circuits.selection import SELECTORS, resolve_n, select
@@ -56,14 +59,24 @@ def register(subparsers) -> None:
     parser.add_argument("--out", help="output folder")
     parser.add_argument("--resume", action="store_true",
                         help="keep the samples already stored in OUT/circuits")
-    parser.add_argument("--method", default="EAP-IG-inputs", choices=METHODS)
-    parser.add_argument("--ig-steps", type=int, default=5,
-                        help="integration steps (ignored by EAP)")
-    parser.add_argument("--baseline", default="zero", choices=NAMED_BASELINES,
-                        help="input the clean run is compared against")
-    parser.add_argument("--rule", default="left", choices=RULES,
-                        help="integration rule: left Riemann sum (the reference's) or midpoint")
-    parser.add_argument("--metric", default="answer_logprob", choices=sorted(METRICS))
+    parser.add_argument("--preset", default=None, choices=sorted(ATTRIBUTION_PRESETS),
+                        help="attribution settings by name; paper: the CUD authors' "
+                             "(EAP-IG-activations, 5 steps, zero-activations baseline, left "
+                             "rule, metric paper_prob_diff), what the cud_paper scorer needs")
+    parser.add_argument("--method", default=None, choices=METHODS,
+                        help=f"default: {ATTRIBUTION_DEFAULTS['method']}")
+    parser.add_argument("--ig-steps", type=int, default=None,
+                        help=f"integration steps (ignored by EAP; default "
+                             f"{ATTRIBUTION_DEFAULTS['ig_steps']})")
+    parser.add_argument("--baseline", default=None, choices=BASELINES,
+                        help="what the clean run is compared against (default zero: a zero "
+                             "token embedding; zero-activations: every writer at zero, "
+                             "EAP-IG-activations only)")
+    parser.add_argument("--rule", default=None, choices=RULES,
+                        help="integration rule: left Riemann sum (the reference's, default) or "
+                             "midpoint")
+    parser.add_argument("--metric", default=None, choices=sorted(METRICS),
+                        help=f"default: {ATTRIBUTION_DEFAULTS['metric']}")
     parser.add_argument("--backend", default="hooks", choices=["hooks", "bridge"],
                         help="hooks on the HF modules (faster) or TransformerLens' "
                              "TransformerBridge; same scores")
@@ -126,12 +139,26 @@ def store_dir(path: str | Path) -> Path:
     return path if (path / HEADER_FILE).is_file() else path / STORE_DIR
 
 
+def resolve_attribution(args: argparse.Namespace) -> None:
+    """Fill `args`' attribution settings from `--preset` (or the defaults); a flag that
+    contradicts the preset is an error."""
+    preset = ATTRIBUTION_PRESETS[args.preset] if args.preset else {}
+    for key, default in ATTRIBUTION_DEFAULTS.items():
+        given = getattr(args, key)
+        if given is not None and key in preset and given != preset[key]:
+            raise UnlearnscopeError(f"--preset {args.preset} sets --{key.replace('_', '-')} "
+                                    f"{preset[key]}; drop --{key.replace('_', '-')} {given} or "
+                                    "the preset")
+        setattr(args, key, preset.get(key, default) if given is None else given)
+
+
 def run(args: argparse.Namespace) -> int:
     missing = [flag for flag, value in (("--model", args.model), ("--data", args.data),
                                         ("--out", args.out)) if not value]
     if missing:
         raise UnlearnscopeError(f"computing circuits needs {', '.join(missing)} (or an action: "
                                 "analyze, export; see --help)")
+    resolve_attribution(args)
     samples = samples_from(args, args.data)
     model, tokenizer = load_model(args.model, dtype=args.dtype,
                                   trust_remote_code=args.trust_remote_code)
@@ -143,7 +170,7 @@ def run(args: argparse.Namespace) -> int:
         ig_steps=args.ig_steps, baseline=args.baseline, rule=args.rule, metric=args.metric,
         batch_size=args.batch_size, shard_size=args.shard_size, max_length=args.max_length,
         resume=args.resume, model_name=args.model, backend=args.backend,
-        header_extra={"data": args.data, "backend": args.backend})
+        header_extra={"data": args.data, "backend": args.backend, "preset": args.preset})
     if store is not None:
         summary = _summarize(store, [s.id for s in samples], summary_n)
         print(f"{len(samples)} circuits ({store.layout.n_edges} edges each) -> "

@@ -22,14 +22,18 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "score", help="score samples with difficulty metrics",
         description="Write OUT/scores.parquet (sample_id, scorer, value, difficulty; higher "
-                    "difficulty = harder to unlearn) and OUT/config.json. Shards samples across "
-                    "processes under torchrun / accelerate launch.",
+                    "difficulty = harder to unlearn), OUT/scorers.json (each scorer's resolved "
+                    "options) and OUT/config.json. Shards samples across processes under "
+                    "torchrun / accelerate launch. --resume reuses a value only if it was "
+                    "computed with the scorer's current options (changed ones are logged).",
     )
     add_model_args(parser)
     add_data_args(parser)
     add_run_args(parser)
     parser.add_argument("--scorers", default=",".join(BASELINES),
-                        help=f"comma-separated scorer names (known: {', '.join(sorted(SCORERS))})")
+                        help=f"comma-separated scorer names (known: {', '.join(sorted(SCORERS))}"
+                             "); cud_paper is CUD in the CUD authors' configuration, beside "
+                             "cud, on circuits from `unlearnscope circuits --preset paper`")
     parser.add_argument("--scorer-option", action="append", default=[], metavar="NAME.KEY=VALUE",
                         help="an option of one scorer, e.g. mrd.k=50, mrd.sigma=1e-5, "
                              "cud.anchors=runs/x/anchors/anchors.json, cud.circuits=runs/x "

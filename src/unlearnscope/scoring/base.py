@@ -38,12 +38,17 @@ class Scorer(ABC):
     `value_is_ease`: True when `value` is non-negative and proportional to how easy the sample
     is to unlearn (the MRD forms), so difficulty-weighted sampling may weight by the value
     itself rather than by rank.
+    `uses_anchors`: True when the scorer is fitted on anchor samples (CUD); its `config()` then
+    names them (`anchor_fit_ids`), so validation can leave them out.
+    `is_control`: True for the trivial controls (lengths, rarity, position) that every
+    difficulty score must beat.
     `score` returns `[n_samples]` float64 values in the order of `samples`.
     """
 
     name: ClassVar[str]
     higher_is_harder: ClassVar[bool]
     value_is_ease: ClassVar[bool] = False
+    uses_anchors: ClassVar[bool] = False
     is_control: ClassVar[bool] = False
 
     def __init__(self, **options: Any) -> None:

@@ -8,13 +8,23 @@ vector c: s_E = sim(c, C_E), s_H = sim(c, C_H) and
 Higher = closer to the hard anchors = harder to unlearn.
 
 Circuit vectors live on the graph's real edges (`[..., n_edges]`, `circuits.selection` order).
-A circuit is the top-n edges by |score| (with a `GraphLayout`, the reference selection followed
-by pruning of dangling nodes); its vector is the binary in-circuit mask, or mask * score
-(`weighted`). An anchor set's circuit is selected from its aggregate: the edge scores averaged
-over the set's samples. Per-method anchors take the set a single method's vote gives; the
-method-averaged anchor (`anchor_method="mean"`) averages the per-method aggregates (each
-method's set weighs the same, however many samples it shares with the others) and selects
-once from that average.
+A circuit is the top-n edges by |score| (with a `GraphLayout`: the reference's top-n or greedy
+selection, then pruning of dangling nodes unless `prune=False`); its vector is the binary
+in-circuit mask, or mask * score (`weighted`). An anchor set's circuit is selected from its
+aggregate: the edge scores averaged over the set's samples. Per-method anchors take the set a
+single method's vote gives; the method-averaged anchor (`anchor_method="mean"`) averages the
+per-method aggregates (each method's set weighs the same, however many samples it shares with
+the others) and selects once from that average.
+
+Two scorers: `cud` (our defaults, every option free) and `cud_paper`, the CUD authors'
+configuration (`PAPER_PRESET`), so both can sit side by side in one score table. What their
+code (github.com/chengjiali/Explain-Sample-Unlearnability) computes, and `cud_paper` with it:
+per-sample and per-anchor-set scores by EAP-IG-activations, 5 steps, every node interpolated
+from zero activations (`baseline="zero-activations"`) on the metric
+`circuits.metrics.paper_prob_diff`; the reference's greedy search to 75 edges with no pruning
+afterwards; binary vectors; cosine similarity; d_E / (d_E + d_H). The anchors are one easy and
+one hard set (`anchor_method="combined"` by default) whose circuit is the mean of its samples'
+scores.
 """
 
 from __future__ import annotations
@@ -27,9 +37,17 @@ import torch
 
 from unlearnscope.anchors.sets import read_anchors
 from unlearnscope.circuits import attribute, graph_layout
+from unlearnscope.circuits.attribution import check_options
+from unlearnscope.circuits.compute import ATTRIBUTION_DEFAULTS, ATTRIBUTION_PRESETS
 from unlearnscope.circuits.graph import GraphLayout
-from unlearnscope.circuits.selection import circuit_vector, edge_matrix, edge_vector, select_topn
-from unlearnscope.circuits.store import HEADER_FILE, CircuitStore
+from unlearnscope.circuits.metrics import get_metric
+from unlearnscope.circuits.selection import circuit_vector, edge_matrix, edge_vector, select
+from unlearnscope.circuits.store import (
+    ATTRIBUTION_KEYS,
+    HEADER_FILE,
+    CircuitStore,
+    check_attribution,
+)
 from unlearnscope.data import load_samples
 from unlearnscope.data.sample import Sample
 from unlearnscope.data.tokenize import (
@@ -45,7 +63,11 @@ from unlearnscope.scoring.base import Scorer, register_scorer
 
 SIMILARITIES = ("cosine", "jaccard", "hamming")
 VECTORS = ("binary", "weighted")
+SELECTIONS = ("topn", "greedy")
 STORE_SUBDIR = "circuits"  # where `unlearnscope circuits --out DIR` puts its store
+# the CUD authors' configuration: every option `cud_paper` fixes
+PAPER_PRESET = {**ATTRIBUTION_PRESETS["paper"], "selection": "greedy", "top_n": 75,
+                "prune": False, "vector": "binary", "similarity": "cosine"}
 
 
 def similarity(vectors: torch.Tensor, anchor: torch.Tensor, kind: str = "cosine"
@@ -103,17 +125,25 @@ def edge_count(top_n: float, n_edges: int) -> int:
 
 
 def circuit_vectors(edge_scores: torch.Tensor, top_n: float, *, vector: str = "binary",
-                    layout: GraphLayout | None = None) -> torch.Tensor:
-    """Circuit vectors `[n, E]` float32 of edge scores `[n, E]`: top-n by |score| (with
-    `layout`: the reference top-n selection and pruning), as a mask or mask * score."""
+                    layout: GraphLayout | None = None, selection: str = "topn",
+                    prune: bool = True) -> torch.Tensor:
+    """Circuit vectors `[n, E]` float32 of edge scores `[n, E]`, as a mask or mask * score.
+
+    With `layout`: the reference's `selection` (`topn` or `greedy`) of top_n edges, then
+    pruning of dangling nodes when `prune`; without: the top-n edges by |score|.
+    """
     if vector not in VECTORS:
         raise UnknownNameError("circuit vector", vector, list(VECTORS))
+    if selection not in SELECTIONS:
+        raise UnknownNameError("circuit selection", selection, list(SELECTIONS))
     n = edge_count(top_n, edge_scores.shape[-1])
     scores = edge_scores.float()
     if layout is not None:
         matrix = edge_matrix(scores, layout)
-        mask = select_topn(matrix, layout, n)
+        mask = select(matrix, layout, selection, n=n, prune_nodes=prune)
         return circuit_vector(mask, layout, matrix if vector == "weighted" else None)
+    if selection != "topn":
+        raise DataError(f"selection '{selection}' needs the graph layout", field="selection")
     top = scores.abs().topk(n, dim=-1).indices
     mask = torch.zeros_like(scores).scatter_(-1, top, 1.0)
     return mask * scores if vector == "weighted" else mask
@@ -130,23 +160,28 @@ def anchor_aggregate(sets: Sequence[torch.Tensor]) -> torch.Tensor:
 def cud_from_aggregates(sample_edge_scores: torch.Tensor, easy_aggregate: torch.Tensor,
                         hard_aggregate: torch.Tensor, *, top_n: float = 0.05,
                         similarity: str = "cosine", vector: str = "binary",
-                        layout: GraphLayout | None = None) -> torch.Tensor:
+                        layout: GraphLayout | None = None, selection: str = "topn",
+                        prune: bool = True) -> torch.Tensor:
     """CUD `[n]` of samples' edge scores `[n, E]` against anchor aggregates `[E]`."""
-    anchors = circuit_vectors(torch.stack([easy_aggregate, hard_aggregate]).float(), top_n,
-                              vector=vector, layout=layout)
-    samples = circuit_vectors(sample_edge_scores, top_n, vector=vector, layout=layout)
-    return cud(samples, anchors[0], anchors[1], similarity)
+    def vectors(scores: torch.Tensor) -> torch.Tensor:
+        return circuit_vectors(scores, top_n, vector=vector, layout=layout, selection=selection,
+                               prune=prune)
+
+    anchors = vectors(torch.stack([easy_aggregate, hard_aggregate]).float())
+    return cud(vectors(sample_edge_scores), anchors[0], anchors[1], similarity)
 
 
 def cud_scores(sample_edge_scores: torch.Tensor, easy_edge_scores: torch.Tensor,
                hard_edge_scores: torch.Tensor, *, top_n: float = 0.05,
                similarity: str = "cosine", vector: str = "binary",
-               layout: GraphLayout | None = None) -> torch.Tensor:
+               layout: GraphLayout | None = None, selection: str = "topn",
+               prune: bool = True) -> torch.Tensor:
     """CUD `[n]` float64 of samples' edge scores `[n, E]` given the easy and hard anchor
     samples' edge scores `[n_e, E]`, `[n_h, E]` (each set aggregated by its mean)."""
     return cud_from_aggregates(sample_edge_scores, anchor_aggregate([easy_edge_scores]),
                                anchor_aggregate([hard_edge_scores]), top_n=top_n,
-                               similarity=similarity, vector=vector, layout=layout)
+                               similarity=similarity, vector=vector, layout=layout,
+                               selection=selection, prune=prune)
 
 
 def _open_store(path: str | Path) -> CircuitStore:
@@ -159,31 +194,52 @@ class CUD(Scorer):
     """CUD of each sample against anchor circuits (see the module docstring).
 
     Options: `anchors` (an `anchors.json` or its folder; required), `circuits` (a run folder of
-    `unlearnscope circuits` or its store; without it circuits are attributed on the fly with
-    `method`, `ig_steps`, `baseline`, `rule`), `similarity`, `vector`, `top_n` (count or
-    fraction of edges), `anchor_method` (a method name, `mean`, or `combined` for the overall
+    `unlearnscope circuits` or its store; without it circuits are attributed on the fly),
+    `similarity`, `vector`, `top_n` (count or fraction of edges), `selection` (`topn` or
+    `greedy`), `prune`, `anchor_method` (a method name, `mean`, or `combined` for the overall
     vote), `anchor_data` (dataset spec of the anchor samples for on-the-fly circuits; default:
-    the anchors file's `data`, else the samples being scored).
+    the anchors file's `data`, else the samples being scored), and the attribution settings
+    `method`, `ig_steps`, `baseline`, `rule`, `metric`: with `circuits`, those given must match
+    the store's header (the config reports the store's), else they default to
+    `ATTRIBUTION_DEFAULTS`.
     """
 
     name = "cud"
     higher_is_harder = True
+    uses_anchors = True
 
     def __init__(self, anchors: str | None = None, circuits: str | None = None, *,
                  similarity: str = "cosine", vector: str = "binary", top_n: float = 0.05,
-                 anchor_method: str = "mean", method: str = "EAP-IG-inputs", ig_steps: int = 5,
-                 baseline: str = "zero", rule: str = "left", anchor_data: str | None = None,
+                 selection: str = "topn", prune: bool = True, anchor_method: str = "mean",
+                 method: str | None = None, ig_steps: int | None = None,
+                 baseline: str | None = None, rule: str | None = None,
+                 metric: str | None = None, anchor_data: str | None = None,
                  data_dir: str | None = None) -> None:
-        super().__init__(anchors=anchors, circuits=circuits, similarity=similarity,
-                         vector=vector, top_n=top_n, anchor_method=anchor_method, method=method,
-                         ig_steps=ig_steps, baseline=baseline, rule=rule,
-                         anchor_data=anchor_data, data_dir=data_dir)
         if anchors is None:
-            raise DataError("the cud scorer needs an anchors file", field="anchors")
+            raise DataError(f"the {self.name} scorer needs an anchors file", field="anchors")
         if similarity not in SIMILARITIES:
             raise UnknownNameError("similarity", similarity, list(SIMILARITIES))
         if vector not in VECTORS:
             raise UnknownNameError("circuit vector", vector, list(VECTORS))
+        if selection not in SELECTIONS:
+            raise UnknownNameError("circuit selection", selection, list(SELECTIONS))
+        given = {key: value for key, value in zip(ATTRIBUTION_KEYS, (method, ig_steps, baseline,
+                                                                     rule, metric), strict=True)
+                 if value is not None}
+        self.store = _open_store(circuits) if circuits else None
+        if self.store is not None:
+            check_attribution(self.store.header, given,
+                              source=str(self.store.directory / HEADER_FILE),
+                              needed_by=f"the {self.name} scorer")
+            attribution = {key: self.store.header.get(key) for key in ATTRIBUTION_KEYS}
+        else:
+            attribution = {**ATTRIBUTION_DEFAULTS, **given}
+            check_options(attribution["method"], attribution["rule"], attribution["ig_steps"])
+            get_metric(attribution["metric"])
+        super().__init__(anchors=anchors, circuits=circuits, similarity=similarity,
+                         vector=vector, top_n=top_n, selection=selection, prune=prune,
+                         anchor_method=anchor_method, **attribution, anchor_data=anchor_data,
+                         data_dir=data_dir)
         self.anchors = read_anchors(anchors)
         self.anchor_sets = self.anchors.sets_for(anchor_method)
         self._aggregates: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -194,9 +250,7 @@ class CUD(Scorer):
         layout = graph_layout(model)
         out = torch.empty((len(encoded), layout.n_edges), dtype=torch.float32)
         for indices, batch in iter_batches(encoded, batch_size, pad_id(tokenizer)):
-            result = attribute(model, batch, method=self.options["method"],
-                               ig_steps=self.options["ig_steps"],
-                               baseline=self.options["baseline"], rule=self.options["rule"])
+            result = attribute(model, batch, **{k: self.options[k] for k in ATTRIBUTION_KEYS})
             out[indices] = edge_vector(result.scores, layout).cpu()
         return out
 
@@ -208,7 +262,7 @@ class CUD(Scorer):
         if missing:
             raise DataError(f"anchor samples {', '.join(missing[:10])} are not among "
                             f"{'the samples of ' + spec if spec else 'the scored samples'}; "
-                            "give the cud scorer `circuits` or `anchor_data`",
+                            f"give the {self.name} scorer `circuits` or `anchor_data`",
                             field="anchor_data")
         return found
 
@@ -216,8 +270,8 @@ class CUD(Scorer):
                             ) -> dict[str, torch.Tensor]:
         ids = sorted({i for lists in self.anchor_sets.values() for i in lists["easy"] +
                       lists["hard"]})
-        if self.options["circuits"]:
-            scores = _open_store(self.options["circuits"]).edge_scores(ids)
+        if self.store is not None:
+            scores = self.store.edge_scores(ids)
         else:
             anchor_samples = self._anchor_samples(set(ids), samples)
             encoded = encode_samples(tokenizer, anchor_samples,
@@ -237,24 +291,48 @@ class CUD(Scorer):
                 for side in ("easy", "hard"))
         return self._aggregates
 
-    def _layout(self, model) -> GraphLayout:
-        if self.options["circuits"]:
-            return _open_store(self.options["circuits"]).layout
-        return graph_layout(model)
-
     def score(self, model, tokenizer, samples: Sequence[Sample],
               encoded: Sequence[EncodedSample], *, batch_size: int) -> torch.Tensor:
-        if self.options["circuits"]:
-            edge_scores = _open_store(self.options["circuits"]).edge_scores(
-                [s.id for s in samples])
+        if self.store is not None:
+            edge_scores = self.store.edge_scores([s.id for s in samples])
+            layout = self.store.layout
         else:
             edge_scores = self._attribute(model, tokenizer, encoded, batch_size)
+            layout = graph_layout(model)
         easy, hard = self.anchor_aggregates(model, tokenizer, samples, batch_size=batch_size)
-        values = cud_from_aggregates(edge_scores, easy, hard, top_n=self.options["top_n"],
-                                     similarity=self.options["similarity"],
-                                     vector=self.options["vector"], layout=self._layout(model))
-        check_finite(values, "cud scores")
+        values = cud_from_aggregates(edge_scores, easy, hard, layout=layout,
+                                     **{k: self.options[k] for k in
+                                        ("top_n", "similarity", "vector", "selection", "prune")})
+        check_finite(values, f"{self.name} scores")
         return values
 
     def config(self) -> dict[str, Any]:
-        return {**super().config(), "anchor_sets": self.anchor_sets}
+        return {**super().config(), "uses_anchors": self.uses_anchors,
+                "anchor_sets": self.anchor_sets, "anchor_fit_ids": list(self.anchors.fit_ids)}
+
+
+@register_scorer
+class PaperCUD(CUD):
+    """CUD in the CUD authors' configuration (`PAPER_PRESET`, see the module docstring).
+
+    Options: `anchors`, `circuits` (a store computed with the paper's attribution settings,
+    e.g. `unlearnscope circuits --preset paper`; a store with other settings is refused,
+    naming them), `anchor_method` (default `combined`: one easy and one hard set, as the
+    authors'), `anchor_data`, `data_dir`. The options of `PAPER_PRESET` may be given only with
+    the paper's values.
+    """
+
+    name = "cud_paper"
+
+    def __init__(self, anchors: str | None = None, circuits: str | None = None, *,
+                 anchor_method: str = "combined", anchor_data: str | None = None,
+                 data_dir: str | None = None, **preset: Any) -> None:
+        for key, value in preset.items():
+            if key not in PAPER_PRESET:
+                raise DataError(f"unknown option '{key}' of the {self.name} scorer", field=key)
+            if value != PAPER_PRESET[key]:
+                raise DataError(f"the {self.name} scorer fixes {key}={PAPER_PRESET[key]!r} "
+                                f"(the paper's); for {key}={value!r} use the cud scorer",
+                                field=key)
+        super().__init__(anchors, circuits, anchor_method=anchor_method, anchor_data=anchor_data,
+                         data_dir=data_dir, **PAPER_PRESET)
