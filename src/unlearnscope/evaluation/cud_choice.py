@@ -72,8 +72,9 @@ from unlearnscope.evaluation.validation import (
     measured_difficulty,
     read_scores,
 )
-from unlearnscope.runs import read_json, write_config, write_text
+from unlearnscope.runs import write_config, write_text
 from unlearnscope.scoring.cud import SIMILARITIES, VECTORS
+from unlearnscope.scoring.runner import read_scorer_configs
 
 CHOICE_COLUMNS = ["candidate", "source", "top_n", "vector", "similarity", "anchor_method",
                   "fit_cv_spearman", "fit_cv_folds", "fit_n", "fit_in_sample_spearman",
@@ -321,18 +322,6 @@ def criterion_check(table: pd.DataFrame) -> dict[str, float | int]:
     return out
 
 
-def _scorer_configs(run_dir: Path) -> dict[str, dict[str, Any]]:
-    """`{scorer name: config}` from the run's `scorers.json`, else from the `scorer_configs`
-    list of its `config.json` (written by `unlearnscope score`); `{}` when neither has them."""
-    if (run_dir / "scorers.json").is_file():
-        return {str(k): v for k, v in read_json(run_dir / "scorers.json").items()
-                if isinstance(v, dict)}
-    if (run_dir / "config.json").is_file():
-        listed = (read_json(run_dir / "config.json").get("options") or {}).get("scorer_configs")
-        return {str(c["name"]): c for c in listed or [] if isinstance(c, dict) and "name" in c}
-    return {}
-
-
 def _anchor_fit_ids(config: Mapping[str, Any]) -> list[str] | None:
     """The samples a CUD scorer's anchors were fitted on: its `anchor_fit_ids`, else the
     `fit_ids` of its `anchors` file; `None` when neither can be read."""
@@ -354,7 +343,7 @@ def scored_candidates(run_dir: str | Path) -> list[ScoredCandidate]:
     if not (run_dir / "scores.parquet").is_file():
         return []
     scores = read_scores(run_dir / "scores.parquet")
-    configs = _scorer_configs(run_dir)
+    configs = read_scorer_configs(run_dir)
     out = []
     for name in dict.fromkeys(scores["scorer"]):
         if not str(name).startswith("cud"):
