@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from html import escape
+
 import numpy as np
 import pandas as pd
 import torch
 
 from cud_runs import LAYOUT, outcome, write_run
 from unlearnscope.evaluation.cross_method import write_cross_method
-from unlearnscope.evaluation.cud_choice import write_cud_choice
+from unlearnscope.evaluation.cud_choice import criterion_check, write_cud_choice
 from unlearnscope.report import load_run
 from unlearnscope.report.crossmethod import cross_method, cud_choice
 from unlearnscope.report.html import render_report
@@ -39,9 +41,15 @@ def test_sections_show_the_heatmap_the_choice_and_its_samples_escaped(tmp_path):
     assert EVIL not in html and "&lt;b&gt;&amp;x" in html
     html = cud_choice(data)
     chosen = table.loc[table["chosen"], "candidate"].item()
-    assert f"<td>{chosen}</td>" in html
+    assert f"<td>{escape(chosen)}</td>" in html
     assert f"{len(table)}: {len(table)} from the circuit store" in html
-    assert "the fit half only: 10 samples" in html
+    assert "the fit half only: 10 samples, by 3-fold cross-fitting" in html
+    row = table.loc[table["chosen"]].iloc[0]
+    assert f"cross-fitted Spearman {row['fit_cv_spearman']:.4g} (in-sample, for comparison: " \
+        f"{row['fit_in_sample_spearman']:.4g})" in html
+    check = criterion_check(table)
+    assert f"Spearman(cross-fitted fit score, held-out Spearman) = " \
+        f"{check['cv_vs_held_out']:.3f}" in html
     assert "the held-out half: 10 samples, read only after the choice" in html
     assert "s00, s01" in html and "&lt;b&gt;&amp;x" in html
     assert EVIL not in html

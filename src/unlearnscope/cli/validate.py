@@ -102,7 +102,8 @@ def add_cud_validation_args(parser: argparse.ArgumentParser) -> None:
         "one method, Spearman with the other's -efficacy on the held-out half, plus leave-one-"
         "method-out (different seeds paired where per-seed outcomes exist) -> validation/"
         "cross_method.csv/.md. cud-choice: every candidate configuration scored on the fit "
-        "half, the best reported on the held-out half -> validation/cud_choice.csv/.md.")
+        "half by K-fold cross-fitting (anchors voted on the other folds; folds seeded by "
+        "--seed), the best reported on the held-out half -> validation/cud_choice.csv/.md.")
     group.add_argument("--cud-top-n", default=None,
                        help="circuit size: an edge count or a fraction of the edges "
                             "(cross-method: one, default 0.05; cud-choice: comma-separated, "
@@ -120,6 +121,10 @@ def add_cud_validation_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--vote-methods", default=None,
                        help="cud-choice: methods whose outcomes vote the anchors (default: "
                             "those of anchors.json, else all)")
+    group.add_argument("--cud-folds", type=int, default=cud_choice.FOLDS,
+                       help="cud-choice: cross-fitting folds within the fit half (default "
+                            f"{cud_choice.FOLDS}; fewer when a fold would hold under "
+                            f"{cud_choice.MIN_FOLD} samples)")
     group.add_argument("--anchor-k", type=int, default=None,
                        help="anchor set size (default: k of the run's anchors.json)")
     group.add_argument("--fit-fraction", type=float, default=0.5,
@@ -279,8 +284,8 @@ def run_cud_choice(args: argparse.Namespace) -> int:
         similarities=_names(args.cud_similarity, SIMILARITIES),
         anchor_methods=_names(args.cud_anchor_method, []) or None,
         vote_methods=_names(args.vote_methods, []) or None, k=args.anchor_k,
-        fit_fraction=args.fit_fraction, split_seed=args.seed, n_boot=args.n_boot,
-        seed=args.seed, out_dir=args.out)
+        fit_fraction=args.fit_fraction, split_seed=args.seed, folds=args.cud_folds,
+        fold_seed=args.seed, n_boot=args.n_boot, seed=args.seed, out_dir=args.out)
     folder = Path(args.out or run_dir) / "validation"
     print((folder / cud_choice.MD_FILE).read_text(encoding="utf-8"), end="")
     print(f"-> {folder / cud_choice.MD_FILE} ({len(table)} candidates)")

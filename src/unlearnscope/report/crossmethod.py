@@ -18,7 +18,7 @@ from unlearnscope.evaluation.cross_method import (
     cross_method_matrix,
 )
 from unlearnscope.evaluation.cross_method import CSV_FILE as CROSS_METHOD_CSV
-from unlearnscope.evaluation.cud_choice import CHOICE_COLUMNS, STORE_SOURCE
+from unlearnscope.evaluation.cud_choice import CHOICE_COLUMNS, STORE_SOURCE, criterion_sentence
 from unlearnscope.evaluation.cud_choice import CSV_FILE as CHOICE_CSV
 from unlearnscope.report import markup as m
 from unlearnscope.report.plots import correlation_heatmap
@@ -84,8 +84,9 @@ def cross_method(data: RunData) -> str:
 
 
 def cud_choice(data: RunData) -> str:
-    """Which CUD configuration was chosen on the fit half, from which candidates, on which
-    samples, and its held-out Spearman; the best candidates and the whole table."""
+    """Which CUD configuration was chosen on the fit half (by its cross-fitted score), from
+    which candidates, on which samples, and its held-out Spearman; whether the criterion
+    predicts held-out validity; the best candidates and the whole table."""
     table = _table(data, CHOICE_CSV, CHOICE_COLUMNS)
     if table is None:
         return m.not_computed("CUD configuration chosen on the fit half",
@@ -101,14 +102,19 @@ def cud_choice(data: RunData) -> str:
     dimensions = {column: ", ".join(str(v) for v in dict.fromkeys(from_store[column]))
                   for column in ("top_n", "vector", "similarity", "anchor_method")}
     scored = table[table["source"] != STORE_SOURCE]
+    how = (f"{int(row['fit_cv_folds'])}-fold cross-fitting (anchors voted on the other "
+           "folds, CUD scored on the left-out one)" if row["source"] == STORE_SOURCE
+           else "the fit samples outside its anchors' fit samples")
     facts = {
         "chosen configuration": row["candidate"],
         "candidates": f"{len(table)}: {len(from_store)} from the circuit store ("
                       + "; ".join(f"{k}: {v}" for k, v in dimensions.items()) + ")"
                       + (f", {len(scored)} scored CUD(s): {', '.join(scored['candidate'])}"
                          if len(scored) else ""),
-        "chosen on": f"the fit half only: {int(row['fit_n'])} samples (anchors voted there "
-                     "too); fit-half Spearman " + m.number(float(row["fit_spearman"])),
+        "chosen on": f"the fit half only: {int(row['fit_n'])} samples, by {how}; "
+                     "cross-fitted Spearman " + m.number(float(row["fit_cv_spearman"]))
+                     + " (in-sample, for comparison: "
+                     + m.number(float(row["fit_in_sample_spearman"])) + ")",
         "reported on": f"the held-out half: {int(row['held_out_n'])} samples, read only after "
                        "the choice",
         "held-out Spearman [95% CI]": _interval(float(row["held_out_spearman"]),
@@ -119,13 +125,17 @@ def cud_choice(data: RunData) -> str:
     if anchors is not None:
         facts["fit samples (anchors/anchors.json)"] = ", ".join(anchors.fit_ids)
         facts["held-out samples"] = ", ".join(anchors.held_out_ids)
-    ordered = table.sort_values("fit_spearman", ascending=False, kind="mergesort",
+    ordered = table.sort_values("fit_cv_spearman", ascending=False, kind="mergesort",
                                 na_position="last")
-    columns = ["candidate", "source", "fit_spearman", "fit_n", "chosen", "note"]
+    columns = ["candidate", "source", "fit_cv_spearman", "fit_in_sample_spearman", "fit_n",
+               "held_out_spearman", "chosen", "note"]
     return "".join([
         m.key_value_table(facts),
-        m.paragraph("Fit-half scores are in-sample for the anchors and flatter every "
-                    "candidate; only the held-out figure estimates the chosen one's validity."),
+        m.paragraph("Each candidate is scored out of sample within the fit half, so that no "
+                    "sample's score comes from anchors voted on its own outcome; the in-sample "
+                    "score (anchors among the scored samples) is shown for comparison and "
+                    "flatters configurations that memorize their anchors. "
+                    + criterion_sentence(table)),
         f"<h3>Best {min(SHOWN_CANDIDATES, len(table))} candidates on the fit half</h3>",
         m.table(ordered[columns].head(SHOWN_CANDIDATES)),
         m.details("every candidate (validation/cud_choice.csv)", m.table(ordered)),
