@@ -216,10 +216,18 @@ def seed_difficulty(tables: Mapping[int, pd.DataFrame]) -> pd.DataFrame:
 
 
 def seed_mean_outcomes(tables: Mapping[int, pd.DataFrame]) -> pd.DataFrame:
-    """One method's seed mean as an outcome table (`sample_id, efficacy`): the per-sample mean
-    over seeds of efficacy, on the samples every seed measured."""
-    mean = -seed_difficulty(tables).mean(axis=1)
-    return pd.DataFrame({"sample_id": mean.index, "efficacy": mean.to_numpy()})
+    """One method's seed mean as an outcome table: `sample_id` and the per-sample mean over
+    seeds of every numeric column all seed tables have (`efficacy`, `delta_loss`, ...), on the
+    samples every seed measured, in the first seed's order."""
+    frames = [tables[seed].set_index("sample_id") for seed in sorted(tables)]
+    if not frames:
+        raise DataError("a method without outcome tables")
+    shared = [c for c in frames[0].columns
+              if all(c in f.columns and pd.api.types.is_numeric_dtype(f[c])
+                     and not pd.api.types.is_bool_dtype(f[c]) for f in frames)]
+    ids = [i for i in frames[0].index if all(i in f.index for f in frames[1:])]
+    mean = sum(f.loc[ids, shared].astype(np.float64) for f in frames) / len(frames)
+    return mean.reset_index(names="sample_id")
 
 
 def measured_difficulty(outcomes: Outcomes, exclude_ids: Iterable[str] = ()) -> pd.DataFrame:
@@ -497,6 +505,30 @@ def reliability_table(scores: pd.DataFrame, outcomes: Outcomes, *,
     table = pd.DataFrame(rows, columns=RELIABILITY_COLUMNS)
     return table.astype({"n_seeds": "Int64", "n": "Int64", "distinct": "Int64",
                          "tied": "Int64"})
+
+
+def reliability_summary(table: pd.DataFrame) -> pd.DataFrame:
+    """One row per method of a reliability table: seeds, n, mean seed-to-seed rho,
+    reliability, ceiling with its interval, and the scorer with the highest Spearman against
+    the seed mean: its rho and rho / ceiling, each with its interval."""
+    rows = []
+    for _, ceiling in table[table["kind"] == "ceiling"].iterrows():
+        method = ceiling["method"]
+        scorers = table[(table["kind"] == "scorer") & (table["method"] == method)
+                        & (table["ground_truth"] == EFFICACY)].dropna(subset=["spearman"])
+        best = scorers.loc[scorers["spearman"].idxmax()] if len(scorers) else None
+        rows.append({
+            "method": method, "seeds": ceiling["n_seeds"], "n": ceiling["n"],
+            "seed rho": ceiling["spearman"], "reliability": ceiling["reliability"],
+            "ceiling [95% CI]": _interval(ceiling["ceiling"], ceiling["ceiling_low"],
+                                          ceiling["ceiling_high"]),
+            "best scorer": "" if best is None else best["item"],
+            "rho [95% CI]": "" if best is None else _interval(
+                best["spearman"], best["spearman_low"], best["spearman_high"]),
+            "rho/ceiling [95% CI]": "" if best is None else _interval(
+                best["fraction_of_ceiling"], best["fraction_low"], best["fraction_high"]),
+            "note": "" if pd.isna(ceiling["note"]) else ceiling["note"]})
+    return pd.DataFrame(rows)
 
 
 def _interval(value: float, low: float, high: float) -> str:
