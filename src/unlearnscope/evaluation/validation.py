@@ -510,7 +510,8 @@ def reliability_table(scores: pd.DataFrame, outcomes: Outcomes, *,
 def reliability_summary(table: pd.DataFrame) -> pd.DataFrame:
     """One row per method of a reliability table: seeds, n, mean seed-to-seed rho,
     reliability, ceiling with its interval, and the scorer with the highest Spearman against
-    the seed mean: its rho and rho / ceiling, each with its interval."""
+    the seed mean: its rho and rho / ceiling, each with its interval ('unknown' where the
+    ceiling is)."""
     rows = []
     for _, ceiling in table[table["kind"] == "ceiling"].iterrows():
         method = ceiling["method"]
@@ -521,19 +522,20 @@ def reliability_summary(table: pd.DataFrame) -> pd.DataFrame:
             "method": method, "seeds": ceiling["n_seeds"], "n": ceiling["n"],
             "seed rho": ceiling["spearman"], "reliability": ceiling["reliability"],
             "ceiling [95% CI]": _interval(ceiling["ceiling"], ceiling["ceiling_low"],
-                                          ceiling["ceiling_high"]),
+                                          ceiling["ceiling_high"], missing="unknown"),
             "best scorer": "" if best is None else best["item"],
             "rho [95% CI]": "" if best is None else _interval(
                 best["spearman"], best["spearman_low"], best["spearman_high"]),
             "rho/ceiling [95% CI]": "" if best is None else _interval(
-                best["fraction_of_ceiling"], best["fraction_low"], best["fraction_high"]),
+                best["fraction_of_ceiling"], best["fraction_low"], best["fraction_high"],
+                missing="unknown"),
             "note": "" if pd.isna(ceiling["note"]) else ceiling["note"]})
     return pd.DataFrame(rows)
 
 
-def _interval(value: float, low: float, high: float) -> str:
+def _interval(value: float, low: float, high: float, missing: str = "nan") -> str:
     if pd.isna(value):
-        return "nan"
+        return missing
     if pd.isna(low) or pd.isna(high):
         return f"{value:.3f}"
     return f"{value:.3f} [{low:.3f}, {high:.3f}]"

@@ -19,6 +19,7 @@ from unlearnscope.report.plots import (
     grouped_bars,
     score_histograms,
 )
+from unlearnscope.report.reliability import ceiling_note, ceiling_of, unverified_warning
 from unlearnscope.report.rundata import RunData, measured_difficulty
 from unlearnscope.report.signatures import DEFAULT_TOP_N, compare_easy_hard
 
@@ -72,9 +73,12 @@ def configuration(data: RunData) -> str:
     if data.correlations is not None:
         best = _best_scorer(data.correlations)
         if best is not None:
+            ceiling = ceiling_of(data, best["method"], best["scorer"])
             facts["best scorer vs measured difficulty"] = (
                 f"{best['scorer']} (method {best['method']}): Spearman {best['spearman']:.3f} "
-                f"[{best['spearman_low']:.3f}, {best['spearman_high']:.3f}], n={best['n']}")
+                f"[{best['spearman_low']:.3f}, {best['spearman_high']:.3f}], n={best['n']}, "
+                + (f"noise ceiling {ceiling:.3f}" if ceiling is not None
+                   else "noise ceiling unknown"))
     if data.sets is not None:
         summary, _ = _sets_over_methods(data.sets)
         columns = [c for c in ("hard delta_vs_random", "easy delta_vs_random")
@@ -145,7 +149,9 @@ def versus_measured(data: RunData) -> str:
                              "validation/correlations.csv"))
     else:
         parts.append("<h3>Correlations with measured difficulty (95% bootstrap CI)</h3>")
+        parts.append(unverified_warning(data.correlations))
         parts.append(m.table(data.correlations.sort_values(["scorer", "method"])))
+        parts.append(ceiling_note(data))
     return "".join(parts)
 
 
@@ -157,8 +163,10 @@ def _scatter_title(data: RunData, scorer: str) -> str:
     row = mean.iloc[0] if len(mean) else rows.iloc[0] if len(rows) == 1 else None
     if row is None:
         return f"{scorer} (no correlation row)"
+    ceiling = ceiling_of(data, row["method"], scorer)
     return (f"{scorer}: Spearman {row['spearman']:.2f} "
-            f"[{row['spearman_low']:.2f}, {row['spearman_high']:.2f}]")
+            f"[{row['spearman_low']:.2f}, {row['spearman_high']:.2f}]"
+            + (f", ceiling {ceiling:.2f}" if ceiling is not None else ""))
 
 
 def easy_hard_sets(data: RunData) -> str:
