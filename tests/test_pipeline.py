@@ -112,6 +112,12 @@ def test_a_minimal_run_writes_every_product_and_resumes(tmp_path, capsys, monkey
               if line.startswith(("[demo] unlearn the", "[demo] steps to forget"))]
     assert redone == ["[demo] unlearn the forget set with npo (seed 1)"]
     assert len(evaluated) == 2 and sorted(read_seed_outcomes(npo)) == [0, 1]
+    (npo / "seed0" / "outcomes.parquet").unlink()  # the evaluated seed: rerun with its TOFU
+    run_demo(tmp_path, config)
+    redone = [line for line in capsys.readouterr().out.splitlines()
+              if line.startswith(("[demo] unlearn the", "[demo] steps to forget"))]
+    assert redone == ["[demo] unlearn the forget set with npo (seed 0)"]
+    assert len(evaluated) == 3
 
 
 def test_method_settings_split_training_keys_from_method_options():

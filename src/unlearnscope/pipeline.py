@@ -179,10 +179,13 @@ class Demo:
     tokenizer: object = None
     timings: dict = field(default_factory=dict)
 
-    def stage(self, name: str, product: Path, run: Callable[[], None]) -> None:
-        """Run a stage unless its product exists; record its wall time."""
+    def stage(self, name: str, product: Path | tuple[Path, ...], run: Callable[[], None]
+              ) -> None:
+        """Run a stage unless its product (every one of its products) exists; record its wall
+        time."""
         started = time.perf_counter()
-        if not product.exists():
+        products = product if isinstance(product, tuple) else (product,)
+        if not all(p.exists() for p in products):
             print(f"[demo] {name}")
             run()
         self.timings[name] = round(time.perf_counter() - started, 1)
@@ -275,7 +278,8 @@ def _unlearn(demo: Demo) -> None:
 
         demo.stage(f"unlearn the forget set with {method}" + (f" (seed {first})" if others
                                                                else ""),
-                   folder / "metrics.json", evaluated)
+                   (config.outcome_folder(demo.out, method, first) / "outcomes.parquet",
+                    folder / "metrics.json"), evaluated)
         for seed in others:
             demo.stage(f"unlearn the forget set with {method} (seed {seed})",
                        config.outcome_folder(demo.out, method, seed) / "outcomes.parquet",
