@@ -118,14 +118,15 @@ def register(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
-def _outcome_path(path: Path) -> tuple[str, dict[int, Path | None]]:
-    """(default method name, {seed: outcomes file, or None for the whole folder})."""
+def _outcome_tables(path: Path) -> tuple[str, dict]:
+    """(default method name, {seed: outcome table}) of an outcomes file or unlearning folder;
+    a file in `seed<s>/` is seed s of the folder above, another file the seed its run used."""
     if path.is_dir():
-        return path.name, {seed: None for seed in read_seed_outcomes(path)}
+        return path.name, read_seed_outcomes(path)
     match = SEED_DIR.match(path.parent.name)
     if match:
-        return path.parent.parent.name, {int(match.group(1)): path}
-    return path.parent.name, {run_seed(path.parent): path}
+        return path.parent.parent.name, {int(match.group(1)): read_outcomes(path)}
+    return path.parent.name, {run_seed(path.parent): read_outcomes(path)}
 
 
 def _method_outcomes(args: argparse.Namespace) -> dict[str, dict]:
@@ -138,10 +139,8 @@ def _method_outcomes(args: argparse.Namespace) -> dict[str, dict]:
                         field="--methods")
     outcomes: dict[str, dict] = {}
     for index, path in enumerate(paths):
-        default, seeds = _outcome_path(path)
+        default, tables = _outcome_tables(path)
         name = args.methods[index] if args.methods else default
-        tables = read_seed_outcomes(path) if path.is_dir() else {
-            seed: read_outcomes(file) for seed, file in seeds.items()}
         repeated = sorted(set(tables) & set(outcomes.get(name, {})))
         if repeated:
             raise DataError(f"method '{name}' seed {repeated[0]} given twice ({path}): name the "

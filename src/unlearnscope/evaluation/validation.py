@@ -519,7 +519,8 @@ def reliability_summary(table: pd.DataFrame) -> pd.DataFrame:
                         & (table["ground_truth"] == EFFICACY)].dropna(subset=["spearman"])
         best = scorers.loc[scorers["spearman"].idxmax()] if len(scorers) else None
         rows.append({
-            "method": method, "seeds": ceiling["n_seeds"], "n": ceiling["n"],
+            "method": method, "seeds": _counts(pd.Series([ceiling["n_seeds"]]))[0],
+            "n": _counts(pd.Series([ceiling["n"]]))[0],
             "seed rho": ceiling["spearman"], "reliability": ceiling["reliability"],
             "ceiling [95% CI]": _interval(ceiling["ceiling"], ceiling["ceiling_low"],
                                           ceiling["ceiling_high"], missing="unknown"),

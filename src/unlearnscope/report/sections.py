@@ -299,8 +299,8 @@ def schedules(data: RunData) -> str:
 
 
 def methods(data: RunData) -> str:
-    """Per unlearning method: forget/retain loss and probability before and after, mean
-    efficacy, and the TOFU metrics of the unlearned model."""
+    """Per unlearning method: forget/retain loss and probability before and after (the lowest
+    seed's run), mean efficacy (over seeds), and the TOFU metrics of the unlearned model."""
     if not data.methods:
         return m.not_computed("unlearning runs (unlearn/<method>/)",
                               commands(data.run_dir)["unlearn"])
@@ -318,6 +318,7 @@ def methods(data: RunData) -> str:
             row["mean efficacy"] = float(np.mean(efficacy[name]))
             row["mean delta_loss"] = (float(run.outcomes["delta_loss"].mean())
                                       if "delta_loss" in run.outcomes else None)
+            row["seeds"] = len(run.seeds) or 1  # outcomes of several seeds are their mean
         rows.append(row)
     parts = ["<h3>Unlearning summary</h3>", m.table(pd.DataFrame(rows))]
     for name in data.methods:
