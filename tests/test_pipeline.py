@@ -1,8 +1,14 @@
 import json
+import shutil
 
+import numpy as np
 import pandas as pd
+import pytest
 
-from unlearnscope.cli.demo import method_settings
+from unlearnscope import pipeline
+from unlearnscope.cli.demo import method_seeds, method_settings
+from unlearnscope.errors import DataError, UnlearnscopeError
+from unlearnscope.evaluation.validation import read_seed_outcomes
 from unlearnscope.pipeline import DemoConfig, run_demo
 
 
@@ -37,18 +43,29 @@ def test_tiny_runs_keep_their_per_method_settings():
     assert config.unlearn_settings("npo")["seed"] == config.seed
 
 
-def test_a_minimal_run_writes_every_product_and_resumes(tmp_path, capsys):
-    """Every stage on a handful of synthetic samples; a second call finds every product and
-    redoes nothing."""
+def test_a_minimal_run_writes_every_product_and_resumes(tmp_path, capsys, monkeypatch):
+    """Every stage on a handful of synthetic samples, npo under two seeds; a second call finds
+    every product and redoes nothing; a missing seed is redone alone."""
     config = DemoConfig(
         n_authors=6, questions_per_author=4, forget_fraction=0.34, max_epochs=2, mrd_draws=4,
         ig_steps=2, methods=("grad_diff", "npo"), anchor_methods=("grad_diff", "npo"),
+        seeds={"npo": (0, 1)}, steps_to_forget_methods=("npo",), steps_to_forget_max_steps=3,
         anchor_k=1, set_methods=("npo",), set_scorers=("loss", "mrd"), set_k=1,
         schedule_methods=("npo",), schedule_budget=2,
         unlearn={"epochs": 1, "lr": 5e-4, "batch_size": 4, "grad_accum": 1,
                  "warmup_epochs": 0.0})
+    evaluated = []
+    real_evaluate = pipeline.evaluate_tofu
+
+    def counting(model, *args, **kwargs):
+        if "holdout" in kwargs:  # a method's evaluation (the schedule runs pass no holdout)
+            evaluated.append(model)
+        return real_evaluate(model, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "evaluate_tofu", counting)
     summary = run_demo(tmp_path, config)
     out = tmp_path
+    assert len(evaluated) == 2  # TOFU evaluation once per method, not per seed
     scores = pd.read_parquet(out / "scores.parquet")
     assert {"loss", "grad_norm", "mrd", "mrd_grad", "cud"} <= set(scores.scorer)
     n_forget = summary["n_forget"]
@@ -58,20 +75,49 @@ def test_a_minimal_run_writes_every_product_and_resumes(tmp_path, capsys):
     anchors = json.loads((out / "anchors" / "anchors.json").read_text())
     held_out = set(anchors["held_out_ids"])
     assert set(correlations.n) <= {len(held_out)}
+    npo = out / "unlearn" / "npo"
+    assert sorted(read_seed_outcomes(npo)) == [0, 1]
+    assert (npo / "metrics.json").is_file() and not (npo / "seed1" / "metrics.json").exists()
+    assert sorted(read_seed_outcomes(out / "unlearn" / "grad_diff")) == [0]
+    reliability = pd.read_csv(out / "validation" / "reliability.csv")
+    ceilings = reliability[reliability.kind == "ceiling"].set_index("method")
+    assert ceilings.loc["npo", "n_seeds"] == 2 and ceilings.loc["npo", "n"] == len(held_out)
+    assert np.isnan(ceilings.loc["grad_diff", "ceiling"])
+    assert "one seed" in ceilings.loc["grad_diff", "note"]
+    steps = reliability[reliability.kind == "agreement"]
+    assert set(steps.ground_truth) == {"steps_to_forget", "interpolated_steps"}
+    assert (out / "steps_to_forget" / "npo" / "steps_to_forget.parquet").is_file()
     sets = pd.read_csv(out / "validation" / "sets.csv")
     assert {"easy", "hard", "random"} <= set(sets.set)
     assert set(pd.read_csv(out / "validation" / "schedules.csv").method) == {"npo"}
-    metrics = json.loads((out / "unlearn" / "npo" / "metrics.json").read_text())
+    metrics = json.loads((npo / "metrics.json").read_text())
     assert metrics["benchmark"] == "synthetic" and metrics["forget_split"] == "synthetic:forget"
     assert "<html" in (out / "report.html").read_text()
     assert set(summary["methods"]) == {"grad_diff", "npo"}
+    assert summary["methods"]["npo"]["seeds"] == 2
     first_timings = summary["timings_s"]
+    printed = capsys.readouterr().out
+    assert "reliability of measured difficulty" in printed
 
-    capsys.readouterr()
     again = run_demo(tmp_path, config)
     assert "[demo] fine-tune" not in capsys.readouterr().out  # every stage skipped
     assert again["methods"] == summary["methods"]
     assert set(again["timings_s"]) == set(first_timings)
+    assert len(evaluated) == 2
+
+    shutil.rmtree(npo / "seed1")
+    (out / "report.html").unlink()
+    run_demo(tmp_path, config)
+    redone = [line for line in capsys.readouterr().out.splitlines()
+              if line.startswith(("[demo] unlearn the", "[demo] steps to forget"))]
+    assert redone == ["[demo] unlearn the forget set with npo (seed 1)"]
+    assert len(evaluated) == 2 and sorted(read_seed_outcomes(npo)) == [0, 1]
+    (npo / "seed0" / "outcomes.parquet").unlink()  # the evaluated seed: rerun with its TOFU
+    run_demo(tmp_path, config)
+    redone = [line for line in capsys.readouterr().out.splitlines()
+              if line.startswith(("[demo] unlearn the", "[demo] steps to forget"))]
+    assert redone == ["[demo] unlearn the forget set with npo (seed 0)"]
+    assert len(evaluated) == 3
 
 
 def test_method_settings_split_training_keys_from_method_options():
@@ -86,3 +132,17 @@ def test_method_settings_split_training_keys_from_method_options():
     config = DemoConfig(method_settings=settings)
     assert config.unlearn_settings("npo")["epochs"] == 2
     assert config.unlearn_settings("npo")["method_options"] == {"beta": 0.2}
+
+
+def test_seeds_per_method_and_their_folders(tmp_path):
+    config = DemoConfig(seeds={"npo": (0, 1, 2)}, seed=5)
+    assert config.method_seeds("npo") == (0, 1, 2) and config.method_seeds("rmu") == (5,)
+    assert config.outcome_folder(tmp_path, "npo", 1) == tmp_path / "unlearn" / "npo" / "seed1"
+    assert config.outcome_folder(tmp_path, "rmu", 5) == tmp_path / "unlearn" / "rmu"
+    assert config.unlearn_settings("npo", 2)["seed"] == 2
+    assert set(DemoConfig().seeds) >= {"npo"} and len(DemoConfig().seeds["npo"]) >= 2
+    with pytest.raises(DataError, match="distinct seeds"):
+        DemoConfig(seeds={"npo": (1, 1)}).method_seeds("npo")
+    assert method_seeds(["npo=3,4", "rmu=7"], {"npo": (0, 1)}) == {"npo": (3, 4), "rmu": (7,)}
+    with pytest.raises(UnlearnscopeError, match="METHOD=S,S"):
+        method_seeds(["nope=1"], {})

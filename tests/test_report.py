@@ -19,6 +19,12 @@ from unlearnscope.circuits.store import CircuitStore, ShardWriter, write_header,
 from unlearnscope.cli import main
 from unlearnscope.evaluation.cross_method import write_cross_method
 from unlearnscope.evaluation.cud_choice import write_cud_choice
+from unlearnscope.evaluation.validation import (
+    read_seed_outcomes,
+    reliability_summary,
+    reliability_table,
+    seed_mean_outcomes,
+)
 from unlearnscope.report import build_report, load_run, measured_difficulty
 from unlearnscope.report.html import section_list
 from unlearnscope.report.markup import number
@@ -29,6 +35,7 @@ EVIL = "<script>alert(1)</script>"
 SAMPLE_IDS = [f"s{i}" for i in range(11)] + [EVIL]
 SCORERS = ("loss", "mrd", "cud")
 METHODS = ("graddiff", "npo")
+SEEDS = {"npo": (0, 1)}
 HEADINGS = [heading for _, heading, _ in section_list(0.05)]
 LAYOUT = GraphLayout(n_layers=3, n_heads=2)
 
@@ -116,11 +123,16 @@ def _full_run(root: Path) -> Path:
         before = rng.uniform(0.1, 0.5, n)
         after = before + np.sort(rng.uniform(0.0, 3.0, n))[::-1][efficacy_rank]
         folder = root / "unlearn" / method
-        write_parquet(folder / "outcomes.parquet", outcome_table(SAMPLE_IDS, before, after))
-        write_json(folder / "summary.json", {
-            "method": method, "steps": 20, "n_forget": n,
-            "forget": {"loss_before": float(before.mean()), "loss_after": float(after.mean()),
-                       "prob_before": 0.7, "prob_after": 0.2}})
+        # npo ran two seeds (unlearn/npo/seed<s>/), graddiff one
+        for seed in SEEDS.get(method, (None,)):
+            where = folder if seed is None else folder / f"seed{seed}"
+            moved = after + (0 if seed in (None, 0) else rng.normal(0, 0.5, n))
+            write_parquet(where / "outcomes.parquet", outcome_table(SAMPLE_IDS, before, moved))
+            write_json(where / "summary.json", {
+                "method": method, "steps": 20, "n_forget": n,
+                "forget": {"loss_before": float(before.mean()),
+                           "loss_after": float(moved.mean()),
+                           "prob_before": 0.7, "prob_after": 0.2}})
         write_json(folder / "metrics.json", {
             "forget_quality": None, "model_utility": 0.4321 if method == "npo" else 0.5,
             "forget_truth_ratio": 0.61, "privleak": -12.5, "mia_min_k": 0.55,
@@ -128,9 +140,16 @@ def _full_run(root: Path) -> Path:
     validation = root / "validation"
     validation.mkdir()
     pd.DataFrame([{"scorer": s, "method": m, "spearman": 0.5 - 0.1 * i, "spearman_low": 0.1234,
-                   "spearman_high": 0.81234, "kendall": 0.3, "auroc": 0.7, "n": 6}
+                   "spearman_high": 0.81234, "kendall": 0.3, "auroc": 0.7, "n": 6,
+                   "ceiling": 0.875 if m == "npo" else np.nan,
+                   "fraction_of_ceiling": (0.5 - 0.1 * i) / 0.875 if m == "npo" else np.nan}
                   for i, s in enumerate(SCORERS) for m in (*METHODS, "mean")]
                  ).to_csv(validation / "correlations.csv", index=False)
+    run = load_run(root)
+    reliability_table(run.scores, {name: method.measured() for name, method in
+                                   run.methods.items()},
+                      exclude_ids=[f"s{i}" for i in range(5)] + [EVIL], n_boot=100
+                      ).to_csv(validation / "reliability.csv", index=False)
     matrix = pd.DataFrame(np.eye(3) * 0.5 + 0.5, index=SCORERS, columns=SCORERS)
     matrix.loc["loss", "mrd"] = matrix.loc["mrd", "loss"] = -0.25
     matrix.to_csv(validation / "scorer_correlations.csv", index_label="scorer")
@@ -174,8 +193,8 @@ def test_every_section_rendered_with_embedded_plots(full_run):
     for heading in HEADINGS:
         assert f"<h2>{heading}</h2>" in page
     # histograms, scatters, 3 circuit plots, heatmap, schedule bars, efficacy histograms,
-    # cross-method heatmap
-    assert page.count('src="data:image/png;base64,') == 9
+    # cross-method heatmap, scorers against the noise ceiling
+    assert page.count('src="data:image/png;base64,') == 10
     assert "not computed in this run" not in page
     assert 'class="problem"' not in page
     assert "3 easy, 3 hard (vote, k=2), found on 6 samples, 6 held out" in page
@@ -245,7 +264,7 @@ def test_method_summary_and_tofu_metrics(full_run):
     root, page = full_run
     summary_rows = {r["method"]: r for r in table_starting_with(page, ["method", "steps"])}
     for method in METHODS:
-        outcomes = pd.read_parquet(root / "unlearn" / method / "outcomes.parquet")
+        outcomes = seed_mean_outcomes(read_seed_outcomes(root / "unlearn" / method))
         assert summary_rows[method]["mean efficacy"] == number(float(outcomes["efficacy"].mean()))
         assert int(summary_rows[method]["n samples"]) == len(outcomes)
     metrics = {r["method"]: r for r in table_with_header(
@@ -314,7 +333,7 @@ def test_partial_run_with_scores_only(tmp_path):
                     "unlearnscope unlearn --model", "unlearnscope validate cross-method --run",
                     "unlearnscope validate cud-choice --run"):
         assert f"<code>{command}" in page
-    assert page.count("not computed in this run") == 9
+    assert page.count("not computed in this run") == 10  # one per section lacking its files
     # histograms and the scorer correlations computed from the scores
     assert page.count('src="data:image/png;base64,') == 2
     assert "scorer_correlations.csv is absent" in page
@@ -365,3 +384,52 @@ def test_circuits_emptied_by_pruning_are_flagged(tmp_path):
     assert f"may help): {listed}." in page
     build_report(root, top_n=0.25)
     assert "Circuits left empty by pruning" not in (root / "report.html").read_text("utf-8")
+
+
+def test_reliability_section_shows_every_methods_ceiling(full_run):
+    root, page = full_run
+    table = pd.read_csv(root / "validation" / "reliability.csv")
+    summary = reliability_summary(table)
+    rows = {r["method"]: r for r in table_starting_with(page, ["method", "seeds", "n",
+                                                                "seed rho"])}
+    assert set(rows) == set(METHODS)
+    npo = summary.set_index("method").loc["npo"]
+    assert rows["npo"]["ceiling [95% CI]"] == npo["ceiling [95% CI]"] != "unknown"
+    assert rows["npo"]["rho/ceiling [95% CI]"] == npo["rho/ceiling [95% CI]"]
+    assert rows["graddiff"]["ceiling [95% CI]"] == "unknown"
+    assert "graddiff: one seed (0): seed-to-seed agreement and the noise ceiling are unknown." \
+        in page
+    pairs = table_starting_with(page, ["method", "seeds", "n", "spearman"])
+    assert [(r["method"], r["seeds"]) for r in pairs] == [("npo", "0-1")]
+    ceiling = table[(table.method == "npo") & (table.kind == "ceiling")].ceiling.iloc[0]
+    per_seed = read_seed_outcomes(root / "unlearn" / "npo")
+    held_out = [f"s{i}" for i in range(5, 11)]
+    a, b = (per_seed[s].set_index("sample_id").loc[held_out, "efficacy"] for s in (0, 1))
+    rho = stats.spearmanr(a, b).statistic
+    assert ceiling == pytest.approx(np.sqrt(2 * rho / (1 + rho)))
+
+
+def test_ceiling_shown_next_to_the_correlations(full_run):
+    _, page = full_run
+    assert "noise ceiling 0.875" in page or "noise ceiling unknown" in page
+    assert "ceiling: the noise ceiling of the method&#x27;s seed mean" in page
+    assert "Known for npo" in page
+    rows = table_starting_with(page, ["scorer", "method", "spearman", "spearman_low"])
+    assert {r["ceiling"] for r in rows if r["method"] == "npo"} == {"0.875"}
+    assert {r["ceiling"] for r in rows if r["method"] != "npo"} == {"–"}
+
+
+def test_seeded_method_reads_its_seed_mean(full_run):
+    root, _ = full_run
+    run = load_run(root).methods["npo"]
+    assert sorted(run.seeds) == [0, 1] and run.summary["steps"] == 20
+    mean = (run.seeds[0]["efficacy"] + run.seeds[1]["efficacy"]) / 2
+    assert run.outcomes["efficacy"].tolist() == pytest.approx(mean.tolist())
+
+
+def test_unverified_holdout_is_flagged(tmp_path):
+    root = _full_run(tmp_path / "run")
+    path = root / "validation" / "correlations.csv"
+    pd.read_csv(path).assign(unverified_holdout="cud").to_csv(path, index=False)
+    page = build_report(root).read_text(encoding="utf-8")
+    assert "Unverified holdout: the anchor-fit samples of cud are unknown" in page

@@ -14,9 +14,11 @@ import pytest
 
 from test_unlearning_support import tiny_model, tiny_tokenizer, toy_samples
 from unlearnscope.cli import main
+from unlearnscope.cli import unlearn as unlearn_cli
 from unlearnscope.cli._common import key_values, named_key_values
 from unlearnscope.cli.unlearn import METHOD_OPTIONS_HELP
 from unlearnscope.errors import UnlearnscopeError
+from unlearnscope.evaluation.validation import read_seed_outcomes
 from unlearnscope.unlearning.methods import (
     METHODS,
     NLL_WEIGHTINGS,
@@ -100,6 +102,34 @@ def test_unlearn_cli_one_process(workspace, tmp_path, capsys):
     assert not (out / "model").exists()
     assert "mean efficacy" in capsys.readouterr().out
     assert main(unlearn_args(workspace, tmp_path / "bad", "--method-option", "bogus=1")) == 2
+
+
+def test_unlearn_cli_with_several_seeds_writes_one_run_per_seed(workspace, tmp_path, capsys,
+                                                                 monkeypatch):
+    out = tmp_path / "seeds"
+    assert main(unlearn_args(workspace, out, "--seeds", "0,2")) == 0
+    assert "seed 2: mean efficacy" in capsys.readouterr().out
+    found = read_seed_outcomes(out)
+    assert sorted(found) == [0, 2]
+    for seed in (0, 2):
+        summary = json.loads((out / f"seed{seed}" / "summary.json").read_text())
+        assert summary["settings"]["seed"] == seed
+        assert not (out / f"seed{seed}" / "model").exists()  # no model per seed by default
+    assert not (out / "outcomes.parquet").exists()
+    assert json.loads((out / "config.json").read_text())["options"]["seeds"] == [0, 2]
+    # each seed starts from the untouched model: the same as a separate run with that seed
+    alone = tmp_path / "alone"
+    assert main(unlearn_args(workspace, alone, "--seed", "2", "--no-save")) == 0
+    pd.testing.assert_frame_equal(found[2], pd.read_parquet(alone / "outcomes.parquet"))
+    assert not found[0]["loss_after"].equals(found[2]["loss_after"])
+
+    calls = []
+    monkeypatch.setattr(unlearn_cli, "run_unlearning",
+                        lambda *a, **k: calls.append(k["config"].seed))
+    assert main(unlearn_args(workspace, out, "--seeds", "0,2", "--resume")) == 0
+    assert calls == []  # both seeds finished: nothing rerun
+    assert main(unlearn_args(workspace, out, "--seeds", "0,0")) == 2
+    assert "distinct seeds" in capsys.readouterr().err
 
 
 @pytest.mark.slow

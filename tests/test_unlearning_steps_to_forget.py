@@ -27,8 +27,10 @@ def tokenizer():
     return tiny_tokenizer()
 
 
-def plain_steps(model, tokenizer, samples, config: StepsToForgetConfig) -> list[tuple[int, float]]:
-    """Independent reference: one fresh model copy, AdamW and standard autograd per sample."""
+def plain_steps(model, tokenizer, samples, config: StepsToForgetConfig
+                ) -> list[tuple[int, float, float]]:
+    """Independent reference: one fresh model copy, AdamW and standard autograd per sample.
+    Per sample: (steps, final loss, interpolated steps by hand from the loss trajectory)."""
     method = get_method(config.method, **config.method_options)
     out = []
     for encoded in encode_samples(tokenizer, samples).samples:
@@ -40,7 +42,8 @@ def plain_steps(model, tokenizer, samples, config: StepsToForgetConfig) -> list[
         batch = collate([encoded], pad_id(tokenizer))
         with torch.no_grad():
             before = mean_answer_nll(copy_model(**batch).logits, batch["labels"]).item()
-        result = (config.max_steps, math.nan)
+        result = (config.max_steps, math.nan, float(config.max_steps))
+        previous = before
         for step in range(1, config.max_steps + 1):
             method.loss(copy_model, batch, None, reference).total.backward()
             torch.nn.utils.clip_grad_norm_(copy_model.parameters(), config.max_grad_norm)
@@ -48,10 +51,13 @@ def plain_steps(model, tokenizer, samples, config: StepsToForgetConfig) -> list[
             optimizer.zero_grad()
             with torch.no_grad():
                 loss = mean_answer_nll(copy_model(**batch).logits, batch["labels"]).item()
-            result = (config.max_steps, loss)
+            result = (config.max_steps, loss, float(config.max_steps))
             if math.exp(-loss) < config.tau * math.exp(-before):
-                result = (step, loss)
+                # the loss crosses before + log(1/tau) between step - 1 and step
+                crossing = before + math.log(1 / config.tau)
+                result = (step, loss, step - 1 + (crossing - previous) / (loss - previous))
                 break
+            previous = loss
         out.append(result)
     return out
 
@@ -62,12 +68,27 @@ def test_vmapped_copies_match_a_plain_loop_per_sample(tokenizer, method):
     config = StepsToForgetConfig(method=method, lr=2e-3, max_steps=12, copies=4)
     table = steps_to_forget(model, tokenizer, SAMPLES, config=config)
     expected = plain_steps(tiny_model(tokenizer), tokenizer, SAMPLES, config)
-    assert table["steps_to_forget"].tolist() == [s for s, _ in expected]
-    assert table["loss_final"].tolist() == pytest.approx([v for _, v in expected], rel=1e-4)
+    assert table["steps_to_forget"].tolist() == [s for s, _, _ in expected]
+    assert table["loss_final"].tolist() == pytest.approx([v for _, v, _ in expected], rel=1e-4)
+    assert table["interpolated_steps"].tolist() == pytest.approx([t for _, _, t in expected],
+                                                                 abs=1e-3)
+    steps = table["steps_to_forget"]
+    assert ((table["interpolated_steps"] >= steps - 1) & (table["interpolated_steps"] < steps)
+            | table["capped"]).all()
     assert table["sample_id"].tolist() == [s.id for s in SAMPLES]
     forgotten = table[~table["capped"]]
     assert len(forgotten) > 0
     assert (forgotten["prob_final"] < 0.5 * forgotten["prob_before"]).all()
+
+
+def test_interpolated_steps_rank_samples_the_count_ties(tokenizer):
+    """At this learning rate every sample is forgotten at the same step: the count ties them
+    all, the interpolated step does not."""
+    config = StepsToForgetConfig(method="grad_ascent", lr=2e-3, max_steps=12, copies=4)
+    table = steps_to_forget(tiny_model(tokenizer), tokenizer, SAMPLES, config=config)
+    assert table["steps_to_forget"].nunique() == 1 and not table["capped"].any()
+    assert table["interpolated_steps"].nunique() == len(SAMPLES)
+    assert (table["interpolated_steps"] >= table["steps_to_forget"] - 1).all()
 
 
 def test_chunking_does_not_change_any_sample(tokenizer):
@@ -82,6 +103,7 @@ def test_capped_samples_report_the_cap(tokenizer):
     config = StepsToForgetConfig(method="grad_ascent", lr=1e-7, max_steps=3, copies=4)
     table = steps_to_forget(tiny_model(tokenizer), tokenizer, SAMPLES, config=config)
     assert table["capped"].all() and (table["steps_to_forget"] == 3).all()
+    assert (table["interpolated_steps"] == 3.0).all()
     assert table["loss_final"].tolist() == pytest.approx(table["loss_before"].tolist(), rel=1e-3)
 
 

@@ -17,7 +17,9 @@ from unlearnscope.evaluation.validation import (
     cud_stability,
     measured_difficulty,
     quartile_auroc,
+    read_method_outcomes,
     scorer_correlations,
+    seed_difficulty,
 )
 
 IDS = [f"s{i}" for i in range(12)]
@@ -185,8 +187,157 @@ def test_cli_with_explicit_files_and_errors(tmp_path, capsys):
     assert set(table.method) == {"x", "y", "mean"} and (table.n == 12).all()
 
     assert main([*args[:-7], "--methods", "x", "--out", str(out)]) == 2
-    assert "2 outcomes files" in capsys.readouterr().err
+    assert "2 outcomes paths" in capsys.readouterr().err
     pd.DataFrame({"sample_id": IDS}).to_parquet(tmp_path / "bad.parquet")
     assert main(["validate", "--scores", str(tmp_path / "scores.parquet"), "--outcomes",
                  str(tmp_path / "bad.parquet"), "--out", str(out)]) == 2
     assert "field 'efficacy'" in capsys.readouterr().err
+
+
+def _anchor_run(root, fit_ids=("s6", "s7")):
+    """A score table with `mrd` and `cud` (a perfect predictor of npo's difficulty) and the
+    anchors file the cud scorer was fitted with."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "unlearn" / "npo").mkdir(parents=True)
+    _outcomes(EFFICACY_A).to_parquet(root / "unlearn" / "npo" / "outcomes.parquet")
+    rng = np.random.default_rng(2)
+    _scores({"mrd": rng.normal(size=12), "cud": -EFFICACY_A}).to_parquet(root / "scores.parquet")
+    anchors = {"method": "vote", "k": 1, "easy": ["s6"], "hard": ["s7"],
+               "fit_ids": list(fit_ids), "held_out_ids": [i for i in IDS if i not in fit_ids]}
+    (root / "anchors.json").write_text(json.dumps(anchors))
+    return anchors
+
+
+def _validate_files(root, *extra):
+    return main(["validate", "--scores", str(root / "scores.parquet"), "--outcomes",
+                 str(root / "unlearn" / "npo" / "outcomes.parquet"), "--out",
+                 str(root / "out"), "--n-boot", "50", *extra])
+
+
+@pytest.mark.parametrize("record", ["scorers.json", "config.json", "anchors path"])
+def test_anchor_fit_samples_are_left_out_without_exclude_ids(tmp_path, record):
+    """The fit ids of an anchor-based scorer come from the configs beside the score table:
+    `anchor_fit_ids` (scorers.json or `unlearnscope score`'s config.json) or the anchors file
+    a config names."""
+    root = tmp_path / "run"
+    anchors = _anchor_run(root)
+    config = {"name": "cud", "uses_anchors": True, "anchor_fit_ids": anchors["fit_ids"]}
+    if record == "scorers.json":
+        (root / "scorers.json").write_text(json.dumps({"cud": config, "mrd": {"name": "mrd"}}))
+    elif record == "config.json":
+        (root / "config.json").write_text(json.dumps(
+            {"command": "score", "options": {"scorer_configs": [config]}}))
+    else:
+        (root / "scorers.json").write_text(json.dumps({"cud": {
+            "name": "cud", "uses_anchors": True, "anchors": str(root / "anchors.json"),
+            "anchor_method": "combined",
+            "anchor_sets": {"combined": {"easy": ["s6"], "hard": ["s7"]}}}}))
+    assert _validate_files(root) == 0
+    table = pd.read_csv(root / "out" / "validation" / "correlations.csv")
+    assert (table.n == 10).all()
+    assert "unverified_holdout" not in table.columns
+    recorded = json.loads((root / "out" / "validation" / "config.json").read_text())["options"]
+    assert recorded["n_excluded"] == 2 and recorded["unverified_holdout"] == []
+    assert "cud" in recorded["anchor_fit_ids_from"]
+
+
+def test_an_anchor_scorer_without_its_fit_ids_is_refused_unless_accepted(tmp_path, capsys,
+                                                                          monkeypatch):
+    from unlearnscope.scoring.cud import CUD
+
+    monkeypatch.setattr(CUD, "uses_anchors", True, raising=False)  # contract 1
+    root = tmp_path / "run"
+    _anchor_run(root)
+    assert _validate_files(root) == 2
+    err = capsys.readouterr().err
+    assert "scorer 'cud'" in err and "--allow-unverified-holdout" in err
+    assert not (root / "out" / "validation" / "correlations.csv").exists()
+
+    assert _validate_files(root, "--allow-unverified-holdout") == 0
+    folder = root / "out" / "validation"
+    csvs = sorted(folder.glob("*.csv"))
+    assert {p.name for p in csvs} >= {"correlations.csv", "reliability.csv",
+                                      "scorer_correlations.csv"}
+    for path in csvs:
+        assert (pd.read_csv(path)["unverified_holdout"] == "cud").all(), path.name
+    for path in folder.glob("*.md"):
+        assert path.read_text().startswith("Unverified holdout: the anchor-fit samples of cud"), \
+            path.name
+    assert (pd.read_csv(folder / "correlations.csv").n == 12).all()
+    recorded = json.loads((folder / "config.json").read_text())["options"]
+    assert recorded["unverified_holdout"] == ["cud"]
+
+
+def test_an_anchors_file_changed_since_scoring_proves_nothing(tmp_path, capsys):
+    root = tmp_path / "run"
+    _anchor_run(root)
+    (root / "scorers.json").write_text(json.dumps({"cud": {
+        "name": "cud", "uses_anchors": True, "anchors": str(root / "anchors.json"),
+        "anchor_method": "combined",
+        "anchor_sets": {"combined": {"easy": ["s1"], "hard": ["s7"]}}}}))
+    assert _validate_files(root) == 2
+    assert "no longer holds the anchor sets" in capsys.readouterr().err
+    (root / "scorers.json").write_text(json.dumps({"cud": {"uses_anchors": True}}))
+    assert _validate_files(root) == 2
+    assert "neither anchor_fit_ids nor an anchors file" in capsys.readouterr().err
+
+
+def _seed_run(root):
+    """npo under seeds 0, 1 and 2 (unlearn/npo/seed<s>/), graddiff once with seed 3."""
+    rng = np.random.default_rng(4)
+    for seed in range(3):
+        folder = root / "unlearn" / "npo" / f"seed{seed}"
+        folder.mkdir(parents=True)
+        noisy = np.clip(EFFICACY_A + rng.normal(0, 0.1, 12), 0, 1)
+        _outcomes(noisy).to_parquet(folder / "outcomes.parquet")
+    (root / "unlearn" / "graddiff").mkdir(parents=True)
+    _outcomes(EFFICACY_B).to_parquet(root / "unlearn" / "graddiff" / "outcomes.parquet")
+    (root / "unlearn" / "graddiff" / "summary.json").write_text(
+        json.dumps({"settings": {"seed": 3}}))
+    _scores({"mrd": rng.normal(size=12), "loss": -EFFICACY_A}).to_parquet(root / "scores.parquet")
+
+
+def test_read_method_outcomes_reads_both_layouts(tmp_path):
+    _seed_run(tmp_path)
+    found = read_method_outcomes(tmp_path)
+    assert {m: sorted(s) for m, s in found.items()} == {"graddiff": [3], "npo": [0, 1, 2]}
+    assert found["graddiff"][3].efficacy.tolist() == pytest.approx(EFFICACY_B.tolist())
+    _outcomes(EFFICACY_A).to_parquet(tmp_path / "unlearn" / "npo" / "outcomes.parquet")
+    with pytest.raises(DataError, match=r"both outcomes\.parquet and seed"):
+        read_method_outcomes(tmp_path)
+
+
+def test_cli_writes_the_reliability_table_of_a_seeded_run(tmp_path, capsys):
+    _seed_run(tmp_path)
+    assert main(["validate", "--run", str(tmp_path), "--n-boot", "100"]) == 0
+    folder = tmp_path / "validation"
+    table = pd.read_csv(folder / "reliability.csv")
+    npo = table[(table.method == "npo") & (table.kind == "ceiling")].iloc[0]
+    per_seed = seed_difficulty(read_method_outcomes(tmp_path)["npo"]).to_numpy()
+    r = np.mean([stats.spearmanr(per_seed[:, a], per_seed[:, b]).statistic
+                 for a, b in [(0, 1), (0, 2), (1, 2)]])
+    assert npo.n_seeds == 3 and npo.reliability == pytest.approx(3 * r / (1 + 2 * r))
+    assert npo.ceiling == pytest.approx(np.sqrt(3 * r / (1 + 2 * r)))
+    assert npo.ceiling_low < npo.ceiling < npo.ceiling_high
+    assert sorted(table[(table.method == "npo") & (table.kind == "seed_pair")]["item"]) == [
+        "0-1", "0-2", "1-2"]
+    graddiff = table[(table.method == "graddiff") & (table.kind == "ceiling")].iloc[0]
+    assert np.isnan(graddiff.ceiling) and "one seed (3)" in graddiff.note
+    assert "ceiling are unknown" in (folder / "reliability.md").read_text()
+    correlations = pd.read_csv(folder / "correlations.csv").set_index(["scorer", "method"])
+    assert correlations.loc[("loss", "npo"), "ceiling"] == pytest.approx(npo.ceiling)
+    assert np.isnan(correlations.loc[("loss", "graddiff"), "ceiling"])
+
+    out = tmp_path / "files"
+    seeds = [str(tmp_path / "unlearn" / "npo" / f"seed{s}" / "outcomes.parquet") for s in (0, 2)]
+    assert main(["validate", "--scores", str(tmp_path / "scores.parquet"), "--outcomes",
+                 *seeds, str(tmp_path / "unlearn" / "graddiff"), "--out", str(out),
+                 "--n-boot", "50"]) == 0
+    by_files = pd.read_csv(out / "validation" / "reliability.csv")
+    assert set(by_files[by_files.kind == "seed_pair"]["item"]) == {"0-2"}
+    assert json.loads((out / "validation" / "config.json").read_text())["options"][
+        "methods"] == {"npo": [0, 2], "graddiff": [3]}
+    capsys.readouterr()
+    assert main(["validate", "--scores", str(tmp_path / "scores.parquet"), "--outcomes",
+                 seeds[0], seeds[0], "--out", str(out)]) == 2
+    assert "seed 0 given twice" in capsys.readouterr().err

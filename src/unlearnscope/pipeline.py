@@ -8,12 +8,18 @@ already exists (an interrupted demo picks up where it stopped):
    forget answers), and a retain model trained on the retain set only.
 2. `scores.parquet`: baselines and MRD on every forget sample.
 3. `circuits/`: the per-sample EAP-IG circuit of every forget sample.
-4. `unlearn/<method>/`: each unlearning method on the whole forget set: per-sample outcomes,
-   summary, TOFU-style metrics (forget quality against the retain model).
-5. `anchors/anchors.json`: reference easy/hard sets voted from the outcomes on half of the
-   forget samples; `scores.parquet` gains `cud` for every sample.
-6. `validation/`: every scorer against the measured difficulty on the held-out half, the
-   easy/hard set experiment and the schedule experiment.
+4. `unlearn/<method>/`: each unlearning method on the whole forget set: per-sample outcomes
+   and summary, under each of the method's seeds (`DemoConfig.seeds`; several seeds go to
+   `unlearn/<method>/seed<s>/`, each run from a fresh copy of the target, each its own
+   stage), and once per method TOFU-style metrics of its first seed's model (forget quality
+   against the retain model) in `unlearn/<method>/metrics.json`.
+   `steps_to_forget/<method>/`: steps-to-forget of every forget sample for the methods in
+   `DemoConfig.steps_to_forget_methods` (a second ground truth).
+5. `anchors/anchors.json`: reference easy/hard sets voted from the outcomes (each method's
+   seed mean) on half of the forget samples; `scores.parquet` gains `cud` for every sample.
+6. `validation/`: every scorer against the measured difficulty on the held-out half, with the
+   noise ceilings of `validation/reliability.csv`, the easy/hard set experiment and the
+   schedule experiment.
 7. `report.html`.
 """
 
@@ -32,16 +38,21 @@ from unlearnscope.anchors import read_anchors, split_fit, vote_anchors, write_an
 from unlearnscope.anchors.sets import AnchorSets
 from unlearnscope.circuits.compute import compute_circuits
 from unlearnscope.data import load_samples
+from unlearnscope.errors import DataError
 from unlearnscope.evaluation.experiments import (
     Unlearner,
     easy_hard_sets,
     schedule_comparison,
     to_markdown,
 )
+from unlearnscope.evaluation.holdout import read_scorer_configs, resolve_holdout
 from unlearnscope.evaluation.tofu import evaluate_tofu, metrics_report, retain_reference
 from unlearnscope.evaluation.validation import (
     correlation_markdown,
     measured_difficulty,
+    read_outcomes,
+    reliability_summary,
+    seed_mean_outcomes,
     write_validation,
 )
 from unlearnscope.models import load_model
@@ -50,6 +61,7 @@ from unlearnscope.report import build_report
 from unlearnscope.report.signatures import compare_easy_hard
 from unlearnscope.runs import write_config, write_json, write_parquet, write_text
 from unlearnscope.scoring import BASELINES, get_scorer, score_samples
+from unlearnscope.unlearning.steps_to_forget import StepsToForgetConfig, steps_to_forget
 from unlearnscope.unlearning.trainer import run_unlearning
 
 METHODS = ("grad_ascent", "grad_diff", "npo", "simnpo", "undial", "rmu")
@@ -65,6 +77,10 @@ class DemoConfig:
     `tofu_dir` switches the data to TOFU: forget = `forget_split` (its `_perturbed` file, with
     paraphrased and perturbed answers), retain = the first `retain_authors` authors of
     `retain90`, holdout = the matching `holdout` split.
+    `seeds`: the unlearning seeds of a method (default: `seed` alone); two or more give its
+    seed-to-seed reliability and noise ceiling. `steps_to_forget_methods`: methods whose
+    steps-to-forget is measured (each sample unlearned alone, at most
+    `steps_to_forget_max_steps` steps, with the method's lr and options).
     """
 
     model: str | None = None
@@ -96,6 +112,10 @@ class DemoConfig:
         "rmu": {"lr": 1e-2,
                 "method_options": {"layer": 2, "steering_coeff": 10.0, "alpha": 10.0}}})
     methods: tuple[str, ...] = METHODS
+    seeds: dict[str, tuple[int, ...]] = field(default_factory=lambda: {
+        "npo": (0, 1, 2), "grad_diff": (0, 1, 2)})
+    steps_to_forget_methods: tuple[str, ...] = ("npo",)
+    steps_to_forget_max_steps: int = 30
     anchor_methods: tuple[str, ...] = ANCHOR_METHODS
     set_methods: tuple[str, ...] = ANCHOR_METHODS
     set_scorers: tuple[str, ...] = SET_SCORERS
@@ -126,8 +146,24 @@ class DemoConfig:
         return Unlearner(target, tokenizer, retain, {**self.unlearn, "seed": self.seed},
                          per_method=self.method_settings)
 
-    def unlearn_settings(self, method: str) -> dict:
-        return {**self.unlearn, "seed": self.seed, **self.method_settings.get(method, {})}
+    def unlearn_settings(self, method: str, seed: int | None = None) -> dict:
+        """Run settings of `method` (under `seed`, default `self.seed`)."""
+        return {**self.unlearn, "seed": self.seed if seed is None else seed,
+                **self.method_settings.get(method, {})}
+
+    def method_seeds(self, method: str) -> tuple[int, ...]:
+        """The seeds `method` is unlearned with, in order (the first one's model is evaluated)."""
+        seeds = tuple(self.seeds.get(method, (self.seed,)))
+        if not seeds or len(set(seeds)) != len(seeds):
+            raise DataError(f"method {method}: expected distinct seeds, got {seeds}",
+                            field="seeds")
+        return seeds
+
+    def outcome_folder(self, out: Path, method: str, seed: int) -> Path:
+        """Where one (method, seed) run writes its outcomes: `unlearn/<method>/` for a method
+        with one seed, else `unlearn/<method>/seed<s>/`."""
+        folder = out / "unlearn" / method
+        return folder if len(self.method_seeds(method)) == 1 else folder / f"seed{seed}"
 
 
 @dataclass
@@ -143,10 +179,13 @@ class Demo:
     tokenizer: object = None
     timings: dict = field(default_factory=dict)
 
-    def stage(self, name: str, product: Path, run: Callable[[], None]) -> None:
-        """Run a stage unless its product exists; record its wall time."""
+    def stage(self, name: str, product: Path | tuple[Path, ...], run: Callable[[], None]
+              ) -> None:
+        """Run a stage unless its product (every one of its products) exists; record its wall
+        time."""
         started = time.perf_counter()
-        if not product.exists():
+        products = product if isinstance(product, tuple) else (product,)
+        if not all(p.exists() for p in products):
             print(f"[demo] {name}")
             run()
         self.timings[name] = round(time.perf_counter() - started, 1)
@@ -207,37 +246,73 @@ def _circuits(demo: Demo) -> None:
 
 def _unlearn(demo: Demo) -> None:
     reference = None
-    for method in demo.config.methods:
+    config = demo.config
+    for method in config.methods:
         folder = demo.out / "unlearn" / method
+        first, *others = config.method_seeds(method)
 
-        def run(method=method, folder=folder):
+        def unlearn(seed: int, method=method):
+            model = load_model(str(demo.out / "target"), dtype="float32")[0]
+            return run_unlearning(model, demo.tokenizer, demo.forget, demo.retain, method,
+                                  out_dir=config.outcome_folder(demo.out, method, seed),
+                                  save=False, **config.unlearn_settings(method, seed))
+
+        def evaluated(method=method, folder=folder, seed=first):
             nonlocal reference
             if reference is None:
                 retain_model, retain_tok = load_model(str(demo.out / "retain"), dtype="float32")
                 reference = retain_reference(retain_model, retain_tok, forget=demo.forget,
                                              holdout=demo.holdout)
-            model = load_model(str(demo.out / "target"), dtype="float32")[0]
-            result = run_unlearning(model, demo.tokenizer, demo.forget, demo.retain, method,
-                                    out_dir=folder, save=False,
-                                    **demo.config.unlearn_settings(method))
+            result = unlearn(seed)
             evaluation = evaluate_tofu(result.model, demo.tokenizer, forget=demo.forget,
                                        holdout=demo.holdout, retain=demo.retain,
                                        retain_truth_ratios=reference.truth_ratios,
                                        retain_mia_auc=reference.mia_auc, max_new_tokens=32)
-            tofu = demo.config.tofu_dir is not None
+            tofu = config.tofu_dir is not None
             write_json(folder / "metrics.json", metrics_report(
                 evaluation, benchmark="tofu" if tofu else "synthetic",
-                forget_split=demo.config.forget_split if tofu else "synthetic:forget",
-                model=f"{demo.out / 'target'} + {method}",
+                forget_split=config.forget_split if tofu else "synthetic:forget",
+                model=f"{demo.out / 'target'} + {method} (seed {seed})",
                 retain_reference=str(demo.out / "retain")))
             write_parquet(folder / "per_sample.parquet", evaluation["per_sample"])
 
-        demo.stage(f"unlearn the forget set with {method}", folder / "metrics.json", run)
+        demo.stage(f"unlearn the forget set with {method}" + (f" (seed {first})" if others
+                                                               else ""),
+                   (config.outcome_folder(demo.out, method, first) / "outcomes.parquet",
+                    folder / "metrics.json"), evaluated)
+        for seed in others:
+            demo.stage(f"unlearn the forget set with {method} (seed {seed})",
+                       config.outcome_folder(demo.out, method, seed) / "outcomes.parquet",
+                       lambda seed=seed, unlearn=unlearn: unlearn(seed))
 
 
-def _outcomes(demo: Demo, methods: tuple[str, ...] | None = None) -> dict[str, pd.DataFrame]:
-    return {m: pd.read_parquet(demo.out / "unlearn" / m / "outcomes.parquet")
-            for m in methods or demo.config.methods}
+def _steps_to_forget(demo: Demo) -> dict[str, pd.DataFrame]:
+    """Steps-to-forget of every forget sample per configured method (staged)."""
+    found = {}
+    for method in demo.config.steps_to_forget_methods:
+        folder = demo.out / "steps_to_forget" / method
+        settings = demo.config.unlearn_settings(method)
+        config = StepsToForgetConfig(method=method, lr=settings["lr"],
+                                     method_options=settings.get("method_options", {}),
+                                     max_steps=demo.config.steps_to_forget_max_steps,
+                                     seed=demo.config.seed)
+        demo.stage(f"steps to forget with {method} (each sample alone)",
+                   folder / "steps_to_forget.parquet",
+                   lambda config=config, folder=folder: steps_to_forget(
+                       load_model(str(demo.out / "target"), dtype="float32")[0],
+                       demo.tokenizer, demo.forget, retain_samples=demo.retain, config=config,
+                       out_dir=folder, resume=True))
+        found[method] = pd.read_parquet(folder / "steps_to_forget.parquet")
+    return found
+
+
+def _outcomes(demo: Demo, methods: tuple[str, ...] | None = None
+              ) -> dict[str, dict[int, pd.DataFrame]]:
+    """`{method: {seed: outcome table}}` of the configured seeds."""
+    config = demo.config
+    return {m: {s: read_outcomes(config.outcome_folder(demo.out, m, s) / "outcomes.parquet")
+                for s in config.method_seeds(m)}
+            for m in methods or config.methods}
 
 
 def _anchors_and_cud(demo: Demo) -> AnchorSets:
@@ -246,8 +321,9 @@ def _anchors_and_cud(demo: Demo) -> AnchorSets:
 
     def anchors() -> None:
         fit, held_out = split_fit(ids, 0.5, seed=demo.config.seed)
-        vote = vote_anchors(_outcomes(demo, demo.config.anchor_methods), demo.config.anchor_k,
-                            sample_ids=fit)
+        means = {m: seed_mean_outcomes(tables)
+                 for m, tables in _outcomes(demo, demo.config.anchor_methods).items()}
+        vote = vote_anchors(means, demo.config.anchor_k, sample_ids=fit)
         write_anchors(folder, AnchorSets(
             method="vote", k=demo.config.anchor_k, easy=vote.easy, hard=vote.hard,
             fit_ids=fit, held_out_ids=held_out, per_method=vote.per_method,
@@ -268,11 +344,15 @@ def _anchors_and_cud(demo: Demo) -> AnchorSets:
     return sets
 
 
-def _validation(demo: Demo, sets: AnchorSets) -> pd.DataFrame:
+def _validation(demo: Demo, sets: AnchorSets, steps: dict[str, pd.DataFrame]) -> pd.DataFrame:
     folder = demo.out / "validation"
     scores = pd.read_parquet(demo.out / "scores.parquet")
-    table = write_validation(demo.out, scores, _outcomes(demo), exclude_ids=sets.fit_ids,
-                             seed=demo.config.seed)
+    # the run's own cud was scored against anchors/anchors.json; a recorded config wins
+    known = {"cud": {"name": "cud", "uses_anchors": True, "anchor_fit_ids": sets.fit_ids}}
+    holdout = resolve_holdout(scores, {**known, **read_scorer_configs(demo.out)},
+                              extra_ids=sets.fit_ids)
+    table = write_validation(demo.out, scores, _outcomes(demo), exclude_ids=holdout.exclude_ids,
+                             steps_to_forget=steps, seed=demo.config.seed)
 
     def sets_experiment() -> None:
         table = easy_hard_sets(demo.config.unlearner(demo.target, demo.tokenizer, demo.retain),
@@ -323,8 +403,9 @@ def run_demo(out_dir: str | Path, config: DemoConfig | None = None) -> dict:
     _scores(demo)
     _circuits(demo)
     _unlearn(demo)
+    steps = _steps_to_forget(demo)
     sets = _anchors_and_cud(demo)
-    table = _validation(demo, sets)
+    table = _validation(demo, sets, steps)
     demo.stage("report", out / "report.html", lambda: build_report(out, top_n=config.circuit_top_n))
     summary = _summary(demo, table)
     write_json(out / "summary.json", {**summary, "wall_s": time.perf_counter() - started})
@@ -348,10 +429,12 @@ def _print_circuit_comparison(demo: Demo) -> None:
 
 def _summary(demo: Demo, table: pd.DataFrame) -> dict:
     per_method = {}
-    for method in demo.config.methods:
-        folder = demo.out / "unlearn" / method
-        summary = json.loads((folder / "summary.json").read_text())
-        metrics = json.loads((folder / "metrics.json").read_text())
+    config = demo.config
+    for method in config.methods:
+        seeds = config.method_seeds(method)
+        summary = json.loads((config.outcome_folder(demo.out, method, seeds[0])
+                              / "summary.json").read_text())
+        metrics = json.loads((demo.out / "unlearn" / method / "metrics.json").read_text())
         per_method[method] = {
             "forget_loss_change": summary["forget"]["loss_after"] - summary["forget"][
                 "loss_before"],
@@ -360,6 +443,7 @@ def _summary(demo: Demo, table: pd.DataFrame) -> dict:
             "mean_efficacy": summary["mean_efficacy"],
             "forget_quality": metrics.get("forget_quality"),
             "model_utility": metrics.get("model_utility"),
+            "seeds": len(seeds),
         }
     return {
         "n_forget": len(demo.forget), "n_retain": len(demo.retain),
@@ -378,6 +462,9 @@ def _print_summary(demo: Demo, summary: dict, table: pd.DataFrame) -> None:
     print("\n[demo] validation on held-out samples (measured difficulty rank-averaged over "
           "methods):")
     print(correlation_markdown(table[table.method == "mean"]))
+    print("[demo] reliability of measured difficulty per method (seed mean of -efficacy):")
+    print(to_markdown(reliability_summary(pd.read_csv(demo.out / "validation" /
+                                                      "reliability.csv")), floatfmt=".3f"))
     _print_circuit_comparison(demo)
     sets = demo.out / "validation" / "sets.csv"
     if sets.is_file():

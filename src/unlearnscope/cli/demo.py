@@ -6,6 +6,8 @@ import argparse
 import copy
 
 from unlearnscope.cli._common import named_key_values
+from unlearnscope.cli.unlearn import parse_seeds
+from unlearnscope.errors import UnlearnscopeError
 from unlearnscope.pipeline import DemoConfig, run_demo
 from unlearnscope.unlearning.methods import METHODS
 
@@ -15,9 +17,10 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "demo", help="run the whole pipeline offline on the embedded default",
         description="Synthetic authors + the tiny model: target and retain models, baseline, "
-                    "MRD and CUD scores, circuits, six unlearning methods, validation, easy/hard "
-                    "set and schedule experiments, report.html. Stages already finished in OUT "
-                    "are skipped; the options make it larger.",
+                    "MRD and CUD scores, circuits, six unlearning methods (some under several "
+                    "seeds, see --seeds), steps-to-forget, validation with noise ceilings, "
+                    "easy/hard set and schedule experiments, report.html. Stages already "
+                    "finished in OUT are skipped; the options make it larger.",
     )
     parser.add_argument("--out", default="runs/demo")
     parser.add_argument("--model", default=None,
@@ -37,6 +40,16 @@ def register(subparsers) -> None:
     parser.add_argument("--unlearn-epochs", type=int, default=defaults.unlearn["epochs"])
     parser.add_argument("--methods", default=",".join(defaults.methods),
                         help="unlearning methods run on the whole forget set")
+    parser.add_argument("--seeds", action="append", default=[], metavar="METHOD=S,S,...",
+                        help="unlearning seeds of a method, repeatable, e.g. npo=0,1,2 (two or "
+                             "more give its noise ceiling; default: "
+                             + "; ".join(f"{m}={','.join(map(str, s))}"
+                                         for m, s in defaults.seeds.items())
+                             + "; other methods --seed)")
+    parser.add_argument("--steps-to-forget-methods",
+                        default=",".join(defaults.steps_to_forget_methods),
+                        help="methods whose steps-to-forget is measured (each sample unlearned "
+                             "alone; '' for none)")
     parser.add_argument("--set-methods", default=",".join(defaults.set_methods),
                         help="methods of the easy/hard set experiment")
     parser.add_argument("--schedule-methods", default=",".join(defaults.schedule_methods),
@@ -80,6 +93,19 @@ def method_settings(pairs: list[str], base: dict) -> dict:
     return settings
 
 
+def method_seeds(pairs: list[str], base: dict[str, tuple[int, ...]]
+                 ) -> dict[str, tuple[int, ...]]:
+    """`base` with each `METHOD=S,S,...` of `pairs` replacing that method's seeds."""
+    seeds = dict(base)
+    for pair in pairs:
+        method, sep, text = pair.partition("=")
+        if not sep or method not in METHODS:
+            raise UnlearnscopeError(f"--seeds '{pair}': expected METHOD=S,S,... with a method "
+                                    f"of {', '.join(sorted(METHODS))}")
+        seeds[method] = tuple(parse_seeds(text))
+    return seeds
+
+
 def _names(text: str) -> tuple[str, ...]:
     return tuple(name.strip() for name in text.split(",") if name.strip())
 
@@ -96,6 +122,8 @@ def run(args: argparse.Namespace) -> int:
                             args.method_setting,
                             defaults.method_settings if args.model is None else {}),
                         methods=methods,
+                        seeds=method_seeds(args.seeds, defaults.seeds),
+                        steps_to_forget_methods=_names(args.steps_to_forget_methods),
                         anchor_methods=tuple(m for m in methods if m != "grad_ascent"),
                         set_methods=_names(args.set_methods),
                         schedule_methods=_names(args.schedule_methods),

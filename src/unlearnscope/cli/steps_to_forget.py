@@ -23,8 +23,10 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "steps-to-forget", help="per sample: optimizer steps until its probability halves",
         description="Unlearns every sample on its own copy of the model and writes "
-                    "OUT/steps_to_forget.parquet (sample_id, steps_to_forget, capped, "
-                    "prob_before, prob_final, loss_before, loss_final). Copies are trained "
+                    "OUT/steps_to_forget.parquet (sample_id, steps_to_forget, "
+                    "interpolated_steps: the step at which the loss, linear between steps, "
+                    "crosses the threshold, capped, prob_before, prob_final, loss_before, "
+                    "loss_final). Copies are trained "
                     "together with torch.func.vmap; samples are split across processes under "
                     "torchrun / accelerate launch; --resume skips finished samples.",
     )

@@ -1,8 +1,17 @@
-"""`unlearnscope unlearn`: run one unlearning method and record per-sample outcomes."""
+"""`unlearnscope unlearn`: run one unlearning method and record per-sample outcomes.
+
+With `--seeds 0,1,2` the method runs once per seed, each from a fresh copy of the model, into
+`OUT/seed<s>/` (the layout `evaluation.validation.read_seed_outcomes` reads), so validation can
+measure how much the outcomes move with the seed (which fixes the forget order and the retain
+batches).
+"""
 
 from __future__ import annotations
 
 import argparse
+import copy
+import dataclasses
+from pathlib import Path
 
 from unlearnscope import distributed
 from unlearnscope.cli._common import (
@@ -13,8 +22,10 @@ from unlearnscope.cli._common import (
     options_of,
     samples_from,
 )
+from unlearnscope.errors import UnlearnscopeError
 from unlearnscope.models import load_model
 from unlearnscope.models.precision import PRECISIONS
+from unlearnscope.runs import write_config
 from unlearnscope.unlearning.methods import METHODS, NLL_WEIGHTINGS, RMU_SETTINGS
 from unlearnscope.unlearning.samplers import SCHEDULES
 from unlearnscope.unlearning.trainer import UnlearnConfig, run_unlearning
@@ -50,7 +61,9 @@ def register(subparsers) -> None:
         description="Writes OUT/outcomes.parquet (per forget sample: loss, prob before/after, "
                     "efficacy, delta_loss[, rouge]), OUT/summary.json, OUT/training.parquet, "
                     "OUT/trajectory.parquet (--track-every) and the model in OUT/model "
-                    "(unless --no-save). Data parallel under torchrun / accelerate launch.",
+                    "(unless --no-save). With several --seeds, the same files per seed in "
+                    "OUT/seed<s>/ (models only with --save-models). Data parallel under "
+                    "torchrun / accelerate launch.",
     )
     add_model_args(parser)
     add_data_args(parser, flag="--forget")
@@ -70,6 +83,12 @@ def register(subparsers) -> None:
     parser.add_argument("--checkpoint-every", type=int, default=0,
                         help="checkpoint every N optimizer steps into OUT/checkpoint")
     parser.add_argument("--no-save", action="store_true", help="do not save the model")
+    parser.add_argument("--seeds", default=None, metavar="S,S,...",
+                        help="run once per seed (e.g. 0,1,2), each from a fresh copy of the "
+                             "model, into OUT/seed<s>/; one seed is the same as --seed")
+    parser.add_argument("--save-models", action="store_true",
+                        help="with several --seeds, also save each seed's model in "
+                             "OUT/seed<s>/model (not saved by default)")
     parser.add_argument("--schedule", choices=SCHEDULES, default="uniform")
     parser.add_argument("--difficulty", default=None,
                         help="score table (scores.parquet) for weighted / curriculum schedules")
@@ -96,7 +115,28 @@ def register(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
+def parse_seeds(text: str) -> list[int]:
+    """`"0,1,2"` -> `[0, 1, 2]`: distinct integers in the given order."""
+    try:
+        seeds = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise UnlearnscopeError(f"--seeds '{text}': expected comma-separated integers") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise UnlearnscopeError(f"--seeds '{text}': expected distinct seeds, e.g. 0,1,2")
+    return seeds
+
+
+def _print_summary(summary: dict, where: Path, prefix: str = "") -> None:
+    for part in ("forget", "retain"):
+        if part in summary:
+            s = summary[part]
+            print(f"{prefix}{part}: loss {s['loss_before']:.4f} -> {s['loss_after']:.4f}, "
+                  f"prob {s['prob_before']:.4f} -> {s['prob_after']:.4f}")
+    print(f"{prefix}mean efficacy {summary['mean_efficacy']:.4f} -> {where}/outcomes.parquet")
+
+
 def run(args: argparse.Namespace) -> int:
+    seeds = parse_seeds(args.seeds) if args.seeds else [args.seed]
     forget = samples_from(args, args.forget)
     retain = samples_from(args, args.retain) if args.retain else []
     config = UnlearnConfig(
@@ -104,23 +144,37 @@ def run(args: argparse.Namespace) -> int:
         epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, grad_accum=args.grad_accum,
         warmup_epochs=args.warmup_epochs, lr_scheduler=args.lr_scheduler,
         weight_decay=args.weight_decay, max_grad_norm=args.max_grad_norm or None,
-        max_steps=args.max_steps, seed=args.seed, schedule=args.schedule,
+        max_steps=args.max_steps, seed=seeds[0], schedule=args.schedule,
         curriculum_chunks=args.curriculum_chunks, checkpoint_every=args.checkpoint_every,
         track_every=args.track_every, rouge=args.rouge, max_new_tokens=args.max_new_tokens,
         eval_batch_size=args.eval_batch_size, retain_eval_limit=args.retain_eval_limit,
         max_length=args.max_length, precision=args.precision)
     model, tokenizer = load_model(args.model, dtype=args.dtype,
                                   trust_remote_code=args.trust_remote_code)
-    result = run_unlearning(model, tokenizer, forget, retain, config=config,
-                            difficulty=args.difficulty, scorer=args.scorer, out_dir=args.out,
-                            save=not args.no_save, resume=args.resume,
-                            run_options=options_of(args))
+    if len(seeds) == 1:
+        result = run_unlearning(model, tokenizer, forget, retain, config=config,
+                                difficulty=args.difficulty, scorer=args.scorer, out_dir=args.out,
+                                save=not args.no_save, resume=args.resume,
+                                run_options=options_of(args))
+        if distributed.is_main():
+            _print_summary(result.summary, Path(args.out))
+        return 0
+    out = Path(args.out)
     if distributed.is_main():
-        summary = result.summary
-        for part in ("forget", "retain"):
-            if part in summary:
-                s = summary[part]
-                print(f"{part}: loss {s['loss_before']:.4f} -> {s['loss_after']:.4f}, "
-                      f"prob {s['prob_before']:.4f} -> {s['prob_after']:.4f}")
-        print(f"mean efficacy {summary['mean_efficacy']:.4f} -> {args.out}/outcomes.parquet")
+        write_config(out, "unlearn", {**options_of(args), "seeds": seeds})
+    pristine = model.to("cpu")  # each seed trains its own copy; this one stays untouched
+    for seed in seeds:
+        folder = out / f"seed{seed}"
+        if args.resume and (folder / "outcomes.parquet").is_file():
+            if distributed.is_main():
+                print(f"seed {seed}: finished earlier, kept")
+            continue
+        result = run_unlearning(copy.deepcopy(pristine), tokenizer, forget, retain,
+                                config=dataclasses.replace(config, seed=seed),
+                                difficulty=args.difficulty, scorer=args.scorer, out_dir=folder,
+                                save=args.save_models, resume=args.resume,
+                                run_options={**options_of(args), "seed": seed})
+        if distributed.is_main():
+            _print_summary(result.summary, folder, prefix=f"seed {seed}: ")
+        del result
     return 0

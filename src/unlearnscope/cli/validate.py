@@ -1,8 +1,9 @@
 """`unlearnscope validate`: does a difficulty score predict measured unlearning outcomes?
 
     unlearnscope validate [correlations] --run DIR
-    unlearnscope validate [correlations] --scores FILE --outcomes FILE [FILE ...]
-                          [--methods NAME ...] [--exclude-ids anchors.json] --out DIR
+    unlearnscope validate [correlations] --scores FILE --outcomes PATH [PATH ...]
+                          [--methods NAME ...] [--exclude-ids anchors.json]
+                          [--steps-to-forget PATH ...] [--allow-unverified-holdout] --out DIR
     unlearnscope validate sets --run DIR --model M --forget D --retain D [--k K ...]
     unlearnscope validate schedules --run DIR --model M --forget D --retain D
                           --retain-model R [--budget N ...]
@@ -27,12 +28,19 @@ from unlearnscope.evaluation.experiments import (
     schedule_comparison,
     to_markdown,
 )
+from unlearnscope.evaluation.holdout import read_scorer_configs, resolve_holdout
 from unlearnscope.evaluation.tofu import evaluate_tofu, retain_reference
 from unlearnscope.evaluation.validation import (
+    SEED_DIR,
     correlation_markdown,
     read_fit_ids,
+    read_method_outcomes,
     read_outcomes,
+    read_run_steps_to_forget,
     read_scores,
+    read_seed_outcomes,
+    read_steps_to_forget,
+    run_seed,
     write_validation,
 )
 from unlearnscope.models import load_model
@@ -48,24 +56,44 @@ def register(subparsers) -> None:
                     "  correlations (default)  per scorer and method (and 'mean', the rank-\n"
                     "      average over methods): Spearman with a bootstrap 95% interval,\n"
                     "      Kendall, AUROC of the hardest vs easiest quartile of measured\n"
-                    "      difficulty (-efficacy), n; Spearman between scorers; CUD stability\n"
-                    "      across anchor methods. Writes OUT/validation/correlations.csv/.md,\n"
-                    "      scorer_correlations.csv/.md (cud_stability.csv/.md with 2+ CUD\n"
-                    "      scorers). Samples anchors were fitted on are always left out.\n\n"
+                    "      difficulty (-efficacy, its seed mean when a method ran several\n"
+                    "      seeds), n, the noise ceiling and rho / ceiling; Spearman between\n"
+                    "      scorers; CUD stability across anchor methods; the reliability table\n"
+                    "      (per method: seed-to-seed Spearman, Spearman-Brown reliability of\n"
+                    "      the seed mean, noise ceiling, each scorer raw and as a fraction of\n"
+                    "      the ceiling with bootstrap intervals, steps-to-forget as a second\n"
+                    "      ground truth). Writes OUT/validation/correlations.csv/.md,\n"
+                    "      reliability.csv/.md, scorer_correlations.csv/.md (cud_stability\n"
+                    "      .csv/.md with 2+ CUD scorers).\n\n"
+                    "held out: the samples every anchor-based scorer's anchors were fitted on\n"
+                    "(read from scorers.json or config.json beside the score table) are left\n"
+                    "out of every statistic, as are --exclude-ids and the run's anchors.json.\n"
+                    "Where a scorer's fit samples cannot be found, validate refuses unless\n"
+                    "--allow-unverified-holdout; then every table says so.\n\n"
                     "inputs: --run DIR reads DIR/scores.parquet, DIR/unlearn/<method>/outcomes"
-                    ".parquet\nand DIR/anchors/anchors.json (if present), and writes into DIR; "
-                    "or give the files.",
+                    ".parquet\n(or DIR/unlearn/<method>/seed<s>/outcomes.parquet), DIR/"
+                    "steps_to_forget/<method>/\nand DIR/anchors/anchors.json (if present), and "
+                    "writes into DIR; or give the files.",
     )
     parser.add_argument("action", nargs="?", default="correlations", choices=sorted(ACTIONS),
                         help="what to validate (default: correlations)")
     parser.add_argument("--run", default=None, help="run folder of the pipeline")
-    parser.add_argument("--scores", default=None, help="scores.parquet")
+    parser.add_argument("--scores", default=None,
+                        help="scores.parquet (its folder's scorers.json or config.json says "
+                             "which samples anchor-based scorers were fitted on)")
     parser.add_argument("--outcomes", nargs="+", default=None,
-                        help="outcomes.parquet of one or more unlearning runs")
+                        help="outcomes.parquet of one or more unlearning runs, or their folders "
+                             "(an `unlearn --seeds` folder holds one per seed)")
     parser.add_argument("--methods", nargs="+", default=None,
-                        help="a method name per outcomes file (default: its folder's name)")
+                        help="a method name per outcomes path (default: its folder's name)")
     parser.add_argument("--exclude-ids", default=None,
-                        help="anchors.json whose fit_ids are left out of every statistic")
+                        help="anchors.json whose fit_ids are also left out of every statistic")
+    parser.add_argument("--steps-to-forget", nargs="+", default=None,
+                        help="steps_to_forget.parquet files or folders (a second ground truth; "
+                             "the method is read from their config.json)")
+    parser.add_argument("--allow-unverified-holdout", action="store_true",
+                        help="validate anchor-based scorers whose anchor-fit samples cannot be "
+                             "found (they may be included); every table then says so")
     parser.add_argument("--out", default=None, help="output folder (default: --run)")
     parser.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap and unlearning seed")
@@ -131,45 +159,67 @@ def add_cud_validation_args(parser: argparse.ArgumentParser) -> None:
                        help="fit half when the run has no anchors.json (split seeded by --seed)")
 
 
-def _method_outcomes(args: argparse.Namespace) -> tuple[list[str], list[Path]]:
-    if args.outcomes:
-        files = [Path(p) for p in args.outcomes]
-    else:
-        files = sorted(Path(args.run, "unlearn").glob("*/outcomes.parquet"))
-        if not files:
-            raise DataError("no unlearn/<method>/outcomes.parquet", source=args.run)
-    names = args.methods or [f.parent.name for f in files]
-    if len(names) != len(files):
-        raise DataError(f"{len(names)} method names for {len(files)} outcomes files",
+def _outcome_tables(path: Path) -> tuple[str, dict]:
+    """(default method name, {seed: outcome table}) of an outcomes file or unlearning folder;
+    a file in `seed<s>/` is seed s of the folder above, another file the seed its run used."""
+    if path.is_dir():
+        return path.name, read_seed_outcomes(path)
+    match = SEED_DIR.match(path.parent.name)
+    if match:
+        return path.parent.parent.name, {int(match.group(1)): read_outcomes(path)}
+    return path.parent.name, {run_seed(path.parent): read_outcomes(path)}
+
+
+def _method_outcomes(args: argparse.Namespace) -> dict[str, dict]:
+    """`{method: {seed: outcome table}}` from --outcomes (and --methods), else from --run."""
+    if not args.outcomes:
+        return read_method_outcomes(args.run)
+    paths = [Path(p) for p in args.outcomes]
+    if args.methods and len(args.methods) != len(paths):
+        raise DataError(f"{len(args.methods)} method names for {len(paths)} outcomes paths",
                         field="--methods")
-    if len(set(names)) != len(names):
-        raise DataError(f"method names repeat ({', '.join(names)}): name them with --methods",
-                        field="--methods")
-    return names, files
+    outcomes: dict[str, dict] = {}
+    for index, path in enumerate(paths):
+        default, tables = _outcome_tables(path)
+        name = args.methods[index] if args.methods else default
+        repeated = sorted(set(tables) & set(outcomes.get(name, {})))
+        if repeated:
+            raise DataError(f"method '{name}' seed {repeated[0]} given twice ({path}): name the "
+                            "paths with --methods", field="--methods")
+        outcomes.setdefault(name, {}).update(tables)
+    return outcomes
 
 
 def _inputs(args: argparse.Namespace):
     if args.run is None and (args.scores is None or args.outcomes is None or args.out is None):
         raise DataError("give --run DIR, or --scores, --outcomes and --out", field="--run")
     scores_path = Path(args.scores) if args.scores else Path(args.run, "scores.parquet")
-    names, files = _method_outcomes(args)
-    anchors = Path(args.exclude_ids) if args.exclude_ids else None
-    if anchors is None and args.run and Path(args.run, "anchors", "anchors.json").is_file():
-        anchors = Path(args.run, "anchors", "anchors.json")
-    exclude = read_fit_ids(anchors) if anchors is not None else set()
-    outcomes = {name: read_outcomes(path) for name, path in zip(names, files, strict=True)}
-    return read_scores(scores_path), outcomes, exclude, anchors
+    outcomes = _method_outcomes(args)
+    anchors = [Path(args.exclude_ids)] if args.exclude_ids else []
+    if args.run and Path(args.run, "anchors", "anchors.json").is_file():
+        anchors.append(Path(args.run, "anchors", "anchors.json"))
+    extra = set().union(*(read_fit_ids(path) for path in anchors))
+    scores = read_scores(scores_path)
+    holdout = resolve_holdout(scores, read_scorer_configs(scores_path.parent), extra_ids=extra,
+                              allow_unverified=args.allow_unverified_holdout)
+    steps = read_run_steps_to_forget(args.run) if args.run else {}
+    for path in args.steps_to_forget or []:
+        method, table = read_steps_to_forget(path)
+        steps[method] = table
+    return scores, outcomes, holdout, anchors, steps
 
 
 def run_correlations(args: argparse.Namespace) -> int:
-    scores, outcomes, exclude, anchors = _inputs(args)
+    scores, outcomes, holdout, anchors, steps = _inputs(args)
     out = Path(args.out or args.run)
     write_config(out / "validation", "validate correlations",
                  {"scores": args.scores or str(Path(args.run, "scores.parquet")),
-                  "methods": list(outcomes), "exclude_ids": anchors, "n_excluded": len(exclude),
-                  "n_boot": args.n_boot, "seed": args.seed})
-    table = write_validation(out, scores, outcomes, exclude_ids=exclude, n_boot=args.n_boot,
-                             seed=args.seed)
+                  "methods": {m: sorted(seeds) for m, seeds in outcomes.items()},
+                  "steps_to_forget": sorted(steps), "exclude_ids": anchors,
+                  **holdout.record(), "n_boot": args.n_boot, "seed": args.seed})
+    table = write_validation(out, scores, outcomes, exclude_ids=holdout.exclude_ids,
+                             steps_to_forget=steps, unverified_holdout=holdout.unverified,
+                             n_boot=args.n_boot, seed=args.seed)
     print(correlation_markdown(table), end="")
     print(f"-> {out / 'validation'}")
     return 0

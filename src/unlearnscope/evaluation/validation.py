@@ -1,25 +1,41 @@
 """Validation statistics: how well each difficulty scorer predicts measured unlearning outcomes.
 
-Measured difficulty of a forget sample under one method is -efficacy (DESIGN 5.4); over several
-methods it is the average of the per-method ranks (method `mean`). For every scorer's
-`difficulty` (higher = harder) against every measured difficulty:
+Measured difficulty of a forget sample under one method is -efficacy (DESIGN 5.4); a method run
+under several seeds gives its seed mean (the per-sample mean over seeds of -efficacy). Over
+methods it is the average of the per-method ranks of those (method `mean`: every seed of every
+method enters, each method weighing the same). For every scorer's `difficulty` (higher =
+harder) against every measured difficulty:
 
 - Spearman's rho and Kendall's tau-b (scipy), with a seeded percentile-bootstrap 95% interval
   for rho (resampling samples with replacement);
+- the noise ceiling of that method's seed mean and rho as a fraction of it
+  (`evaluation.reliability`; NaN with one seed, and for `mean`);
 - AUROC of the scorer separating the hardest quartile of measured difficulty (positives) from
   the easiest quartile (negatives): the Mann-Whitney U / (n_pos n_neg), ties counting 1/2;
 - between scorers, a Spearman matrix, and the stability of CUD across anchor methods (pairwise
   Spearman of the `cud*` scorers).
 
-Samples used to discover anchors (`fit_ids`) are always excluded: every statistic is computed
-on held-out samples only.
+`reliability_table` adds, per method, the seed-to-seed agreement, reliability and ceiling with
+bootstrap intervals, each scorer against the seed mean (raw and as a fraction of the ceiling),
+steps-to-forget as a second ground truth where it was run (its resolution and its Spearman with
+the batch seed mean), and the agreement between methods over different-seed pairs.
+
+Every statistic is computed on the samples not in `exclude_ids`; callers pass the fit ids of
+every anchor-based scorer (`evaluation.holdout.resolve_holdout`, which refuses when they cannot
+be found). Tables written with an accepted unverified holdout carry the column
+`unverified_holdout` and a note line in their markdown.
+
+Run layouts read here: a method's unlearning folder holds `outcomes.parquet` (one seed) or
+`seed<s>/outcomes.parquet` (one per seed); a pipeline run holds them under `unlearn/<method>/`
+and steps-to-forget under `steps_to_forget/<method>/`.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Iterable, Mapping
+import re
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -28,14 +44,27 @@ import torch
 from scipy import stats
 
 from unlearnscope.errors import DataError
+from unlearnscope.evaluation import reliability as rel
 from unlearnscope.evaluation.experiments import to_markdown
-from unlearnscope.runs import check_finite, write_text
+from unlearnscope.evaluation.holdout import UNVERIFIED_COLUMN, unverified_note
+from unlearnscope.runs import check_finite, read_json, write_text
 
 CORRELATION_COLUMNS = ["scorer", "method", "spearman", "spearman_low", "spearman_high",
-                       "kendall", "auroc", "n"]
+                       "kendall", "auroc", "n", "ceiling", "fraction_of_ceiling"]
 STABILITY_COLUMNS = ["scorer_a", "scorer_b", "spearman", "n"]
+RELIABILITY_COLUMNS = ["method", "ground_truth", "kind", "item", "n_seeds", "n", "spearman",
+                       "spearman_low", "spearman_high", "reliability", "ceiling", "ceiling_low",
+                       "ceiling_high", "fraction_of_ceiling", "fraction_low", "fraction_high",
+                       "distinct", "tied", "note"]
 SCORE_TABLE_COLUMNS = ("sample_id", "scorer", "value", "difficulty")
 MEAN_METHOD = "mean"
+EFFICACY = "efficacy"  # ground truth: the seed mean of -efficacy of the batch run
+STEPS_GROUND_TRUTHS = ("steps_to_forget", "interpolated_steps")
+SEED_DIR = re.compile(r"^seed(\d+)$")
+OUTCOMES_FILE = "outcomes.parquet"
+STEPS_FILE = "steps_to_forget.parquet"
+
+Outcomes = Mapping[str, pd.DataFrame | Mapping[int, pd.DataFrame]]
 
 
 def _require_columns(frame: pd.DataFrame, columns: Iterable[str], source: str) -> None:
@@ -70,6 +99,90 @@ def read_outcomes(path: str | Path) -> pd.DataFrame:
     return table
 
 
+def run_seed(folder: str | Path) -> int:
+    """The seed an unlearning run folder was run with: `settings.seed` of its `summary.json`,
+    else of its `config.json` (`options.settings.seed`), else 0."""
+    folder = Path(folder)
+    for name, keys in (("summary.json", ("settings", "seed")),
+                       ("config.json", ("options", "settings", "seed"))):
+        if (folder / name).is_file():
+            value = read_json(folder / name)
+            for key in keys:
+                value = value.get(key) if isinstance(value, dict) else None
+            if value is not None:
+                return int(value)
+    return 0
+
+
+def seed_folders(folder: str | Path) -> dict[int, Path]:
+    """`{seed: folder}` of a method's unlearning folder: its `seed<s>/` subfolders holding
+    outcomes (several seeds), else the folder itself when it holds `outcomes.parquet` (one
+    seed, read by `run_seed`); `{}` when neither. Both at once is a `DataError`."""
+    folder = Path(folder)
+    seeds = {int(match.group(1)): child for child in sorted(folder.iterdir())
+             if child.is_dir() and (match := SEED_DIR.match(child.name))
+             and (child / OUTCOMES_FILE).is_file()} if folder.is_dir() else {}
+    single = (folder / OUTCOMES_FILE).is_file()
+    if seeds and single:
+        raise DataError(f"holds both {OUTCOMES_FILE} and seed<s>/{OUTCOMES_FILE}: move one "
+                        "layout away", source=str(folder))
+    return {run_seed(folder): folder} if single else seeds
+
+
+def read_seed_outcomes(folder: str | Path) -> dict[int, pd.DataFrame]:
+    """`{seed: outcome table}` of one method's unlearning folder (either layout)."""
+    found = seed_folders(folder)
+    if not found:
+        raise DataError(f"no {OUTCOMES_FILE} and no seed<s>/{OUTCOMES_FILE}", source=str(folder))
+    return {seed: read_outcomes(path / OUTCOMES_FILE) for seed, path in sorted(found.items())}
+
+
+def read_method_outcomes(run_dir: str | Path) -> dict[str, dict[int, pd.DataFrame]]:
+    """`{method: {seed: outcome table}}` of a run folder's `unlearn/<method>/` folders (each in
+    either layout; folders without outcomes are skipped)."""
+    unlearn = Path(run_dir) / "unlearn"
+    methods = {folder.name: read_seed_outcomes(folder)
+               for folder in (sorted(p for p in unlearn.iterdir() if p.is_dir())
+                              if unlearn.is_dir() else [])
+               if seed_folders(folder)}
+    if not methods:
+        raise DataError(f"no unlearn/<method>/{OUTCOMES_FILE} or unlearn/<method>/seed<s>/"
+                        f"{OUTCOMES_FILE}", source=str(run_dir))
+    return methods
+
+
+def read_steps_to_forget(path: str | Path) -> tuple[str, pd.DataFrame]:
+    """(method, table) of a `steps_to_forget.parquet` (or the folder holding it): the method is
+    `settings.method` of the folder's `config.json`, else the folder's name."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / STEPS_FILE
+    if not path.is_file():
+        raise DataError("steps-to-forget table not found", source=str(path))
+    table = pd.read_parquet(path)
+    _require_columns(table, ("sample_id", "steps_to_forget"), str(path))
+    table = table.assign(sample_id=table["sample_id"].astype(str))
+    if table["sample_id"].duplicated().any():
+        raise DataError("duplicate sample id", source=str(path), field="sample_id")
+    config = path.parent / "config.json"
+    settings = (read_json(config).get("options") or {}).get("settings") if config.is_file() \
+        else None
+    method = (settings or {}).get("method") or path.parent.name
+    return str(method), table
+
+
+def read_run_steps_to_forget(run_dir: str | Path) -> dict[str, pd.DataFrame]:
+    """`{method: table}` of a run folder's `steps_to_forget/<name>/` folders (`{}` if none)."""
+    found: dict[str, pd.DataFrame] = {}
+    for path in sorted(Path(run_dir).glob(f"steps_to_forget/*/{STEPS_FILE}")):
+        method, table = read_steps_to_forget(path)
+        if method in found:
+            raise DataError(f"a second steps-to-forget table for method '{method}'",
+                            source=str(path))
+        found[method] = table
+    return found
+
+
 def read_fit_ids(path: str | Path) -> set[str]:
     """The sample ids anchors were discovered on: `fit_ids` of an `anchors.json`."""
     try:
@@ -82,19 +195,54 @@ def read_fit_ids(path: str | Path) -> set[str]:
     return {str(i) for i in record["fit_ids"]}
 
 
-def measured_difficulty(outcomes: Mapping[str, pd.DataFrame],
-                        exclude_ids: Iterable[str] = ()) -> pd.DataFrame:
+def seed_tables(outcomes: Outcomes) -> dict[str, dict[int, pd.DataFrame]]:
+    """`{method: {seed: outcome table}}`; a method given as one table counts as seed 0."""
+    return {method: dict(tables) if isinstance(tables, Mapping) else {0: tables}
+            for method, tables in outcomes.items()}
+
+
+def seed_difficulty(tables: Mapping[int, pd.DataFrame]) -> pd.DataFrame:
+    """Measured difficulty -efficacy of one method per seed: `[n_samples, n_seeds]`, indexed by
+    sample_id, one column per seed (ascending), on the samples every seed measured."""
+    if not tables:
+        raise DataError("a method without outcome tables")
+    columns = {int(seed): -tables[seed].set_index("sample_id")["efficacy"].astype(np.float64)
+               for seed in sorted(tables)}
+    frame = pd.concat(columns, axis=1, join="inner")
+    if frame.empty:
+        raise DataError(f"the seeds {', '.join(map(str, columns))} share no sample id",
+                        field="sample_id")
+    return frame
+
+
+def seed_mean_outcomes(tables: Mapping[int, pd.DataFrame]) -> pd.DataFrame:
+    """One method's seed mean as an outcome table: `sample_id` and the per-sample mean over
+    seeds of every numeric column all seed tables have (`efficacy`, `delta_loss`, ...), on the
+    samples every seed measured, in the first seed's order."""
+    frames = [tables[seed].set_index("sample_id") for seed in sorted(tables)]
+    if not frames:
+        raise DataError("a method without outcome tables")
+    shared = [c for c in frames[0].columns
+              if all(c in f.columns and pd.api.types.is_numeric_dtype(f[c])
+                     and not pd.api.types.is_bool_dtype(f[c]) for f in frames)]
+    ids = [i for i in frames[0].index if all(i in f.index for f in frames[1:])]
+    mean = sum(f.loc[ids, shared].astype(np.float64) for f in frames) / len(frames)
+    return mean.reset_index(names="sample_id")
+
+
+def measured_difficulty(outcomes: Outcomes, exclude_ids: Iterable[str] = ()) -> pd.DataFrame:
     """Measured difficulty per held-out sample: `[n_samples, n_methods + 1]`, indexed by
-    sample_id, one column per method (-efficacy) and `mean`, the average over methods of the
-    per-method ranks (ties get average ranks). Only samples every method scored are kept."""
+    sample_id, one column per method (its seed mean of -efficacy; -efficacy with one seed) and
+    `mean`, the average over methods of the per-method ranks (ties get average ranks). Only
+    samples every method (and seed) measured are kept."""
     if not outcomes:
         raise DataError("no outcome tables given")
     if MEAN_METHOD in outcomes:
         raise DataError(f"'{MEAN_METHOD}' is reserved for the rank-averaged difficulty",
                         field="method")
     excluded = set(exclude_ids)
-    columns = {method: -table.set_index("sample_id")["efficacy"].astype(np.float64)
-               for method, table in outcomes.items()}
+    columns = {method: seed_difficulty(tables).mean(axis=1)
+               for method, tables in seed_tables(outcomes).items()}
     frame = pd.concat(columns, axis=1, join="inner")
     if frame.empty:
         raise DataError("the outcome tables share no sample id", field="sample_id")
@@ -107,29 +255,29 @@ def measured_difficulty(outcomes: Mapping[str, pd.DataFrame],
     return held_out
 
 
+def mean_pairing(outcomes: Outcomes) -> str:
+    """How the `mean` difficulty combines seeds, for the tables' notes."""
+    seeds = {method: sorted(tables) for method, tables in seed_tables(outcomes).items()}
+    listed = "; ".join(f"{m} {','.join(map(str, s))}" for m, s in seeds.items())
+    shared = sorted(set.intersection(*(set(s) for s in seeds.values())))
+    text = (f"mean = rank average over methods of each method's seed mean (seeds: {listed})")
+    if len(seeds) > 1 and all(len(s) == 1 for s in seeds.values()) and shared:
+        text += (f"; every method ran seed {shared[0]} only, so all share one data order and "
+                 "their agreement is inflated")
+    return text
+
+
 def bootstrap_spearman_interval(x: np.ndarray, y: np.ndarray, *, n_boot: int, seed: int,
                                 level: float = 0.95) -> tuple[float, float]:
     """Percentile-bootstrap interval of Spearman's rho of `x`, `y` (`[n]` each).
 
-    All `n_boot` resamples at once: ranks of `[n_boot, n]` resampled arrays along axis 1, then a
-    row-wise Pearson correlation of the ranks. Resamples whose ranks are constant (rho
-    undefined) are left out of the quantiles.
+    All `n_boot` resamples at once (`reliability.rowwise_spearman` of `[n_boot, n]` resampled
+    arrays). Resamples whose ranks are constant (rho undefined) are left out of the quantiles.
     """
-    rng = np.random.default_rng(seed)
-    index = rng.integers(0, len(x), size=(n_boot, len(x)))
-    rx = stats.rankdata(np.asarray(x, dtype=np.float64)[index], axis=1)
-    ry = stats.rankdata(np.asarray(y, dtype=np.float64)[index], axis=1)
-    rx -= rx.mean(axis=1, keepdims=True)
-    ry -= ry.mean(axis=1, keepdims=True)
-    denominator = np.sqrt((rx ** 2).sum(axis=1) * (ry ** 2).sum(axis=1))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        rho = (rx * ry).sum(axis=1) / denominator
-    rho = rho[np.isfinite(rho)]
-    if rho.size == 0:
-        return float("nan"), float("nan")
-    tail = (1.0 - level) / 2
-    low, high = np.quantile(rho, [tail, 1.0 - tail])
-    return float(low), float(high)
+    index = rel.bootstrap_indices(len(x), n_boot, seed)
+    rho = rel.rowwise_spearman(np.asarray(x, dtype=np.float64)[index],
+                               np.asarray(y, dtype=np.float64)[index])
+    return rel.percentile_interval(rho, level)
 
 
 def quartile_auroc(score: np.ndarray, measured: np.ndarray) -> float:
@@ -146,10 +294,14 @@ def quartile_auroc(score: np.ndarray, measured: np.ndarray) -> float:
     return float(u) / (positives.size * negatives.size)
 
 
+def _ranks_something(*arrays: np.ndarray) -> bool:
+    # a constant column (e.g. exact memorization 1.0 on every sample) ranks nothing
+    return len(arrays[0]) >= 3 and all(np.ptp(a) > 0 for a in arrays)
+
+
 def _agreement(difficulty: np.ndarray, measured: np.ndarray, *, n_boot: int,
                seed: int) -> dict[str, float]:
-    # a constant column (e.g. exact memorization 1.0 on every sample) ranks nothing
-    if len(difficulty) < 3 or np.ptp(difficulty) == 0 or np.ptp(measured) == 0:
+    if not _ranks_something(difficulty, measured):
         nan = float("nan")
         return {"spearman": nan, "spearman_low": nan, "spearman_high": nan, "kendall": nan,
                 "auroc": nan}
@@ -172,13 +324,22 @@ def difficulty_matrix(scores: pd.DataFrame, exclude_ids: Iterable[str] = ()) -> 
     return frame[~frame.index.isin(excluded)]
 
 
-def correlations(scores: pd.DataFrame, outcomes: Mapping[str, pd.DataFrame], *,
-                 exclude_ids: Iterable[str] = (), n_boot: int = 1000,
-                 seed: int = 0) -> pd.DataFrame:
+def _paired(score: pd.Series, per_seed: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """(score `[n]`, per-seed difficulty `[n, R]`) on the samples both cover."""
+    pair = pd.concat([score.rename("__score__"), per_seed], axis=1, join="inner").dropna()
+    return pair["__score__"].to_numpy(), pair.drop(columns="__score__").to_numpy()
+
+
+def correlations(scores: pd.DataFrame, outcomes: Outcomes, *, exclude_ids: Iterable[str] = (),
+                 n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
     """One row per (scorer, method) with `CORRELATION_COLUMNS`; methods in the given order,
-    then `mean`. `n` counts the held-out samples both the scorer and the outcomes cover."""
+    then `mean`. `n` counts the held-out samples both the scorer and the outcomes cover;
+    `ceiling` is the noise ceiling of the method's seed mean on those samples (NaN with one
+    seed and for `mean`), `fraction_of_ceiling` = spearman / ceiling."""
     excluded = set(exclude_ids)
     measured = measured_difficulty(outcomes, excluded)
+    per_seed = {method: seed_difficulty(tables)
+                for method, tables in seed_tables(outcomes).items()}
     scorers = difficulty_matrix(scores, excluded)
     rows = []
     for scorer in scorers.columns:
@@ -186,7 +347,12 @@ def correlations(scores: pd.DataFrame, outcomes: Mapping[str, pd.DataFrame], *,
             pair = pd.concat([scorers[scorer], measured[method]], axis=1, join="inner").dropna()
             values = _agreement(pair.iloc[:, 0].to_numpy(), pair.iloc[:, 1].to_numpy(),
                                 n_boot=n_boot, seed=seed)
-            rows.append({"scorer": scorer, "method": method, **values, "n": len(pair)})
+            ceiling = float("nan")
+            if method in per_seed:
+                _, seeds = _paired(scorers[scorer], per_seed[method].loc[measured.index])
+                ceiling = float(rel.noise_ceilings(seeds[None])[0])
+            rows.append({"scorer": scorer, "method": method, **values, "n": len(pair),
+                         "ceiling": ceiling, "fraction_of_ceiling": values["spearman"] / ceiling})
     return pd.DataFrame(rows, columns=CORRELATION_COLUMNS)
 
 
@@ -210,35 +376,287 @@ def cud_stability(scores: pd.DataFrame, exclude_ids: Iterable[str] = ()) -> pd.D
     return pd.DataFrame(rows, columns=STABILITY_COLUMNS)
 
 
+def _reliability_row(method: str, ground_truth: str, kind: str, item: str, **values) -> dict:
+    return {"method": method, "ground_truth": ground_truth, "kind": kind, "item": item,
+            **values}
+
+
+def _efficacy_rows(method: str, per_seed: pd.DataFrame, scorers: pd.DataFrame, *,
+                   n_boot: int, seed: int) -> list[dict]:
+    """Seed pairs, the ceiling, and every scorer against the seed mean of one method."""
+    seeds = list(per_seed.columns)
+    rows = []
+    for a, b in itertools.combinations(seeds, 2):
+        x, y = per_seed[a].to_numpy(), per_seed[b].to_numpy()
+        ranks = _ranks_something(x, y)
+        low, high = (bootstrap_spearman_interval(x, y, n_boot=n_boot, seed=seed) if ranks
+                     else (float("nan"), float("nan")))
+        rows.append(_reliability_row(
+            method, EFFICACY, "seed_pair", f"{a}-{b}", n_seeds=2, n=len(x),
+            spearman=float(rel.rowwise_spearman(x[None], y[None])[0]), spearman_low=low,
+            spearman_high=high))
+    summary = rel.seed_reliability(per_seed, n_boot=n_boot, seed=seed)
+    distinct, tied = rel.resolution(per_seed.mean(axis=1).to_numpy())
+    rows.append(_reliability_row(
+        method, EFFICACY, "ceiling", f"seed mean of {len(seeds)}", n_seeds=len(seeds),
+        n=summary.n, spearman=summary.mean_spearman, reliability=summary.reliability,
+        ceiling=summary.ceiling, ceiling_low=summary.ceiling_low,
+        ceiling_high=summary.ceiling_high, distinct=distinct, tied=tied, note=summary.note))
+    for scorer in scorers.columns:
+        score, paired = _paired(scorers[scorer], per_seed)
+        values = rel.versus_seed_mean(score, paired, n_boot=n_boot, seed=seed) \
+            if _ranks_something(score, paired.mean(axis=1)) else {}
+        rows.append(_reliability_row(method, EFFICACY, "scorer", str(scorer),
+                                     n_seeds=len(seeds), n=len(score), **values,
+                                     note=summary.note))
+    return rows
+
+
+def _steps_rows(method: str, steps: pd.DataFrame, per_seed: pd.DataFrame | None,
+                scorers: pd.DataFrame, *, n_boot: int, seed: int) -> list[dict]:
+    """Steps-to-forget ground truths of one method: resolution and Spearman with the batch
+    seed mean, then every scorer against each."""
+    rows = []
+    table = steps.set_index("sample_id")
+    capped = int(table["capped"].sum()) if "capped" in table else 0
+    for truth in STEPS_GROUND_TRUTHS:
+        if truth not in table or table[truth].isna().all():
+            continue
+        values = table[truth].astype(np.float64)
+        distinct, tied = rel.resolution(values.to_numpy())
+        note = f"{tied} of {len(values)} samples tied, {capped} capped"
+        agreement = {}
+        if per_seed is not None:
+            x, paired = _paired(values, per_seed)
+            agreement = {"n_seeds": paired.shape[1], "n": len(x)}
+            if _ranks_something(x, paired.mean(axis=1)):
+                found = rel.versus_seed_mean(x, paired, n_boot=n_boot, seed=seed)
+                agreement.update({k: found[k] for k in
+                                  ("spearman", "spearman_low", "spearman_high")})
+        rows.append(_reliability_row(method, truth, "agreement", "efficacy (seed mean)",
+                                     **agreement, distinct=distinct, tied=tied, note=note))
+        for scorer in scorers.columns:
+            pair = pd.concat([scorers[scorer], values], axis=1, join="inner").dropna()
+            x, y = pair.iloc[:, 0].to_numpy(), pair.iloc[:, 1].to_numpy()
+            found = {}
+            if _ranks_something(x, y):
+                low, high = bootstrap_spearman_interval(x, y, n_boot=n_boot, seed=seed)
+                found = {"spearman": float(stats.spearmanr(x, y).statistic),
+                         "spearman_low": low, "spearman_high": high}
+            rows.append(_reliability_row(method, truth, "scorer", str(scorer), n=len(pair),
+                                         **found, distinct=distinct, tied=tied,
+                                         note="one steps-to-forget run: ceiling unknown"))
+    return rows
+
+
+def _method_pair_rows(per_method_seed: Mapping[str, pd.DataFrame]) -> list[dict]:
+    """Spearman between two methods' difficulties, averaged over different-seed pairs."""
+    rows = []
+    for a, b in itertools.combinations(per_method_seed, 2):
+        frame_a, frame_b = per_method_seed[a], per_method_seed[b]
+
+        def rho(x: pd.Series, y: pd.Series) -> float:
+            pair = pd.concat([x, y], axis=1, join="inner").dropna()
+            return float(rel.rowwise_spearman(pair.iloc[:, 0].to_numpy()[None],
+                                              pair.iloc[:, 1].to_numpy()[None])[0])
+
+        value, pairing = rel.mean_over_seed_pairs(
+            {s: frame_a[s] for s in frame_a.columns}, {s: frame_b[s] for s in frame_b.columns},
+            rho)
+        n = len(frame_a.index.intersection(frame_b.index))
+        rows.append(_reliability_row(a, EFFICACY, "method_pair", b, n=n, spearman=value,
+                                     note=pairing.describe()))
+    return rows
+
+
+def reliability_table(scores: pd.DataFrame, outcomes: Outcomes, *,
+                      steps_to_forget: Mapping[str, pd.DataFrame] | None = None,
+                      exclude_ids: Iterable[str] = (), n_boot: int = 1000,
+                      seed: int = 0) -> pd.DataFrame:
+    """The reliability table (`RELIABILITY_COLUMNS`) on held-out samples, per method.
+
+    `kind`: `seed_pair` (item `a-b`: Spearman between seeds a and b, interval); `ceiling` (mean
+    pairwise rho in `spearman`, Spearman-Brown `reliability`, `ceiling` and its interval, the
+    seed mean's `distinct` values and `tied` samples; `note` says why it is unknown); `scorer`
+    (a scorer against the ground truth: rho with its interval, against `efficacy` also the
+    ceiling and rho / ceiling with intervals); `agreement` (a steps-to-forget ground truth
+    against the batch seed mean, with its resolution); `method_pair` (item: the other method;
+    Spearman averaged over different-seed pairs, `note` says which). `ground_truth`:
+    `efficacy` (the seed mean of -efficacy), `steps_to_forget`, `interpolated_steps`.
+    `steps_to_forget`: `{method: steps-to-forget table}`.
+    """
+    excluded = set(exclude_ids)
+    scorers = difficulty_matrix(scores, excluded)
+    per_method = {method: seed_difficulty(tables)
+                  for method, tables in seed_tables(outcomes).items()}
+    per_method = {method: frame[~frame.index.isin(excluded)]
+                  for method, frame in per_method.items()}
+    steps = {method: table[~table["sample_id"].astype(str).isin(excluded)]
+             for method, table in (steps_to_forget or {}).items()}
+    rows = []
+    for method in dict.fromkeys([*per_method, *steps]):
+        if method in per_method:
+            rows += _efficacy_rows(method, per_method[method], scorers, n_boot=n_boot,
+                                   seed=seed)
+        if method in steps:
+            rows += _steps_rows(method, steps[method], per_method.get(method), scorers,
+                                n_boot=n_boot, seed=seed)
+    rows += _method_pair_rows(per_method)
+    table = pd.DataFrame(rows, columns=RELIABILITY_COLUMNS)
+    return table.astype({"n_seeds": "Int64", "n": "Int64", "distinct": "Int64",
+                         "tied": "Int64"})
+
+
+def reliability_summary(table: pd.DataFrame) -> pd.DataFrame:
+    """One row per method of a reliability table: seeds, n, mean seed-to-seed rho,
+    reliability, ceiling with its interval, and the scorer with the highest Spearman against
+    the seed mean: its rho and rho / ceiling, each with its interval ('unknown' where the
+    ceiling is)."""
+    rows = []
+    for _, ceiling in table[table["kind"] == "ceiling"].iterrows():
+        method = ceiling["method"]
+        scorers = table[(table["kind"] == "scorer") & (table["method"] == method)
+                        & (table["ground_truth"] == EFFICACY)].dropna(subset=["spearman"])
+        best = scorers.loc[scorers["spearman"].idxmax()] if len(scorers) else None
+        rows.append({
+            "method": method, "seeds": _counts(pd.Series([ceiling["n_seeds"]]))[0],
+            "n": _counts(pd.Series([ceiling["n"]]))[0],
+            "seed rho": ceiling["spearman"], "reliability": ceiling["reliability"],
+            "ceiling [95% CI]": _interval(ceiling["ceiling"], ceiling["ceiling_low"],
+                                          ceiling["ceiling_high"], missing="unknown"),
+            "best scorer": "" if best is None else best["item"],
+            "rho [95% CI]": "" if best is None else _interval(
+                best["spearman"], best["spearman_low"], best["spearman_high"]),
+            "rho/ceiling [95% CI]": "" if best is None else _interval(
+                best["fraction_of_ceiling"], best["fraction_low"], best["fraction_high"],
+                missing="unknown"),
+            "note": "" if pd.isna(ceiling["note"]) else ceiling["note"]})
+    return pd.DataFrame(rows)
+
+
+def _interval(value: float, low: float, high: float, missing: str = "nan") -> str:
+    if pd.isna(value):
+        return missing
+    if pd.isna(low) or pd.isna(high):
+        return f"{value:.3f}"
+    return f"{value:.3f} [{low:.3f}, {high:.3f}]"
+
+
+def _counts(values: pd.Series) -> list[str]:
+    return ["" if pd.isna(v) else str(int(v)) for v in values]
+
+
+def _intervals(table: pd.DataFrame, value: str, low: str, high: str) -> list[str]:
+    return [_interval(v, lo, hi) for v, lo, hi in
+            zip(table[value], table[low], table[high], strict=True)]
+
+
 def correlation_markdown(table: pd.DataFrame) -> str:
-    """The correlation table with Spearman as `rho [low, high]`, 3 decimals."""
+    """The correlation table with Spearman as `rho [low, high]`, 3 decimals, the noise ceiling
+    and rho / ceiling."""
     shown = pd.DataFrame({
         "scorer": table["scorer"], "method": table["method"],
-        "spearman [95% CI]": [f"{r:.3f} [{lo:.3f}, {hi:.3f}]" for r, lo, hi in
-                              zip(table["spearman"], table["spearman_low"],
-                                  table["spearman_high"], strict=True)],
+        "spearman [95% CI]": _intervals(table, "spearman", "spearman_low", "spearman_high"),
         "kendall": table["kendall"], "auroc": table["auroc"], "n": table["n"],
+        "ceiling": table["ceiling"], "rho/ceiling": table["fraction_of_ceiling"],
     })
     return to_markdown(shown, floatfmt=".3f")
 
 
-def write_validation(out_dir: str | Path, scores: pd.DataFrame,
-                     outcomes: Mapping[str, pd.DataFrame], *, exclude_ids: Iterable[str] = (),
-                     n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
-    """Compute and write `<out>/validation/`: `correlations.csv/.md`,
+def reliability_markdown(table: pd.DataFrame, *, notes: Sequence[str] = ()) -> str:
+    """The reliability table as markdown sections, one per row kind, with `notes` first."""
+    parts = [f"{note}\n\n" for note in notes if note]
+    ceilings = table[table["kind"] == "ceiling"]
+    if len(ceilings):
+        parts.append("## Noise ceilings of the seed mean of -efficacy\n\n" + to_markdown(
+            pd.DataFrame({
+                "method": ceilings["method"], "seeds": _counts(ceilings["n_seeds"]),
+                "n": _counts(ceilings["n"]),
+                "mean seed rho": ceilings["spearman"], "reliability": ceilings["reliability"],
+                "ceiling [95% CI]": _intervals(ceilings, "ceiling", "ceiling_low",
+                                               "ceiling_high"),
+                "distinct": _counts(ceilings["distinct"]), "tied": _counts(ceilings["tied"]),
+                "note": ceilings["note"].fillna("")}), floatfmt=".3f"))
+    pairs = table[table["kind"] == "seed_pair"]
+    if len(pairs):
+        parts.append("\n## Seed-to-seed Spearman\n\n" + to_markdown(pd.DataFrame({
+            "method": pairs["method"], "seeds": pairs["item"], "n": _counts(pairs["n"]),
+            "spearman [95% CI]": _intervals(pairs, "spearman", "spearman_low",
+                                            "spearman_high")})))
+    scorers = table[table["kind"] == "scorer"]
+    if len(scorers):
+        parts.append("\n## Scorers against each ground truth\n\n" + to_markdown(pd.DataFrame({
+            "scorer": scorers["item"], "method": scorers["method"],
+            "ground truth": scorers["ground_truth"], "n": _counts(scorers["n"]),
+            "spearman [95% CI]": _intervals(scorers, "spearman", "spearman_low",
+                                            "spearman_high"),
+            "ceiling": scorers["ceiling"],
+            "rho/ceiling [95% CI]": _intervals(scorers, "fraction_of_ceiling", "fraction_low",
+                                               "fraction_high")}), floatfmt=".3f"))
+    agreement = table[table["kind"] == "agreement"]
+    if len(agreement):
+        parts.append("\n## Steps to forget against batch efficacy\n\n" + to_markdown(
+            pd.DataFrame({
+                "method": agreement["method"], "ground truth": agreement["ground_truth"],
+                "n": _counts(agreement["n"]),
+                "spearman with seed mean [95% CI]": _intervals(agreement, "spearman",
+                                                               "spearman_low",
+                                                               "spearman_high"),
+                "distinct": _counts(agreement["distinct"]), "tied": _counts(agreement["tied"]),
+                "note": agreement["note"]})))
+    methods = table[table["kind"] == "method_pair"]
+    if len(methods):
+        parts.append("\n## Agreement between methods (Spearman of seed difficulties)\n\n" + to_markdown(pd.DataFrame({
+            "method a": methods["method"], "method b": methods["item"],
+            "n": _counts(methods["n"]),
+            "spearman": methods["spearman"], "seed pairing": methods["note"]}),
+            floatfmt=".3f"))
+    return "".join(parts)
+
+
+def _marked(table: pd.DataFrame, unverified: Sequence[str]) -> pd.DataFrame:
+    """`table` with the `unverified_holdout` column when some scorers' holdout is unverified."""
+    return table.assign(**{UNVERIFIED_COLUMN: ",".join(unverified)}) if unverified else table
+
+
+def _with_note(markdown: str, unverified: Sequence[str]) -> str:
+    note = unverified_note(unverified)
+    return f"{note}\n\n{markdown}" if note else markdown
+
+
+def write_validation(out_dir: str | Path, scores: pd.DataFrame, outcomes: Outcomes, *,
+                     exclude_ids: Iterable[str] = (),
+                     steps_to_forget: Mapping[str, pd.DataFrame] | None = None,
+                     unverified_holdout: Sequence[str] = (), n_boot: int = 1000,
+                     seed: int = 0) -> pd.DataFrame:
+    """Compute and write `<out>/validation/`: `correlations.csv/.md`, `reliability.csv/.md`,
     `scorer_correlations.csv/.md` (a matrix with scorer names in its first column) and, with
-    two or more CUD scorers, `cud_stability.csv/.md`. Returns the correlation table."""
+    two or more CUD scorers, `cud_stability.csv/.md`. With `unverified_holdout` (scorers whose
+    anchor-fit samples could not be excluded) every csv gains the column `unverified_holdout`
+    and every md a note line. Returns the correlation table."""
     folder = Path(out_dir) / "validation"
     excluded = set(exclude_ids)
+    unverified = list(unverified_holdout)
     table = correlations(scores, outcomes, exclude_ids=excluded, n_boot=n_boot, seed=seed)
-    write_text(folder / "correlations.csv", table.to_csv(index=False))
-    write_text(folder / "correlations.md", correlation_markdown(table))
+    write_text(folder / "correlations.csv", _marked(table, unverified).to_csv(index=False))
+    write_text(folder / "correlations.md", _with_note(
+        correlation_markdown(table) + f"\nceiling: the noise ceiling of the method's seed mean "
+        "(reliability.md); nan with one seed (unknown) and for mean.\n"
+        f"{mean_pairing(outcomes)}.\n", unverified))
+    reliability = reliability_table(scores, outcomes, steps_to_forget=steps_to_forget,
+                                    exclude_ids=excluded, n_boot=n_boot, seed=seed)
+    write_text(folder / "reliability.csv", _marked(reliability, unverified).to_csv(index=False))
+    write_text(folder / "reliability.md", reliability_markdown(
+        reliability, notes=[unverified_note(unverified), mean_pairing(outcomes)]))
     matrix = scorer_correlations(scores, excluded)
-    write_text(folder / "scorer_correlations.csv", matrix.to_csv(index_label="scorer"))
-    write_text(folder / "scorer_correlations.md",
-               to_markdown(matrix.reset_index(names="scorer"), floatfmt=".3f"))
+    write_text(folder / "scorer_correlations.csv",
+               _marked(matrix, unverified).to_csv(index_label="scorer"))
+    write_text(folder / "scorer_correlations.md", _with_note(
+        to_markdown(matrix.reset_index(names="scorer"), floatfmt=".3f"), unverified))
     stability = cud_stability(scores, excluded)
     if len(stability):
-        write_text(folder / "cud_stability.csv", stability.to_csv(index=False))
-        write_text(folder / "cud_stability.md", to_markdown(stability, floatfmt=".3f"))
+        write_text(folder / "cud_stability.csv",
+                   _marked(stability, unverified).to_csv(index=False))
+        write_text(folder / "cud_stability.md",
+                   _with_note(to_markdown(stability, floatfmt=".3f"), unverified))
     return table

@@ -10,7 +10,7 @@ from functools import partial
 from html import escape
 from pathlib import Path
 
-from unlearnscope.report import crossmethod, sections
+from unlearnscope.report import crossmethod, reliability, sections
 from unlearnscope.report.rundata import RunData, load_run
 from unlearnscope.report.signatures import DEFAULT_TOP_N
 from unlearnscope.runs import write_text
@@ -46,8 +46,10 @@ def section_list(top_n: float) -> list[tuple[str, str, Callable[[RunData], str]]
          sections.scorer_correlations),
         ("schedules", "7. Schedule comparison", sections.schedules),
         ("methods", "8. Unlearning methods and TOFU metrics", sections.methods),
-        ("cross-method", "9. CUD across unlearning methods", crossmethod.cross_method),
-        ("cud-choice", "10. CUD configuration chosen on the fit half", crossmethod.cud_choice),
+        ("reliability", "9. Reliability of measured difficulty (noise ceilings)",
+         reliability.reliability),
+        ("cross-method", "10. CUD across unlearning methods", crossmethod.cross_method),
+        ("cud-choice", "11. CUD configuration chosen on the fit half", crossmethod.cud_choice),
     ]
 
 

@@ -18,6 +18,7 @@ import pandas as pd
 from unlearnscope.anchors.sets import ANCHORS_FILE, AnchorSets, read_anchors
 from unlearnscope.errors import DataError
 from unlearnscope.evaluation import validation
+from unlearnscope.evaluation.holdout import UNVERIFIED_COLUMN
 from unlearnscope.runs import read_json
 
 SCORE_COLUMNS = ("sample_id", "scorer", "value", "difficulty")
@@ -28,6 +29,8 @@ SET_COLUMNS = ("scorer", "method", "set", "k", "efficacy", "delta_vs_random")
 STABILITY_COLUMNS = ("scorer_a", "scorer_b", "spearman", "n")
 SCHEDULE_COLUMNS = ("method", "schedule", "scorer", "efficacy", "forget_quality",
                     "model_utility", "steps_to_target")
+RELIABILITY_COLUMNS = ("method", "ground_truth", "kind", "item", "n_seeds", "n", "spearman",
+                       "reliability", "ceiling", "fraction_of_ceiling")
 STORE_DIR = "circuits"
 STORE_HEADER = "header.json"
 
@@ -36,12 +39,20 @@ T = TypeVar("T")
 
 @dataclass
 class MethodRun:
-    """One `unlearn/<method>/` folder: per-sample outcomes, loss summary and TOFU metrics."""
+    """One `unlearn/<method>/` folder: per-sample outcomes, loss summary and TOFU metrics.
+
+    A method run under several seeds (`unlearn/<method>/seed<s>/`) has one outcome table per
+    seed in `seeds`; `outcomes` is then their seed mean and `summary` the first seed's."""
 
     name: str
     outcomes: pd.DataFrame | None = None
     summary: dict[str, Any] | None = None
     metrics: dict[str, Any] | None = None
+    seeds: dict[int, pd.DataFrame] = field(default_factory=dict)
+
+    def measured(self) -> pd.DataFrame | dict[int, pd.DataFrame] | None:
+        """What validation reads for this method: the per-seed tables, else the outcomes."""
+        return self.seeds or self.outcomes
 
 
 @dataclass
@@ -58,6 +69,7 @@ class RunData:
     cud_stability: pd.DataFrame | None = None
     sets: pd.DataFrame | None = None
     schedules: pd.DataFrame | None = None
+    reliability: pd.DataFrame | None = None
     anchors: AnchorSets | None = None
     circuits_dir: Path | None = None
     problems: dict[str, str] = field(default_factory=dict)
@@ -83,6 +95,7 @@ def _read_table(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
 def read_square_matrix(path: Path) -> pd.DataFrame:
     """A square correlation matrix written with its row labels in the first column."""
     frame = _read_table(path, ())
+    frame = frame.drop(columns=[UNVERIFIED_COLUMN], errors="ignore")
     if frame.shape[1] < 2:
         raise DataError("expected row labels and one column per scorer", source=str(path))
     frame = frame.set_index(frame.columns[0])
@@ -127,6 +140,8 @@ def load_run(run_dir: str | Path) -> RunData:
     data.sets = attempt("validation/sets.csv", lambda p: _read_table(p, SET_COLUMNS))
     data.schedules = attempt("validation/schedules.csv",
                              lambda p: _read_table(p, SCHEDULE_COLUMNS))
+    data.reliability = attempt("validation/reliability.csv",
+                               lambda p: _read_table(p, RELIABILITY_COLUMNS))
     data.anchors = attempt(f"anchors/{ANCHORS_FILE}", read_anchors)
     unlearn = root / "unlearn"
     for folder in sorted(p for p in unlearn.iterdir() if p.is_dir()) if unlearn.is_dir() else []:
@@ -135,25 +150,47 @@ def load_run(run_dir: str | Path) -> RunData:
             data.problems[prefix] = (f"{prefix}: the method name '{folder.name}' is reserved "
                                      "for the method-averaged difficulty")
             continue
-        data.methods[folder.name] = MethodRun(
-            folder.name,
-            outcomes=attempt(f"{prefix}/outcomes.parquet",
-                             lambda p: _read_table(p, OUTCOME_COLUMNS)),
-            summary=attempt(f"{prefix}/summary.json", read_json),
-            metrics=attempt(f"{prefix}/{EVAL_DIR}/metrics.json"
-                            if (folder / EVAL_DIR / "metrics.json").is_file()
-                            else f"{prefix}/metrics.json", read_json))
+        data.methods[folder.name] = _method_run(folder, prefix, attempt, data.problems)
     if (root / STORE_DIR / STORE_HEADER).is_file():
         data.circuits_dir = root / STORE_DIR
     return data
 
 
+def _method_run(folder: Path, prefix: str, attempt: Callable,
+                problems: dict[str, str]) -> MethodRun:
+    """One method's folder in either layout (`outcomes.parquet`, or `seed<s>/` per seed; the
+    lowest seed's summary)."""
+    def outcomes(relative: str) -> pd.DataFrame | None:
+        return attempt(relative, lambda p: _read_table(p, OUTCOME_COLUMNS))
+
+    metrics = attempt(f"{prefix}/{EVAL_DIR}/metrics.json"
+                      if (folder / EVAL_DIR / "metrics.json").is_file()
+                      else f"{prefix}/metrics.json", read_json)
+    try:
+        seeds = validation.seed_folders(folder)
+    except DataError as error:
+        problems[prefix] = str(error)
+        return MethodRun(folder.name, metrics=metrics)
+    if not seeds or list(seeds.values()) == [folder]:
+        return MethodRun(folder.name, outcomes=outcomes(f"{prefix}/outcomes.parquet"),
+                         summary=attempt(f"{prefix}/summary.json", read_json), metrics=metrics)
+    tables = {seed: outcomes(f"{prefix}/seed{seed}/outcomes.parquet") for seed in seeds}
+    tables = {seed: table for seed, table in tables.items() if table is not None}
+    first = min(seeds) if seeds else None
+    return MethodRun(folder.name, metrics=metrics, seeds=tables,
+                     outcomes=validation.seed_mean_outcomes(tables) if tables else None,
+                     summary=None if first is None
+                     else attempt(f"{prefix}/seed{first}/summary.json", read_json))
+
+
 def measured_difficulty(methods: dict[str, MethodRun], exclude_ids: Iterable[str] = ()
                         ) -> pd.Series | None:
     """Measured difficulty per sample as `unlearnscope validate` computes it (DESIGN 5.4): the
-    rank of -efficacy within each method with outcomes, averaged over methods, on the samples
-    every method scored, without `exclude_ids`. `None` without outcomes."""
-    outcomes = {name: run.outcomes for name, run in methods.items() if run.outcomes is not None}
+    rank of -efficacy (its seed mean for a method run under several seeds) within each method
+    with outcomes, averaged over methods, on the samples every method scored, without
+    `exclude_ids`. `None` without outcomes."""
+    outcomes = {name: run.measured() for name, run in methods.items()
+                if run.measured() is not None}
     if not outcomes:
         return None
     measured = validation.measured_difficulty(outcomes, exclude_ids)[validation.MEAN_METHOD]

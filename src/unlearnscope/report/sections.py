@@ -19,6 +19,7 @@ from unlearnscope.report.plots import (
     grouped_bars,
     score_histograms,
 )
+from unlearnscope.report.reliability import ceiling_note, ceiling_of, unverified_warning
 from unlearnscope.report.rundata import RunData, measured_difficulty
 from unlearnscope.report.signatures import DEFAULT_TOP_N, compare_easy_hard
 
@@ -72,9 +73,12 @@ def configuration(data: RunData) -> str:
     if data.correlations is not None:
         best = _best_scorer(data.correlations)
         if best is not None:
+            ceiling = ceiling_of(data, best["method"], best["scorer"])
             facts["best scorer vs measured difficulty"] = (
                 f"{best['scorer']} (method {best['method']}): Spearman {best['spearman']:.3f} "
-                f"[{best['spearman_low']:.3f}, {best['spearman_high']:.3f}], n={best['n']}")
+                f"[{best['spearman_low']:.3f}, {best['spearman_high']:.3f}], n={best['n']}, "
+                + (f"noise ceiling {ceiling:.3f}" if ceiling is not None
+                   else "noise ceiling unknown"))
     if data.sets is not None:
         summary, _ = _sets_over_methods(data.sets)
         columns = [c for c in ("hard delta_vs_random", "easy delta_vs_random")
@@ -145,7 +149,9 @@ def versus_measured(data: RunData) -> str:
                              "validation/correlations.csv"))
     else:
         parts.append("<h3>Correlations with measured difficulty (95% bootstrap CI)</h3>")
+        parts.append(unverified_warning(data.correlations))
         parts.append(m.table(data.correlations.sort_values(["scorer", "method"])))
+        parts.append(ceiling_note(data))
     return "".join(parts)
 
 
@@ -157,8 +163,10 @@ def _scatter_title(data: RunData, scorer: str) -> str:
     row = mean.iloc[0] if len(mean) else rows.iloc[0] if len(rows) == 1 else None
     if row is None:
         return f"{scorer} (no correlation row)"
+    ceiling = ceiling_of(data, row["method"], scorer)
     return (f"{scorer}: Spearman {row['spearman']:.2f} "
-            f"[{row['spearman_low']:.2f}, {row['spearman_high']:.2f}]")
+            f"[{row['spearman_low']:.2f}, {row['spearman_high']:.2f}]"
+            + (f", ceiling {ceiling:.2f}" if ceiling is not None else ""))
 
 
 def easy_hard_sets(data: RunData) -> str:
@@ -291,8 +299,8 @@ def schedules(data: RunData) -> str:
 
 
 def methods(data: RunData) -> str:
-    """Per unlearning method: forget/retain loss and probability before and after, mean
-    efficacy, and the TOFU metrics of the unlearned model."""
+    """Per unlearning method: forget/retain loss and probability before and after (the lowest
+    seed's run), mean efficacy (over seeds), and the TOFU metrics of the unlearned model."""
     if not data.methods:
         return m.not_computed("unlearning runs (unlearn/<method>/)",
                               commands(data.run_dir)["unlearn"])
@@ -310,6 +318,7 @@ def methods(data: RunData) -> str:
             row["mean efficacy"] = float(np.mean(efficacy[name]))
             row["mean delta_loss"] = (float(run.outcomes["delta_loss"].mean())
                                       if "delta_loss" in run.outcomes else None)
+            row["seeds"] = len(run.seeds) or 1  # outcomes of several seeds are their mean
         rows.append(row)
     parts = ["<h3>Unlearning summary</h3>", m.table(pd.DataFrame(rows))]
     for name in data.methods:
