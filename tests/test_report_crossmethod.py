@@ -54,8 +54,8 @@ def test_sections_show_the_heatmap_the_choice_and_its_samples_escaped(tmp_path):
     assert "s00, s01" in html and "&lt;b&gt;&amp;x" in html
     assert EVIL not in html
     page = render_report(data)
-    assert "<h2>9. CUD across unlearning methods</h2>" in page
-    assert "<h2>10. CUD configuration chosen on the fit half</h2>" in page
+    assert "<h2>10. CUD across unlearning methods</h2>" in page
+    assert "<h2>11. CUD configuration chosen on the fit half</h2>" in page
 
 
 def test_absent_and_malformed_tables(tmp_path):
