@@ -39,6 +39,8 @@ from unlearnscope.anchors.sets import AnchorSets
 from unlearnscope.circuits.compute import compute_circuits
 from unlearnscope.data import load_samples
 from unlearnscope.errors import DataError
+from unlearnscope.evaluation.cross_method import write_cross_method
+from unlearnscope.evaluation.cud_choice import write_cud_choice
 from unlearnscope.evaluation.experiments import (
     Unlearner,
     easy_hard_sets,
@@ -61,6 +63,7 @@ from unlearnscope.report import build_report
 from unlearnscope.report.signatures import compare_easy_hard
 from unlearnscope.runs import write_config, write_json, write_parquet, write_text
 from unlearnscope.scoring import BASELINES, get_scorer, score_samples
+from unlearnscope.scoring.base import LogitScorer
 from unlearnscope.unlearning.steps_to_forget import StepsToForgetConfig, steps_to_forget
 from unlearnscope.unlearning.trainer import run_unlearning
 
@@ -95,6 +98,14 @@ class DemoConfig:
     max_epochs: int = 80
     lr: float = 3e-3
     batch_size: int = 16
+    # "bf16-autocast" trains (fine-tuning and unlearning) under bfloat16 autocast with float32
+    # weights (unlearnscope.models.precision); scoring and evaluation stay float32
+    precision: str = "float32"
+    # the scorers of stage 2 (names from the scoring registry; `mrd` takes `mrd_draws` and
+    # `seed`), each with its `scorer_options`; scorers added to a finished run are computed
+    # alone and merged into `scores.parquet`
+    scorers: tuple[str, ...] = (*BASELINES, "mrd", "mrd_grad", "mrd_hutchinson")
+    scorer_options: dict[str, dict] = field(default_factory=dict)
     mrd_draws: int = 200
     ig_steps: int = 5
     # The left rule's alpha=0 step evaluates RMSNorm at a zero residual stream, where its
@@ -110,7 +121,8 @@ class DemoConfig:
     method_settings: dict = field(default_factory=lambda: {
         "simnpo": {"lr": 2e-3},
         "rmu": {"lr": 1e-2,
-                "method_options": {"layer": 2, "steering_coeff": 10.0, "alpha": 10.0}}})
+                "method_options": {"setting": "small-model", "layer": 2,
+                                   "steering_coeff": 10.0, "alpha": 10.0}}})
     methods: tuple[str, ...] = METHODS
     seeds: dict[str, tuple[int, ...]] = field(default_factory=lambda: {
         "npo": (0, 1, 2), "grad_diff": (0, 1, 2)})
@@ -143,13 +155,14 @@ class DemoConfig:
 
     def unlearner(self, target, tokenizer, retain) -> Unlearner:
         """Runs each method from a fresh copy of `target` with `unlearn_settings(method)`."""
-        return Unlearner(target, tokenizer, retain, {**self.unlearn, "seed": self.seed},
+        return Unlearner(target, tokenizer, retain,
+                         {**self.unlearn, "seed": self.seed, "precision": self.precision},
                          per_method=self.method_settings)
 
     def unlearn_settings(self, method: str, seed: int | None = None) -> dict:
         """Run settings of `method` (under `seed`, default `self.seed`)."""
         return {**self.unlearn, "seed": self.seed if seed is None else seed,
-                **self.method_settings.get(method, {})}
+                "precision": self.precision, **self.method_settings.get(method, {})}
 
     def method_seeds(self, method: str) -> tuple[int, ...]:
         """The seeds `method` is unlearned with, in order (the first one's model is evaluated)."""
@@ -166,6 +179,29 @@ class DemoConfig:
         return folder if len(self.method_seeds(method)) == 1 else folder / f"seed{seed}"
 
 
+def load_demo_config(path: str | Path, **overrides) -> DemoConfig:
+    """A `DemoConfig` from a JSON object of its fields (the others keep their defaults; lists
+    become the tuples the fields hold), then `overrides`. A study commits such a file, so that
+    its run is one command."""
+    path = Path(path)
+    try:
+        fields_ = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise DataError(f"cannot read the run config: {error}", source=str(path)) from error
+    if not isinstance(fields_, dict):
+        raise DataError("expected a JSON object of DemoConfig fields", source=str(path))
+    defaults = asdict(DemoConfig())
+    for key, value in fields_.items():
+        if key not in defaults:
+            raise DataError(f"not a DemoConfig field (known: {', '.join(defaults)})",
+                            source=str(path), field=key)
+        if isinstance(defaults[key], tuple):
+            if not isinstance(value, list):
+                raise DataError(f"expected a list, got {value!r}", source=str(path), field=key)
+            fields_[key] = tuple(value)
+    return DemoConfig(**{**fields_, **overrides})
+
+
 @dataclass
 class Demo:
     """What the stages share: the run folder, the samples and the loaded models."""
@@ -179,13 +215,17 @@ class Demo:
     tokenizer: object = None
     timings: dict = field(default_factory=dict)
 
-    def stage(self, name: str, product: Path | tuple[Path, ...], run: Callable[[], None]
-              ) -> None:
-        """Run a stage unless its product (every one of its products) exists; record its wall
-        time."""
+    def stage(self, name: str, product: Path | tuple[Path, ...] | bool,
+              run: Callable[[], None]) -> None:
+        """Run a stage unless its product (every one of its products) exists, or `product` is
+        True (the caller checked it); record its wall time."""
         started = time.perf_counter()
-        products = product if isinstance(product, tuple) else (product,)
-        if not all(p.exists() for p in products):
+        if isinstance(product, bool):
+            done = product
+        else:
+            done = all(p.exists() for p in (product if isinstance(product, tuple)
+                                            else (product,)))
+        if not done:
             print(f"[demo] {name}")
             run()
         self.timings[name] = round(time.perf_counter() - started, 1)
@@ -201,7 +241,7 @@ def _train(samples, out: Path, config: DemoConfig, *, epochs: int | None,
     finetune_config = FinetuneConfig(
         epochs=epochs or config.max_epochs, lr=config.lr, batch_size=config.batch_size,
         warmup_ratio=0.05, seed=config.seed,
-        target_prob=None if epochs else config.target_prob,
+        target_prob=None if epochs else config.target_prob, precision=config.precision,
     )
     return finetune(model, tokenizer, samples, out, finetune_config, resume=True,
                     target_samples=target_samples)
@@ -227,13 +267,24 @@ def _models(demo: Demo) -> None:
 
 
 def _scores(demo: Demo) -> None:
-    names = [*BASELINES, "mrd", "mrd_grad", "mrd_hutchinson"]
-    scorers = [get_scorer(n, k=demo.config.mrd_draws, seed=demo.config.seed) if n == "mrd"
-               else get_scorer(n) for n in names]
-    demo.stage(f"score {len(demo.forget)} forget samples: {', '.join(names)}",
-               demo.out / "scores.parquet",
-               lambda: score_samples(demo.target, demo.tokenizer, demo.forget, scorers,
-                                     demo.out, batch_size=16, resume=True))
+    """Stage 2, one stage per scorer: a scorer already in `scores.parquet` is kept, a scorer
+    added to the config of a finished run is computed alone and merged in."""
+    config, table = demo.config, demo.out / "scores.parquet"
+    present = set(pd.read_parquet(table, columns=["scorer"]).scorer) if table.is_file() else set()
+    scorers = []
+    for name in config.scorers:
+        options = {"k": config.mrd_draws, "seed": config.seed} if name == "mrd" else {}
+        scorers.append(get_scorer(name, **{**options, **config.scorer_options.get(name, {})}))
+    # the logit scorers share one forward pass, so they are one stage
+    shared = [s for s in scorers if isinstance(s, LogitScorer)]
+    groups = [shared] * bool(shared) + [[s] for s in scorers if s not in shared]
+    for group in groups:
+        names = [s.name for s in group]
+        demo.stage(f"score {len(demo.forget)} forget samples: {', '.join(names)}",
+                   set(names) <= present,
+                   lambda group=group: score_samples(
+                       demo.target, demo.tokenizer, demo.forget, group, demo.out,
+                       batch_size=16, resume=True, merge=True))
 
 
 def _circuits(demo: Demo) -> None:
@@ -362,8 +413,9 @@ def _validation(demo: Demo, sets: AnchorSets, steps: dict[str, pd.DataFrame]) ->
         write_text(folder / "sets.csv", table.to_csv(index=False))
         write_text(folder / "sets.md", to_markdown(table))
 
-    demo.stage(f"easy/hard set experiment (k={demo.config.set_k}, held-out samples)",
-               folder / "sets.csv", sets_experiment)
+    if demo.config.set_methods:
+        demo.stage(f"easy/hard set experiment (k={demo.config.set_k}, held-out samples)",
+                   folder / "sets.csv", sets_experiment)
 
     def schedules() -> None:
         retain_model, retain_tok = load_model(str(demo.out / "retain"), dtype="float32")
@@ -384,8 +436,17 @@ def _validation(demo: Demo, sets: AnchorSets, steps: dict[str, pd.DataFrame]) ->
         write_text(folder / "schedules.csv", table.to_csv(index=False))
         write_text(folder / "schedules.md", to_markdown(table))
 
-    demo.stage(f"schedule experiment ({demo.config.schedule_budget} steps)",
-               folder / "schedules.csv", schedules)
+    if demo.config.schedule_methods:
+        demo.stage(f"schedule experiment ({demo.config.schedule_budget} steps)",
+                   folder / "schedules.csv", schedules)
+    top_n = demo.config.circuit_top_n
+    demo.stage("CUD across methods (anchors from one method, validated on the others)",
+               folder / "cross_method.csv",
+               lambda: write_cross_method(demo.out, top_n=top_n, seed=demo.config.seed,
+                                          split_seed=demo.config.seed))
+    demo.stage("CUD configuration chosen on the fit half", folder / "cud_choice.csv",
+               lambda: write_cud_choice(demo.out, seed=demo.config.seed,
+                                        split_seed=demo.config.seed))
     return table
 
 
@@ -400,10 +461,10 @@ def run_demo(out_dir: str | Path, config: DemoConfig | None = None) -> dict:
     forget, retain, holdout = config.samples()
     demo = Demo(out, config, forget=forget, retain=retain, holdout=holdout)
     _models(demo)
-    _scores(demo)
-    _circuits(demo)
     _unlearn(demo)
     steps = _steps_to_forget(demo)
+    _scores(demo)
+    _circuits(demo)
     sets = _anchors_and_cud(demo)
     table = _validation(demo, sets, steps)
     demo.stage("report", out / "report.html", lambda: build_report(out, top_n=config.circuit_top_n))

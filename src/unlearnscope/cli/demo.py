@@ -8,7 +8,7 @@ import copy
 from unlearnscope.cli._common import named_key_values
 from unlearnscope.cli.unlearn import parse_seeds
 from unlearnscope.errors import UnlearnscopeError
-from unlearnscope.pipeline import DemoConfig, run_demo
+from unlearnscope.pipeline import DemoConfig, load_demo_config, run_demo
 from unlearnscope.unlearning.methods import METHODS
 
 
@@ -23,6 +23,9 @@ def register(subparsers) -> None:
                     "finished in OUT are skipped; the options make it larger.",
     )
     parser.add_argument("--out", default="runs/demo")
+    parser.add_argument("--config", default=None, metavar="FILE",
+                        help="a JSON object of the run's settings (DemoConfig fields, e.g. a "
+                             "study's run.json); combines only with --out and --tofu-dir")
     parser.add_argument("--model", default=None,
                         help="fine-tune this model instead of building the tiny one "
                              "(e.g. smollm2-135m)")
@@ -72,7 +75,8 @@ def register(subparsers) -> None:
                         help="size of the easy/hard/random sets")
     parser.add_argument("--schedule-budget", type=int, default=defaults.schedule_budget,
                         help="optimizer steps per run in the schedule experiment")
-    parser.set_defaults(func=run)
+    # every option's default, to tell which ones a --config run was given besides the file
+    parser.set_defaults(func=run, parser_defaults=vars(parser.parse_args([])))
 
 
 def method_settings(pairs: list[str], base: dict) -> dict:
@@ -110,7 +114,22 @@ def _names(text: str) -> tuple[str, ...]:
     return tuple(name.strip() for name in text.split(",") if name.strip())
 
 
+def _from_file(args: argparse.Namespace, parser_defaults: dict) -> DemoConfig:
+    """The run config of `--config`, refusing other options that would be ignored."""
+    combined = [f"--{key.replace('_', '-')}" for key, value in vars(args).items()
+                if key in parser_defaults and key not in {"out", "tofu_dir", "config"}
+                and value != parser_defaults[key]]
+    if combined:
+        raise UnlearnscopeError(f"--config {args.config}: the file holds the run's settings; "
+                                f"drop {', '.join(combined)} (or put them in the file)")
+    overrides = {"tofu_dir": args.tofu_dir} if args.tofu_dir is not None else {}
+    return load_demo_config(args.config, **overrides)
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.config is not None:
+        run_demo(args.out, _from_file(args, args.parser_defaults))
+        return 0
     defaults = DemoConfig()
     methods = _names(args.methods)
     config = DemoConfig(model=args.model, tofu_dir=args.tofu_dir,
