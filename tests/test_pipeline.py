@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import shutil
 
@@ -9,7 +10,7 @@ from unlearnscope import pipeline
 from unlearnscope.cli.demo import method_seeds, method_settings
 from unlearnscope.errors import DataError, UnlearnscopeError
 from unlearnscope.evaluation.validation import read_seed_outcomes
-from unlearnscope.pipeline import DemoConfig, run_demo
+from unlearnscope.pipeline import DemoConfig, load_demo_config, run_demo
 
 
 def test_demo_samples_default_to_synthetic_authors():
@@ -47,7 +48,8 @@ def test_a_minimal_run_writes_every_product_and_resumes(tmp_path, capsys, monkey
     """Every stage on a handful of synthetic samples, npo under two seeds; a second call finds
     every product and redoes nothing; a missing seed is redone alone."""
     config = DemoConfig(
-        n_authors=6, questions_per_author=4, forget_fraction=0.34, max_epochs=2, mrd_draws=4,
+        scorers=tuple(n for n in DemoConfig().scorers if n != "zlib"),
+        n_authors=6, questions_per_author=4, forget_fraction=0.5, max_epochs=2, mrd_draws=4,
         ig_steps=2, methods=("grad_diff", "npo"), anchor_methods=("grad_diff", "npo"),
         seeds={"npo": (0, 1)}, steps_to_forget_methods=("npo",), steps_to_forget_max_steps=3,
         anchor_k=1, set_methods=("npo",), set_scorers=("loss", "mrd"), set_k=1,
@@ -67,7 +69,12 @@ def test_a_minimal_run_writes_every_product_and_resumes(tmp_path, capsys, monkey
     out = tmp_path
     assert len(evaluated) == 2  # TOFU evaluation once per method, not per seed
     scores = pd.read_parquet(out / "scores.parquet")
-    assert {"loss", "grad_norm", "mrd", "mrd_grad", "cud"} <= set(scores.scorer)
+    assert {"loss", "grad_norm", "mrd", "mrd_grad", "cud", "cud_paper", "answer_length",
+            "answer_rarity", "predicted:npo", "predicted:mean"} <= set(scores.scorer)
+    paper = json.loads((out / "paper" / "circuits" / "header.json").read_text())
+    assert paper["method"] == "EAP-IG-activations" and paper["metric"] == "paper_prob_diff"
+    for table in ("partial", "prediction", "cross_method", "cud_choice"):
+        assert (out / "validation" / f"{table}.csv").is_file(), table
     n_forget = summary["n_forget"]
     assert (scores.groupby("scorer").size() == n_forget).all()
     correlations = pd.read_csv(out / "validation" / "correlations.csv")
@@ -119,6 +126,18 @@ def test_a_minimal_run_writes_every_product_and_resumes(tmp_path, capsys, monkey
     assert redone == ["[demo] unlearn the forget set with npo (seed 0)"]
     assert len(evaluated) == 3
 
+    # a scorer added to the config of the finished run is computed alone and merged in
+    before = pd.read_parquet(out / "scores.parquet")
+    run_demo(tmp_path, dataclasses.replace(config, scorers=(*config.scorers, "zlib")))
+    stages = [line for line in capsys.readouterr().out.splitlines()
+              if line.startswith("[demo] ") and not line.startswith("[demo] CUD")]
+    scoring = [line for line in stages if "score" in line and "samples" in line]
+    assert len(scoring) == 1 and scoring[0].endswith(", zlib")  # the logit scorers' stage
+    after = pd.read_parquet(out / "scores.parquet")
+    assert set(after.scorer) == set(before.scorer) | {"zlib"}
+    kept = after[after.scorer != "zlib"].merge(before, on=["sample_id", "scorer"])
+    assert len(kept) == len(before) and (kept.value_x == kept.value_y).all()
+
 
 def test_method_settings_split_training_keys_from_method_options():
     base = DemoConfig().method_settings
@@ -126,7 +145,7 @@ def test_method_settings_split_training_keys_from_method_options():
                                 "npo.epochs=2"], base)
     assert settings["simnpo"] == {"lr": 5e-4}
     assert settings["rmu"] == {"lr": 1e-2, "method_options": {
-        "layer": 2, "steering_coeff": 20, "alpha": 10.0}}
+        "setting": "small-model", "layer": 2, "steering_coeff": 20, "alpha": 10.0}}
     assert settings["npo"] == {"epochs": 2, "method_options": {"beta": 0.2}}
     assert base["rmu"]["method_options"]["steering_coeff"] == 10.0  # the defaults untouched
     config = DemoConfig(method_settings=settings)
@@ -146,3 +165,21 @@ def test_seeds_per_method_and_their_folders(tmp_path):
     assert method_seeds(["npo=3,4", "rmu=7"], {"npo": (0, 1)}) == {"npo": (3, 4), "rmu": (7,)}
     with pytest.raises(UnlearnscopeError, match="METHOD=S,S"):
         method_seeds(["nope=1"], {})
+
+
+def test_a_run_config_file_gives_the_same_config_and_names_a_bad_field(tmp_path):
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps({"forget_split": "forget05", "methods": ["npo", "rmu"],
+                                "seeds": {"npo": [0, 1]}, "precision": "bf16-autocast"}))
+    config = load_demo_config(path, tofu_dir="data/tofu")
+    assert config == DemoConfig(forget_split="forget05", methods=("npo", "rmu"),
+                                seeds={"npo": [0, 1]}, precision="bf16-autocast",
+                                tofu_dir="data/tofu")
+    assert config.method_seeds("npo") == (0, 1)
+    assert config.unlearn_settings("npo")["precision"] == "bf16-autocast"
+    path.write_text(json.dumps({"forget_splitt": "forget05"}))
+    with pytest.raises(DataError, match=r"run\.json.*field 'forget_splitt'"):
+        load_demo_config(path)
+    path.write_text(json.dumps({"methods": "npo"}))
+    with pytest.raises(DataError, match=r"field 'methods': expected a list"):
+        load_demo_config(path)

@@ -23,6 +23,7 @@ from unlearnscope.evaluation.prediction import (
     predict_difficulty,
     prediction_markdown,
     prediction_summary,
+    run_outcomes,
 )
 from unlearnscope.scoring import SCORERS
 from unlearnscope.scoring.base import Scorer
@@ -289,3 +290,22 @@ def test_cli_fit_measured_ranks_the_unmeasured(tmp_path):
     predicted = pd.read_parquet(run / "predicted.parquet")
     assert len(predicted[predicted.scorer == "predicted:npo"]) == 40
     assert pd.read_csv(run / "validation" / "prediction.csv").empty
+
+
+def test_a_method_run_under_several_seeds_is_read_as_its_seed_mean(tmp_path):
+    _, difficulty = _world(n=12)
+    ids = IDS[:12]
+    for seed, shift in ((0, 0.0), (1, 0.2)):
+        path = tmp_path / "unlearn" / "npo" / f"seed{seed}" / "outcomes.parquet"
+        path.parent.mkdir(parents=True)
+        _outcomes(difficulty + shift, ids).to_parquet(path, index=False)
+    path = tmp_path / "unlearn" / "rmu" / "outcomes.parquet"
+    path.parent.mkdir(parents=True)
+    _outcomes(difficulty, ids).to_parquet(path, index=False)
+    found = run_outcomes(tmp_path)
+    assert set(found) == {"npo", "rmu"}
+    seeds = [pd.read_parquet(tmp_path / "unlearn" / "npo" / f"seed{s}" / "outcomes.parquet")
+             for s in (0, 1)]
+    np.testing.assert_allclose(found["npo"]["efficacy"].to_numpy(),
+                               (seeds[0].efficacy.to_numpy() + seeds[1].efficacy.to_numpy()) / 2)
+    assert list(found["npo"]["sample_id"]) == ids

@@ -36,7 +36,7 @@ import torch
 
 from unlearnscope.anchors import read_anchors, split_fit, vote_anchors, write_anchors
 from unlearnscope.anchors.sets import AnchorSets
-from unlearnscope.circuits.compute import compute_circuits
+from unlearnscope.circuits.compute import ATTRIBUTION_PRESETS, compute_circuits
 from unlearnscope.data import load_samples
 from unlearnscope.errors import DataError
 from unlearnscope.evaluation.cross_method import write_cross_method
@@ -48,6 +48,8 @@ from unlearnscope.evaluation.experiments import (
     to_markdown,
 )
 from unlearnscope.evaluation.holdout import read_scorer_configs, resolve_holdout
+from unlearnscope.evaluation.partial import write_partial_correlations
+from unlearnscope.evaluation.prediction import write_prediction
 from unlearnscope.evaluation.tofu import evaluate_tofu, metrics_report, retain_reference
 from unlearnscope.evaluation.validation import (
     correlation_markdown,
@@ -67,9 +69,13 @@ from unlearnscope.scoring.base import LogitScorer
 from unlearnscope.unlearning.steps_to_forget import StepsToForgetConfig, steps_to_forget
 from unlearnscope.unlearning.trainer import run_unlearning
 
+PAPER_CIRCUITS = Path("paper") / "circuits"  # the circuit store of the CUD authors' settings
 METHODS = ("grad_ascent", "grad_diff", "npo", "simnpo", "undial", "rmu")
 ANCHOR_METHODS = ("grad_diff", "npo", "simnpo", "undial", "rmu")  # the CUD paper's five
 SET_SCORERS = ("cud", "mrd", "loss", "grad_norm")
+# the trivial controls every score must beat (answer_rarity counts tokens over forget + retain)
+CONTROLS = ("answer_length", "question_length", "sequence_length", "author_position",
+            "answer_rarity")
 
 
 @dataclass
@@ -104,7 +110,7 @@ class DemoConfig:
     # the scorers of stage 2 (names from the scoring registry; `mrd` takes `mrd_draws` and
     # `seed`), each with its `scorer_options`; scorers added to a finished run are computed
     # alone and merged into `scores.parquet`
-    scorers: tuple[str, ...] = (*BASELINES, "mrd", "mrd_grad", "mrd_hutchinson")
+    scorers: tuple[str, ...] = (*BASELINES, "mrd", "mrd_grad", "mrd_hutchinson", *CONTROLS)
     scorer_options: dict[str, dict] = field(default_factory=dict)
     mrd_draws: int = 200
     ig_steps: int = 5
@@ -112,6 +118,9 @@ class DemoConfig:
     # gradient is ~1/sqrt(eps) per layer: the scores are dominated by that one step and the
     # pruned top-n circuits come out empty on the tiny Llama. The midpoint rule avoids it.
     ig_rule: str = "midpoint"
+    # also the circuits in the CUD authors' attribution settings (ATTRIBUTION_PRESETS["paper"],
+    # EAP-IG-activations: ~5-11x the cost of ours) and their CUD (`cud_paper`)
+    paper_preset: bool = True
     circuit_top_n: float = 0.05
     cud_vector: str = "weighted"
     unlearn: dict = field(default_factory=lambda: {
@@ -273,17 +282,18 @@ def _scores(demo: Demo) -> None:
     present = set(pd.read_parquet(table, columns=["scorer"]).scorer) if table.is_file() else set()
     scorers = []
     for name in config.scorers:
-        options = {"k": config.mrd_draws, "seed": config.seed} if name == "mrd" else {}
+        options = ({"k": config.mrd_draws, "seed": config.seed} if name == "mrd"
+                   else {"corpus": demo.forget + demo.retain} if name == "answer_rarity" else {})
         scorers.append(get_scorer(name, **{**options, **config.scorer_options.get(name, {})}))
     # the logit scorers share one forward pass, so they are one stage
     shared = [s for s in scorers if isinstance(s, LogitScorer)]
     groups = [shared] * bool(shared) + [[s] for s in scorers if s not in shared]
     for group in groups:
         names = [s.name for s in group]
-        demo.stage(f"score {len(demo.forget)} forget samples: {', '.join(names)}",
-                   set(names) <= present,
-                   lambda group=group: score_samples(
-                       demo.target, demo.tokenizer, demo.forget, group, demo.out,
+        missing = [s for s in group if s.name not in present]
+        demo.stage(f"score {len(demo.forget)} forget samples: {', '.join(names)}", not missing,
+                   lambda missing=missing: score_samples(
+                       demo.target, demo.tokenizer, demo.forget, missing, demo.out,
                        batch_size=16, resume=True, merge=True))
 
 
@@ -293,6 +303,12 @@ def _circuits(demo: Demo) -> None:
                lambda: compute_circuits(demo.target, demo.tokenizer, demo.forget,
                                         demo.out / "circuits", ig_steps=demo.config.ig_steps,
                                         rule=demo.config.ig_rule, batch_size=8, resume=True))
+    if demo.config.paper_preset:
+        demo.stage("per-sample circuits in the CUD authors' attribution settings",
+                   demo.out / PAPER_CIRCUITS / "index.json",
+                   lambda: compute_circuits(demo.target, demo.tokenizer, demo.forget,
+                                            demo.out / PAPER_CIRCUITS, batch_size=8,
+                                            resume=True, **ATTRIBUTION_PRESETS["paper"]))
 
 
 def _unlearn(demo: Demo) -> None:
@@ -392,18 +408,30 @@ def _anchors_and_cud(demo: Demo) -> AnchorSets:
                          vector=demo.config.cud_vector)
         score_samples(demo.target, demo.tokenizer, demo.forget, [cud], demo.out,
                       batch_size=16, resume=True, merge=True)
+    if demo.config.paper_preset and "cud_paper" not in set(scores.scorer):
+        print("[demo] CUD in the CUD authors' configuration (their circuits and settings)")
+        cud_paper = get_scorer("cud_paper", anchors=str(folder / "anchors.json"),
+                               circuits=str(demo.out / PAPER_CIRCUITS.parent))
+        score_samples(demo.target, demo.tokenizer, demo.forget, [cud_paper], demo.out,
+                      batch_size=16, resume=True, merge=True)
     return sets
 
 
 def _validation(demo: Demo, sets: AnchorSets, steps: dict[str, pd.DataFrame]) -> pd.DataFrame:
     folder = demo.out / "validation"
+    demo.stage("learned difficulty predictor (fit on the anchors' half, scores the rest)",
+               folder / "prediction.csv",
+               lambda: write_prediction(demo.out, seed=demo.config.seed, merge=True))
     scores = pd.read_parquet(demo.out / "scores.parquet")
     # the run's own cud was scored against anchors/anchors.json; a recorded config wins
     known = {"cud": {"name": "cud", "uses_anchors": True, "anchor_fit_ids": sets.fit_ids}}
     holdout = resolve_holdout(scores, {**known, **read_scorer_configs(demo.out)},
                               extra_ids=sets.fit_ids)
-    table = write_validation(demo.out, scores, _outcomes(demo), exclude_ids=holdout.exclude_ids,
+    outcomes = _outcomes(demo)
+    table = write_validation(demo.out, scores, outcomes, exclude_ids=holdout.exclude_ids,
                              steps_to_forget=steps, seed=demo.config.seed)
+    write_partial_correlations(demo.out, scores, outcomes, exclude_ids=holdout.exclude_ids,
+                               seed=demo.config.seed)
 
     def sets_experiment() -> None:
         table = easy_hard_sets(demo.config.unlearner(demo.target, demo.tokenizer, demo.retain),

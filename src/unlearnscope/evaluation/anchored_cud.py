@@ -18,7 +18,6 @@ What the cross-method and the configuration-choice validations share:
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,8 +30,11 @@ from unlearnscope.anchors.sets import ANCHORS_FILE, AnchorSets, check_k, read_an
 from unlearnscope.anchors.vote import vote_anchors
 from unlearnscope.circuits.store import HEADER_FILE, CircuitStore
 from unlearnscope.errors import DataError, UnknownNameError
-from unlearnscope.evaluation.validation import MEAN_METHOD, read_outcomes
-from unlearnscope.runs import read_json
+from unlearnscope.evaluation.validation import (
+    MEAN_METHOD,
+    read_method_outcomes,
+    seed_mean_outcomes,
+)
 from unlearnscope.scoring.cud import (
     SIMILARITIES,
     STORE_SUBDIR,
@@ -42,69 +44,34 @@ from unlearnscope.scoring.cud import (
     cud,
 )
 
-OUTCOMES_FILE = "outcomes.parquet"
-SEED_DIR = re.compile(r"^seed(\d+)$")
 ANCHOR_METHODS = ("combined", "mean")  # besides a single method's name (AnchorSets.sets_for)
 
 SeedOutcomes = Mapping[str, Mapping[int, pd.DataFrame]]  # method -> seed -> outcome table
 
 
-def _single_run_seed(folder: Path) -> int:
-    for name, keys in (("summary.json", ("settings", "seed")),
-                       ("config.json", ("options", "settings", "seed"))):
-        if (folder / name).is_file():
-            value = read_json(folder / name)
-            for key in keys:
-                value = value.get(key) if isinstance(value, dict) else None
-            if value is not None:
-                return int(value)
-    return 0
-
-
 def read_run_outcomes(run_dir: str | Path) -> dict[str, dict[int, pd.DataFrame]]:
-    """`{method: {seed: outcome table}}` of the run folder's `unlearn/<method>/` folders, in
-    method-name order; folders without outcomes are skipped. A folder holding both layouts is a
-    `DataError`, as is a run without any outcomes."""
-    unlearn = Path(run_dir) / "unlearn"
-    found: dict[str, dict[int, pd.DataFrame]] = {}
-    for folder in sorted(p for p in unlearn.iterdir() if p.is_dir()) if unlearn.is_dir() else []:
-        seeds = {int(match.group(1)): child / OUTCOMES_FILE for child in sorted(folder.iterdir())
-                 if child.is_dir() and (match := SEED_DIR.match(child.name))
-                 and (child / OUTCOMES_FILE).is_file()}
-        if (folder / OUTCOMES_FILE).is_file():
-            if seeds:
-                raise DataError(f"holds both {OUTCOMES_FILE} and seed<s>/{OUTCOMES_FILE}",
-                                source=str(folder))
-            seeds = {_single_run_seed(folder): folder / OUTCOMES_FILE}
-        if not seeds:
-            continue
-        if folder.name == MEAN_METHOD:
-            raise DataError(f"the method name '{MEAN_METHOD}' is reserved for the "
-                            "method-averaged difficulty", source=str(folder))
-        found[folder.name] = {seed: read_outcomes(path) for seed, path in sorted(seeds.items())}
-    if not found:
-        raise DataError(f"no unlearn/<method>/{OUTCOMES_FILE} or unlearn/<method>/seed<s>/"
-                        f"{OUTCOMES_FILE}", source=str(run_dir))
+    """`{method: {seed: outcome table}}` of the run folder (`validation.read_method_outcomes`),
+    refusing a method folder named `mean`, the name of the method-averaged difficulty."""
+    found = read_method_outcomes(run_dir)
+    if MEAN_METHOD in found:
+        raise DataError(f"the method name '{MEAN_METHOD}' is reserved for the method-averaged "
+                        "difficulty", source=str(Path(run_dir) / "unlearn" / MEAN_METHOD))
     return found
 
 
 def seed_mean(tables: Mapping[int, pd.DataFrame], seeds: Sequence[int] | None = None
               ) -> pd.DataFrame:
-    """One method's outcome averaged over `seeds` (default: all): columns `sample_id`,
-    `efficacy` and, when every table has it, `delta_loss` (the vote's tie-breaker); one row per
-    sample every chosen table has, in the first table's order."""
+    """One method's outcome averaged over `seeds` (default: all): columns `sample_id` (as
+    strings), `efficacy` and, when every table has it, `delta_loss` (the vote's tie-breaker);
+    one row per sample every chosen table has, in the first table's order."""
     chosen = sorted(tables) if seeds is None else list(seeds)
     if not chosen:
         raise DataError("no seed to average", field="seed")
     columns = ["efficacy"] + (["delta_loss"] if all("delta_loss" in tables[s].columns
                                                     for s in chosen) else [])
-    frames = [tables[s].set_index(tables[s]["sample_id"].astype(str))[columns]
-              .astype(np.float64) for s in chosen]
-    common = frames[0].index
-    for frame in frames[1:]:
-        common = common[common.isin(frame.index)]
-    mean = sum(frame.loc[common] for frame in frames) / len(frames)
-    return mean.rename_axis("sample_id").reset_index()
+    mean = seed_mean_outcomes({s: tables[s].assign(sample_id=tables[s]["sample_id"].astype(str))
+                               for s in chosen})
+    return mean[["sample_id", *columns]]
 
 
 @dataclass

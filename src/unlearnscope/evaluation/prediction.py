@@ -59,8 +59,9 @@ from unlearnscope.evaluation.validation import (
     correlations,
     difficulty_matrix,
     measured_difficulty,
-    read_outcomes,
+    read_method_outcomes,
     read_scores,
+    seed_mean_outcomes,
 )
 from unlearnscope.runs import write_parquet, write_text
 from unlearnscope.scoring import SCORE_COLUMNS, SCORERS
@@ -489,11 +490,10 @@ def prediction_markdown(result: PredictionResult) -> str:
 
 
 def run_outcomes(run_dir: str | Path) -> dict[str, pd.DataFrame]:
-    """method -> outcome table of every `unlearn/<method>/outcomes.parquet` of a run."""
-    files = sorted(Path(run_dir, "unlearn").glob("*/outcomes.parquet"))
-    if not files:
-        raise DataError("no unlearn/<method>/outcomes.parquet", source=str(run_dir))
-    return {path.parent.name: read_outcomes(path) for path in files}
+    """method -> outcome table of a run folder: the seed mean of a method run under several
+    seeds (`unlearn/<method>/seed<s>/`), the one table of a method with one seed."""
+    return {method: seed_mean_outcomes(tables)
+            for method, tables in read_method_outcomes(run_dir).items()}
 
 
 def write_prediction_tables(out_dir: str | Path, result: PredictionResult) -> None:
