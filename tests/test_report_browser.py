@@ -11,12 +11,14 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from test_report import EVIL_QUESTION, HEADINGS, _full_run, tables_of
 from unlearnscope.report import build_report, load_run
 from unlearnscope.report.glance import SAMPLE_TABLE_ID, sample_frame
 from unlearnscope.report.html import csp_meta
+from unlearnscope.runs import write_parquet
 
 CHROMIUM = shutil.which("chromium")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed")
@@ -73,7 +75,7 @@ def test_an_injected_script_is_refused_by_the_page_policy(report, tmp_path):
     assert any("Content Security Policy" in line for line in console)
 
 
-CLICKS = """<script>
+CLICKS_HEAD = """<script>
 function order() {
   var rows = document.getElementById("TABLE_ID").tBodies[0].rows;
   return Array.prototype.map.call(rows, function (r) { return r.cells[0].textContent; });
@@ -84,27 +86,37 @@ function header(name) {
   return Array.prototype.filter.call(cells, named)[0];
 }
 var seen = {};
+""".replace("TABLE_ID", SAMPLE_TABLE_ID)
+CLICKS = """
 header("loss").click(); seen.loss_up = order();
 header("loss").click(); seen.loss_down = order();
 header("efficacy: npo").click(); seen.npo_up = order();
 header("question").click(); seen.question_up = order();
+"""
+CLICKS_TAIL = """
 var out = document.createElement("pre");
 out.id = "orders"; out.textContent = JSON.stringify(seen);
 document.body.appendChild(out);
-</script></body>""".replace("TABLE_ID", SAMPLE_TABLE_ID)
+</script></body>"""
+
+
+def clicked_orders(path: Path, clicks: str, folder: Path) -> dict[str, list[str]]:
+    """Open a copy of the report at `path` whose end runs `clicks` (without the page policy,
+    which would refuse that script) and return the row orders it recorded."""
+    page = path.read_text(encoding="utf-8")
+    assert csp_meta() in page
+    clicked = folder / "clicked.html"
+    clicked.write_text(page.replace(csp_meta(), "").replace("</body>", CLICKS_HEAD + clicks
+                                                            + CLICKS_TAIL), encoding="utf-8")
+    dom, console = chromium(clicked, folder / "profile", "--dump-dom")
+    assert console == []
+    found = re.search(r'<pre id="orders">(.*?)</pre>', dom, flags=re.S)
+    return json.loads(html.unescape(found.group(1)))
 
 
 def test_clicking_a_header_sorts_the_sample_table(report, tmp_path):
     root, path = report
-    page = path.read_text(encoding="utf-8")
-    assert csp_meta() in page
-    clicked = tmp_path / "clicked.html"
-    clicked.write_text(page.replace(csp_meta(), "").replace("</body>", CLICKS),
-                       encoding="utf-8")
-    dom, console = chromium(clicked, tmp_path / "profile", "--dump-dom")
-    assert console == []
-    found = re.search(r'<pre id="orders">(.*?)</pre>', dom, flags=re.S)
-    orders = json.loads(html.unescape(found.group(1)))
+    orders = clicked_orders(path, CLICKS, tmp_path)
     frame = sample_frame(load_run(root))
     loss_up = frame.sort_values("loss", kind="stable")["sample_id"].tolist()
     assert orders["loss_up"] == loss_up
@@ -114,3 +126,20 @@ def test_clicking_a_header_sorts_the_sample_table(report, tmp_path):
     assert orders["npo_up"] != orders["loss_up"]
     assert orders["question_up"][0] == "s0"  # "Question s0?" first, "Who wrote ..." last
     assert orders["question_up"][-1] == "<script>alert(1)</script>"
+
+
+def test_missing_values_sort_last_both_ways(tmp_path):
+    scores = pd.DataFrame({"sample_id": ["a", "b", "c", "d"], "scorer": "loss",
+                           "value": [3.0, 1.0, 2.0, 10.0], "difficulty": [3.0, 1.0, 2.0, 10.0]})
+    write_parquet(tmp_path / "run" / "scores.parquet", scores)
+    write_parquet(tmp_path / "run" / "unlearn" / "m" / "outcomes.parquet",
+                  pd.DataFrame({"sample_id": ["a", "b", "d"], "efficacy": [0.5, 0.25, 2.0]}))
+    path = build_report(tmp_path / "run")
+    orders = clicked_orders(path, """
+header("efficacy: m").click(); seen.up = order();
+header("efficacy: m").click(); seen.down = order();
+header("loss").click(); seen.loss_up = order();
+""", tmp_path)
+    # numbers, not text: 10 sorts after 3 and 2.0 after 0.5
+    assert orders == {"up": ["b", "a", "d", "c"], "down": ["d", "a", "b", "c"],
+                      "loss_up": ["b", "c", "a", "d"]}

@@ -119,11 +119,11 @@ def schedules(frame: pd.DataFrame, labels: pd.Series) -> str:
     for method, rows in frame.assign(label=labels).groupby("method", sort=False):
         best = rows.loc[rows["efficacy"].idxmax()]
         uniform = rows.loc[rows["schedule"] == "uniform", "efficacy"]
-        parts.append(f"for {method} {best['label']} ({m.number(float(best['efficacy']))}"
-                     + (f"; uniform {m.number(float(uniform.iloc[0]))})" if len(uniform)
-                        else ")"))
-    return "At the same step budget, the highest forget efficacy comes " + "; ".join(
-        parts) + "."
+        parts.append(f"{method}: {best['label']} at {m.number(float(best['efficacy']))}"
+                     + (f" (uniform {m.number(float(uniform.iloc[0]))})" if len(uniform)
+                        else ""))
+    return "At the same step budget, the schedule with the highest forget efficacy is, for " + (
+        "; ".join(parts)) + "."
 
 
 def methods(efficacy: dict[str, float], seeds: dict[str, int]) -> str:
