@@ -42,9 +42,10 @@ def distributions(scores: pd.DataFrame) -> str:
 def versus_measured(correlations: pd.DataFrame, held_out: bool) -> str:
     """Per method: the best scorer with its interval (and fraction of the noise ceiling), and
     how many scorers' intervals exclude 0."""
-    n = int(pd.to_numeric(correlations["n"]).max())
-    where = (f"On the {n} samples held out from anchor discovery" if held_out
-             else f"On {n} samples")
+    n = pd.to_numeric(correlations["n"], errors="coerce").max()
+    counted = f"the {int(n)} samples" if np.isfinite(n) else "the samples"
+    where = (f"On {counted} held out from anchor discovery" if held_out
+             else f"On {counted} validated")
     parts = []
     methods = list(dict.fromkeys(correlations["method"].astype(str)))
     for method in [x for x in methods if x != MEAN_METHOD] + (
