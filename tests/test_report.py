@@ -17,6 +17,7 @@ from unlearnscope.circuits.graph import GraphLayout
 from unlearnscope.circuits.selection import edge_names, edge_vector
 from unlearnscope.circuits.store import CircuitStore, ShardWriter, write_header, write_index
 from unlearnscope.cli import main
+from unlearnscope.data.sample import Sample
 from unlearnscope.evaluation.cross_method import write_cross_method
 from unlearnscope.evaluation.cud_choice import write_cud_choice
 from unlearnscope.evaluation.validation import (
@@ -28,10 +29,12 @@ from unlearnscope.evaluation.validation import (
 from unlearnscope.report import build_report, load_run, measured_difficulty
 from unlearnscope.report.html import section_list
 from unlearnscope.report.markup import number
+from unlearnscope.report.rundata import write_samples
 from unlearnscope.runs import write_json, write_parquet
 from unlearnscope.unlearning.outcomes import outcome_table
 
 EVIL = "<script>alert(1)</script>"
+EVIL_QUESTION = "Who wrote <script>alert(1)</script> and <img src=x onerror=alert(2)>?"
 SAMPLE_IDS = [f"s{i}" for i in range(11)] + [EVIL]
 SCORERS = ("loss", "mrd", "cud")
 METHODS = ("graddiff", "npo")
@@ -119,6 +122,8 @@ def _full_run(root: Path) -> Path:
                   "difficulty": -v if scorer == "mrd" else v}
                  for s, v in zip(SAMPLE_IDS, value, strict=True)]
     write_parquet(root / "scores.parquet", pd.DataFrame(rows))
+    write_samples(root, [Sample(s, EVIL_QUESTION if s == EVIL else f"Question {s}?", "answer")
+                         for s in SAMPLE_IDS])
     for method in METHODS:
         before = rng.uniform(0.1, 0.5, n)
         after = before + np.sort(rng.uniform(0.0, 3.0, n))[::-1][efficacy_rank]
@@ -203,8 +208,9 @@ def test_every_section_rendered_with_embedded_plots(full_run):
 def test_no_network_resources_and_data_escaped(full_run):
     _, page = full_run
     assert "http://" not in page and "https://" not in page
-    assert "<script" not in page and "<link" not in page
+    assert page.count("<script") == 1 and "<link" not in page  # the sort script only
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "<img src=x" not in page and "&lt;img src=x onerror=alert(2)&gt;" in page
     assert "<b>bold</b>" not in page and "&lt;b&gt;bold&lt;/b&gt;" in page
 
 
@@ -333,7 +339,8 @@ def test_partial_run_with_scores_only(tmp_path):
                     "unlearnscope unlearn --model", "unlearnscope validate cross-method --run",
                     "unlearnscope validate cud-choice --run"):
         assert f"<code>{command}" in page
-    assert page.count("not computed in this run") == 10  # one per section lacking its files
+    # one per section lacking its files, and the per-sample table's questions and efficacy
+    assert page.count("not computed in this run") == 12
     # histograms and the scorer correlations computed from the scores
     assert page.count('src="data:image/png;base64,') == 2
     assert "scorer_correlations.csv is absent" in page

@@ -20,6 +20,7 @@ from unlearnscope.evaluation.cross_method import (
 from unlearnscope.evaluation.cross_method import CSV_FILE as CROSS_METHOD_CSV
 from unlearnscope.evaluation.cud_choice import CHOICE_COLUMNS, STORE_SOURCE, criterion_sentence
 from unlearnscope.evaluation.cud_choice import CSV_FILE as CHOICE_CSV
+from unlearnscope.report import leads
 from unlearnscope.report import markup as m
 from unlearnscope.report.plots import correlation_heatmap
 from unlearnscope.report.rundata import RunData
@@ -56,12 +57,12 @@ def cross_method(data: RunData) -> str:
                               f"unlearnscope validate cross-method --run {data.run_dir}")
     if isinstance(table, str):
         return table
-    parts = [m.paragraph(
+    pairs = table[table["kind"] == PAIR]
+    parts = [m.lead(leads.cross_method(pairs)), m.paragraph(
         "Anchors voted on the fit half from one method's outcomes (rows), CUD recomputed "
         "from the circuit store, Spearman with another method's measured difficulty "
         "(-efficacy, columns) on the held-out half only; the diagonal validates a method on "
         "itself. Settings: validation/cross_method.md.")]
-    pairs = table[table["kind"] == PAIR]
     if len(pairs):
         parts.append(m.image(correlation_heatmap(cross_method_matrix(table)),
                              "cross-method Spearman heatmap"))
@@ -130,6 +131,8 @@ def cud_choice(data: RunData) -> str:
     columns = ["candidate", "source", "fit_cv_spearman", "fit_in_sample_spearman", "fit_n",
                "held_out_spearman", "chosen", "note"]
     return "".join([
+        m.lead(leads.cud_choice(str(row["candidate"]), len(table), int(row["held_out_n"]),
+                                facts["held-out Spearman [95% CI]"])),
         m.key_value_table(facts),
         m.paragraph("Each candidate is scored out of sample within the fit half, so that no "
                     "sample's score comes from anchors voted on its own outcome; the in-sample "

@@ -1,6 +1,7 @@
 """Assemble the self-contained `report.html` of a run folder.
 
-The page has no external resources: styles are inline and plots are embedded PNG data URIs.
+The page has no external resources: styles are inline, plots are embedded PNG data URIs and
+its one script (sorting the per-sample table) is inline and allowed by hash.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from html import escape
 from pathlib import Path
 
 from unlearnscope.report import crossmethod, reliability, sections
+from unlearnscope.report.glance import SORT_SCRIPT, script_hash
 from unlearnscope.report.rundata import RunData, load_run
 from unlearnscope.report.signatures import DEFAULT_TOP_N
 from unlearnscope.runs import write_text
@@ -30,6 +32,13 @@ pre { background: #f6f6f6; padding: 0.8em; overflow-x: auto; font-size: 0.8em; }
 .problem { color: #a00; background: #fde8e8; padding: 0.4em; }
 .note { color: #444; }
 nav li { margin: 0.1em 0; }
+p.lead { font-size: 1.05em; font-weight: bold; }
+table.grid td { text-align: center; min-width: 6em; }
+table.grid th small { font-weight: normal; }
+table.sortable thead th { cursor: pointer; }
+table.sortable th[aria-sort=ascending]::after { content: " \\25B2"; }
+table.sortable th[aria-sort=descending]::after { content: " \\25BC"; }
+table.sortable td.text { text-align: left; max-width: 30em; }
 """
 
 
@@ -50,6 +59,7 @@ def section_list(top_n: float) -> list[tuple[str, str, Callable[[RunData], str]]
          reliability.reliability),
         ("cross-method", "10. CUD across unlearning methods", crossmethod.cross_method),
         ("cud-choice", "11. CUD configuration chosen on the fit half", crossmethod.cud_choice),
+        ("samples", "12. Per-sample difficulty and efficacy", sections.samples),
     ]
 
 
@@ -61,9 +71,20 @@ def render_report(data: RunData, *, top_n: float = DEFAULT_TOP_N) -> str:
                   for anchor, heading, _ in entries)
     body = "".join(f'<section id="{anchor}"><h2>{escape(heading)}</h2>{render(data)}</section>'
                    for anchor, heading, render in entries)
-    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">{csp_meta()}'
             f"<title>{escape(title)}</title><style>{STYLE}</style></head>"
-            f"<body><h1>{escape(title)}</h1><nav><ol>{nav}</ol></nav>{body}</body></html>\n")
+            f"<body><h1>{escape(title)}</h1><nav><ol>{nav}</ol></nav>{body}"
+            f"<script>{SORT_SCRIPT}</script></body></html>\n")
+
+
+def csp_meta() -> str:
+    """The page's Content-Security-Policy: no network loads (images only as data URIs), inline
+    styles, and no script but `SORT_SCRIPT` (by its hash), so that text injected from data
+    could not run even if it escaped escaping."""
+    policy = (f"default-src 'none'; img-src data:; style-src 'unsafe-inline'; "
+              f"script-src {script_hash()}")
+    return f'<meta http-equiv="Content-Security-Policy" content="{policy}">'
+
 
 
 def build_report(run_dir: str | Path, out: str | Path | None = None, *,

@@ -7,6 +7,7 @@ import json
 from html import escape
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 
@@ -35,6 +36,26 @@ def _value_text(value: Any) -> str:
     if isinstance(value, dict | list):
         return json.dumps(value, default=str)
     return "–" if value is None else number(value)
+
+
+def interval(value: float, low: float, high: float, digits: int = 2) -> str:
+    """`value [low, high]` with `digits` decimals ('–' for a missing value, no brackets for a
+    missing bound)."""
+    if not np.isfinite(value):
+        return "–"
+    if not (np.isfinite(low) and np.isfinite(high)):
+        return f"{value:.{digits}f}"
+    return f"{value:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+
+
+def excludes_zero(low: float, high: float) -> bool:
+    """Whether an interval lies entirely on one side of 0."""
+    return bool(low > 0 or high < 0)
+
+
+def lead(text: str) -> str:
+    """The sentence a section opens with (escaped)."""
+    return f'<p class="lead">{escape(text)}</p>'
 
 
 def image(uri: str, alt: str) -> str:

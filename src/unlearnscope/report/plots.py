@@ -7,6 +7,7 @@ import base64
 import io
 import math
 import tempfile
+import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
@@ -36,6 +37,25 @@ def file_plot_uri(draw: Callable[[Path], Path]) -> str:
         return png_uri(draw(Path(folder) / "plot.png").read_bytes())
 
 
+TITLE_SIZE = 9  # points, subplot titles and axis labels of the grids
+CHAR_WIDTH = 0.6  # a character's mean width as a fraction of the font size
+
+
+def wrapped(text: str, width_in: float, fontsize: float = TITLE_SIZE) -> str:
+    """`text` broken into lines that fit `width_in` inches at `fontsize` points, so that long
+    scorer names do not run into the neighbouring subplot."""
+    columns = max(8, int(width_in * 72 / (fontsize * CHAR_WIDTH)))
+    return textwrap.fill(text, width=columns, break_on_hyphens=False)
+
+
+def _label(ax, *, title: str, xlabel: str, ylabel: str) -> None:
+    """Title and axis labels of a grid subplot, each wrapped to the subplot's width."""
+    width = ax.get_position().width * ax.figure.get_figwidth()
+    ax.set_title(wrapped(title, width), fontsize=TITLE_SIZE)
+    ax.set_xlabel(wrapped(xlabel, width), fontsize=TITLE_SIZE)
+    ax.set_ylabel(ylabel, fontsize=TITLE_SIZE)
+
+
 def _grid(n: int, columns: int = 4, size: tuple[float, float] = (3.2, 2.6)):
     """A figure with `n` subplots in rows of `columns`; unused axes are hidden."""
     cols = min(columns, n)
@@ -49,25 +69,33 @@ def _grid(n: int, columns: int = 4, size: tuple[float, float] = (3.2, 2.6)):
 
 def score_histograms(scores: pd.DataFrame) -> str:
     """One histogram of the raw `value` per scorer; `scores` is the long score table."""
+    return figure_uri(score_histogram_figure(scores))
+
+
+def score_histogram_figure(scores: pd.DataFrame) -> Figure:
     scorers = sorted(scores["scorer"].unique())
     fig, axes = _grid(len(scorers))
     for ax, scorer in zip(axes, scorers, strict=True):
         values = scores.loc[scores["scorer"] == scorer, "value"].to_numpy(dtype=float)
         ax.hist(values[np.isfinite(values)], bins=20, color="#4C72B0")
-        ax.set(title=scorer, xlabel="value", ylabel="samples")
-    return figure_uri(fig)
+        _label(ax, title=scorer, xlabel="value", ylabel="samples")
+    return fig
 
 
 def difficulty_scatters(pairs: dict[str, pd.DataFrame], titles: dict[str, str]) -> str:
     """Per scorer, its difficulty (x) against the measured difficulty (y); `pairs` maps a
     scorer to a frame with columns `difficulty` and `measured_difficulty`."""
+    return figure_uri(difficulty_scatter_figure(pairs, titles))
+
+
+def difficulty_scatter_figure(pairs: dict[str, pd.DataFrame], titles: dict[str, str]
+                              ) -> Figure:
     fig, axes = _grid(len(pairs))
     for ax, (scorer, frame) in zip(axes, sorted(pairs.items()), strict=True):
         ax.scatter(frame["difficulty"], frame["measured_difficulty"], s=10, alpha=0.7)
-        ax.set(title=titles[scorer], xlabel=f"{scorer} difficulty",
+        _label(ax, title=titles[scorer], xlabel=f"{scorer} difficulty",
                ylabel="measured (mean rank)")
-        ax.title.set_fontsize(9)
-    return figure_uri(fig)
+    return fig
 
 
 def correlation_heatmap(matrix: pd.DataFrame) -> str:
@@ -108,5 +136,5 @@ def efficacy_histograms(efficacy: dict[str, np.ndarray]) -> str:
     fig, axes = _grid(len(efficacy))
     for ax, (method, values) in zip(axes, sorted(efficacy.items()), strict=True):
         ax.hist(values, bins=20, range=(0, 1), color="#DD8452")
-        ax.set(title=method, xlabel="efficacy", ylabel="samples")
+        _label(ax, title=method, xlabel="efficacy", ylabel="samples")
     return figure_uri(fig)

@@ -8,6 +8,7 @@ import pandas as pd
 
 from unlearnscope.evaluation.holdout import UNVERIFIED_COLUMN, unverified_note
 from unlearnscope.evaluation.validation import EFFICACY, reliability_summary
+from unlearnscope.report import leads
 from unlearnscope.report import markup as m
 from unlearnscope.report.plots import grouped_bars
 from unlearnscope.report.rundata import RunData
@@ -63,7 +64,8 @@ def reliability(data: RunData) -> str:
             return m.problem(reason)
         return m.not_computed("reliability of measured difficulty (validation/reliability.csv)",
                               _command(data))
-    parts = [unverified_warning(table), m.paragraph(
+    parts = [m.lead(leads.reliability(method_ceilings(data))), unverified_warning(table),
+             m.paragraph(
         "Measured difficulty (-efficacy) moves with the seed, which fixes the forget order and "
         "the retain batches. With R seeds: Spearman between every pair of seeds, the "
         "Spearman-Brown reliability of the R-seed mean r_R = R r / (1 + (R-1) r) (r the mean "
@@ -103,3 +105,13 @@ def reliability(data: RunData) -> str:
             shown = rows[columns].rename(columns={"item": ITEM_LABELS.get(kind, "item")})
             parts += [f"<h3>{heading}</h3>", m.table(shown)]
     return "".join(parts)
+
+
+def method_ceilings(data: RunData) -> dict[str, pd.Series]:
+    """Per method, its `ceiling` row of `validation/reliability.csv` (efficacy ground truth:
+    `n_seeds`, `ceiling`, `ceiling_low`, `ceiling_high`, `note`); empty without the file."""
+    table = data.reliability
+    if table is None:
+        return {}
+    rows = table[(table["kind"] == "ceiling") & (table["ground_truth"] == EFFICACY)]
+    return {str(row["method"]): row for _, row in rows.iterrows()}

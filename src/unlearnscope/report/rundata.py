@@ -19,7 +19,7 @@ from unlearnscope.anchors.sets import ANCHORS_FILE, AnchorSets, read_anchors
 from unlearnscope.errors import DataError
 from unlearnscope.evaluation import validation
 from unlearnscope.evaluation.holdout import UNVERIFIED_COLUMN
-from unlearnscope.runs import read_json
+from unlearnscope.runs import read_json, write_parquet
 
 SCORE_COLUMNS = ("sample_id", "scorer", "value", "difficulty")
 OUTCOME_COLUMNS = ("sample_id", "efficacy")
@@ -31,6 +31,8 @@ SCHEDULE_COLUMNS = ("method", "schedule", "scorer", "efficacy", "forget_quality"
                     "model_utility", "steps_to_target")
 RELIABILITY_COLUMNS = ("method", "ground_truth", "kind", "item", "n_seeds", "n", "spearman",
                        "reliability", "ceiling", "fraction_of_ceiling")
+SAMPLE_COLUMNS = ("sample_id", "question")
+SAMPLES_FILE = "samples.parquet"  # the question of every sample, for the per-sample table
 STORE_DIR = "circuits"
 STORE_HEADER = "header.json"
 
@@ -63,6 +65,7 @@ class RunData:
     config: dict[str, Any] | None = None
     summary: dict[str, Any] | None = None
     scores: pd.DataFrame | None = None
+    samples: pd.DataFrame | None = None
     methods: dict[str, MethodRun] = field(default_factory=dict)
     correlations: pd.DataFrame | None = None
     scorer_correlations: pd.DataFrame | None = None
@@ -132,6 +135,7 @@ def load_run(run_dir: str | Path) -> RunData:
     data.config = attempt("config.json", read_json)
     data.summary = attempt("summary.json", read_json)
     data.scores = attempt("scores.parquet", lambda p: _read_table(p, SCORE_COLUMNS))
+    data.samples = attempt(SAMPLES_FILE, lambda p: _read_table(p, SAMPLE_COLUMNS))
     data.correlations = attempt("validation/correlations.csv",
                                 lambda p: _read_table(p, CORRELATION_COLUMNS))
     data.scorer_correlations = attempt("validation/scorer_correlations.csv", read_square_matrix)
@@ -181,6 +185,17 @@ def _method_run(folder: Path, prefix: str, attempt: Callable,
                      outcomes=validation.seed_mean_outcomes(tables) if tables else None,
                      summary=None if first is None
                      else attempt(f"{prefix}/seed{first}/summary.json", read_json))
+
+
+def write_samples(run_dir: str | Path, samples: Iterable[Any]) -> Path:
+    """Write `run_dir/samples.parquet`: the `id` and `question` of each sample (objects with
+    those attributes, such as `unlearnscope.data.Sample`), which the report's per-sample table
+    shows next to the scores and outcomes."""
+    frame = pd.DataFrame([{"sample_id": s.id, "question": s.question} for s in samples],
+                         columns=list(SAMPLE_COLUMNS))
+    path = Path(run_dir) / SAMPLES_FILE
+    write_parquet(path, frame)
+    return path
 
 
 def measured_difficulty(methods: dict[str, MethodRun], exclude_ids: Iterable[str] = ()

@@ -11,7 +11,9 @@ import numpy as np
 import pandas as pd
 
 from unlearnscope.errors import DataError
+from unlearnscope.report import leads
 from unlearnscope.report import markup as m
+from unlearnscope.report.glance import correlation_grid, sample_frame, sample_table
 from unlearnscope.report.plots import (
     correlation_heatmap,
     difficulty_scatters,
@@ -86,7 +88,7 @@ def configuration(data: RunData) -> str:
         facts["sets vs random, over methods (" + " / ".join(columns) + ")"] = "; ".join(
             f"{scorer}: " + " / ".join(f"{row[c]:+.2f}" for c in columns)
             for scorer, row in summary.iterrows())
-    parts = [m.key_value_table(facts)]
+    parts = [m.lead(_configuration_lead(data)), m.key_value_table(facts)]
     if data.problems:
         parts.append("<h3>Files that could not be used</h3><ul>" + "".join(
             f"<li>{escape(message)}</li>" for message in data.problems.values()) + "</ul>")
@@ -100,6 +102,22 @@ def configuration(data: RunData) -> str:
     else:
         parts.append(_absent(data, "run configuration (config.json)", "demo", "config.json"))
     return "".join(parts)
+
+
+def _configuration_lead(data: RunData) -> str:
+    kinds = {"scores": data.scores, "unlearning outcomes": data.methods or None,
+             "correlations with measured difficulty": data.correlations,
+             "noise ceilings": data.reliability, "easy/hard sets": data.sets,
+             "schedules": data.schedules, "anchors": data.anchors,
+             "circuits": data.circuits_dir}
+    present = [name for name, value in kinds.items() if value is not None]
+    absent = [name for name, value in kinds.items() if value is None]
+    facts = {}
+    if data.scores is not None:
+        facts = {"samples": data.scores["sample_id"].nunique(),
+                 "scorers": data.scores["scorer"].nunique(), "methods": len(data.methods),
+                 "seeded methods": sum(len(run.seeds) > 1 for run in data.methods.values())}
+    return leads.configuration(facts, present, absent)
 
 
 def _best_scorer(correlations: pd.DataFrame) -> pd.Series | None:
@@ -118,13 +136,18 @@ def distributions(data: RunData) -> str:
              .agg(["count", "mean", "std", "min", "median", "max"]).reset_index())
     note = m.paragraph("Raw values (the value column); the difficulty used in the comparisons "
                        "is oriented so that higher = harder.")
-    return m.table(stats) + note + m.image(score_histograms(data.scores), "score histograms")
+    return (m.lead(leads.distributions(data.scores)) + m.table(stats) + note
+            + m.image(score_histograms(data.scores), "score histograms"))
 
 
 def versus_measured(data: RunData) -> str:
     """Scatter of every scorer's difficulty against the measured difficulty, and the
-    correlations table of `unlearnscope validate`."""
+    correlations of `unlearnscope validate`: a scorer x method heatmap, the whole table folded
+    below it."""
     parts = []
+    if data.correlations is not None:
+        parts.append(m.lead(leads.versus_measured(data.correlations,
+                                                  held_out=data.anchors is not None)))
     measured = measured_difficulty(data.methods, exclude_ids=_fit_ids(data))
     if data.scores is None:
         parts.append(_absent(data, "scores", "score", "scores.parquet"))
@@ -150,8 +173,15 @@ def versus_measured(data: RunData) -> str:
     else:
         parts.append("<h3>Correlations with measured difficulty (95% bootstrap CI)</h3>")
         parts.append(unverified_warning(data.correlations))
-        parts.append(m.table(data.correlations.sort_values(["scorer", "method"])))
-        parts.append(ceiling_note(data))
+        parts.append(m.paragraph(
+            "Each cell: Spearman of the scorer's difficulty with the method's measured "
+            "difficulty, its 95% bootstrap interval (bold where it excludes 0) and, where the "
+            "method ran several seeds, the fraction of the noise ceiling named in its header. "
+            "Red: harder by the scorer is harder to unlearn; blue: the opposite."))
+        parts.append(correlation_grid(data))
+        parts.append(m.details("every correlation (validation/correlations.csv)",
+                               m.table(data.correlations.sort_values(["scorer", "method"]))
+                               + ceiling_note(data)))
     return "".join(parts)
 
 
@@ -177,7 +207,8 @@ def easy_hard_sets(data: RunData) -> str:
         return _absent(data, "easy/hard set experiment", "sets", "validation/sets.csv")
     sets = data.sets.sort_values(["scorer", "method", "set"], kind="stable")
     summary, random = _sets_over_methods(sets)
-    parts = ["<h3>Over methods</h3>", m.table(summary.reset_index())]
+    parts = [m.lead(leads.sets(summary)), "<h3>Over methods</h3>",
+             m.table(summary.reset_index())]
     if len(random):
         parts.append(m.paragraph(f"Random sets' efficacy: {m.number(float(random.mean()))}."))
     parts += ["<h3>Per scorer, method and set</h3>", m.table(sets)]
@@ -218,7 +249,10 @@ def circuit_signatures(data: RunData, top_n: float = DEFAULT_TOP_N) -> str:
         result = compare_easy_hard(data.circuits_dir, easy, hard, top_n=top_n)
     except DataError as error:
         return m.problem(str(error))
-    parts = [m.paragraph(f"Groups: {source}: {len(result.ids['easy'])} easy and "
+    p = result.statistics.set_index("statistic")
+    parts = [m.lead(leads.circuits(p, len(result.ids["easy"]), len(result.ids["hard"]),
+                                   int(result.edge_summary["n_significant_q05"]))),
+             m.paragraph(f"Groups: {source}: {len(result.ids['easy'])} easy and "
                          f"{len(result.ids['hard'])} hard circuits, each the top "
                          f"{result.n_edges_selected} of {result.n_edges_in_graph} edges by "
                          "|score| (dangling nodes pruned).")]
@@ -236,7 +270,6 @@ def circuit_signatures(data: RunData, top_n: float = DEFAULT_TOP_N) -> str:
             "logits; a larger --top-n or the midpoint integration rule may help): "
             + ", ".join(f"{count} of {len(result.ids[name])} {name}"
                         for name, count in empty.items()) + ".", css="problem"))
-    p = result.statistics.set_index("statistic")
     parts += [
         m.image(result.plots["layer_histogram"], "edges by layer"),
         m.paragraph(_p_text(p, "last_third_fraction")),
@@ -275,7 +308,8 @@ def scorer_correlations(data: RunData) -> str:
         note = m.paragraph("validation/scorer_correlations.csv is absent; Spearman computed "
                            "here from scores.parquet over all scored samples (run `"
                            f"{commands(data.run_dir)['validate']}` for the held-out version).")
-    parts = [note, m.image(correlation_heatmap(matrix), "scorer correlations"),
+    parts = [m.lead(leads.scorer_correlations(matrix)), note,
+             m.image(correlation_heatmap(matrix), "scorer correlations"),
              m.table(matrix, index=True)]
     if data.cud_stability is not None:
         parts += ["<h3>Stability of CUD across anchor methods (pairwise Spearman)</h3>",
@@ -295,7 +329,8 @@ def schedules(data: RunData) -> str:
         for s, c in zip(frame["schedule"], frame["scorer"], strict=True)])
     plot = grouped_bars(labelled, group="method", bar="schedule", value="efficacy",
                         title="forget efficacy by schedule")
-    return m.table(frame) + m.image(plot, "schedule comparison")
+    return (m.lead(leads.schedules(frame, labelled["schedule"])) + m.table(frame)
+            + m.image(plot, "schedule comparison"))
 
 
 def methods(data: RunData) -> str:
@@ -320,7 +355,9 @@ def methods(data: RunData) -> str:
                                       if "delta_loss" in run.outcomes else None)
             row["seeds"] = len(run.seeds) or 1  # outcomes of several seeds are their mean
         rows.append(row)
-    parts = ["<h3>Unlearning summary</h3>", m.table(pd.DataFrame(rows))]
+    seeds = {name: len(run.seeds) or 1 for name, run in data.methods.items()}
+    parts = [m.lead(leads.methods({k: float(np.mean(v)) for k, v in efficacy.items()}, seeds)),
+             "<h3>Unlearning summary</h3>", m.table(pd.DataFrame(rows))]
     for name in data.methods:
         reason = data.problem(f"unlearn/{name}/outcomes.parquet", f"unlearn/{name}/summary.json")
         if reason:
@@ -346,3 +383,27 @@ def _tofu_metrics(data: RunData) -> str:
     frame[frame.columns[1:]] = frame[frame.columns[1:]].apply(pd.to_numeric, errors="coerce")
     notes = "".join(m.paragraph(r) for r in reasons)
     return m.table(frame) + (m.details("missing metrics and why", notes) if notes else "")
+
+
+def samples(data: RunData) -> str:
+    """Every sample: its question, each scorer's difficulty and each method's measured efficacy
+    (the seed mean where seeds exist), sortable by clicking a header."""
+    if data.scores is None and not any(r.outcomes is not None for r in data.methods.values()):
+        return _absent(data, "per-sample table (scores and outcomes)", "score",
+                       "scores.parquet")
+    frame = sample_frame(data)
+    efficacy = [c for c in frame.columns if c.startswith("efficacy: ")]
+    n_scorers = 0 if data.scores is None else data.scores["scorer"].nunique()
+    parts = [m.lead(leads.samples(frame, n_scorers, efficacy))]
+    if data.samples is None:
+        parts.append(_absent(data, "sample questions (samples.parquet)", "demo",
+                             "samples.parquet"))
+    if not efficacy:
+        parts.append(m.not_computed("measured efficacy (per-sample unlearning outcomes)",
+                                    commands(data.run_dir)["unlearn"]))
+    parts.append(m.paragraph("Difficulty: higher = harder by that scorer; efficacy: how much "
+                             "unlearning moved the sample (its seed mean for a method run "
+                             "under several seeds). Click a header to sort; click again to "
+                             "reverse."))
+    parts.append(sample_table(frame))
+    return "".join(parts)
