@@ -4,6 +4,7 @@ enforcement of them."""
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 import torch
@@ -15,7 +16,9 @@ from unlearnscope.circuits.architecture import model_parts
 from unlearnscope.circuits.graph import GraphLayout
 from unlearnscope.circuits.selection import edge_matrix
 from unlearnscope.circuits.store import ShardWriter, write_header, write_index
+from unlearnscope.cli import main
 from unlearnscope.errors import DataError
+from unlearnscope.models import load_model
 from unlearnscope.runs import write_json
 from unlearnscope.unlearning.circuit_mask import (
     Components,
@@ -180,3 +183,34 @@ def test_circuit_mask_needs_a_store_and_anchors(tmp_path):
     run = _run_folder(tmp_path / "run", model, [s.id for s in FORGET], hard=["f0"])
     with pytest.raises(DataError, match="needs the hard anchors"):
         build_circuit_mask("hard-anchors", run / "circuits", model, forget_ids=[], top_n=0.2)
+
+
+def test_unlearn_cli_circuit_mask(tmp_path):
+    """`unlearn --circuit-mask hard-anchors --circuits RUN_DIR`: the saved model keeps every
+    entry outside the hard anchors' circuit."""
+    tokenizer = tiny_tokenizer()
+    model = tiny_model(tokenizer)
+    model.save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    for name, part in (("forget", FORGET), ("retain", RETAIN)):
+        with open(tmp_path / f"{name}.jsonl", "w") as handle:
+            for s in part:
+                handle.write(json.dumps({"id": s.id, "question": s.question,
+                                         "answer": s.answer}) + "\n")
+    ids = [s.id for s in FORGET]
+    run = _run_folder(tmp_path / "run", model, ids, hard=ids[2:])
+    out = tmp_path / "out"
+    assert main(["unlearn", "--model", str(tmp_path / "model"), "--method", "npo",
+                 "--forget", f"jsonl:{tmp_path / 'forget.jsonl'}?id_field=id",
+                 "--retain", f"jsonl:{tmp_path / 'retain.jsonl'}", "--out", str(out),
+                 "--max-steps", "2", "--batch-size", "2", "--grad-accum", "1", "--lr", "1e-2",
+                 "--warmup-epochs", "0", "--circuit-mask", "hard-anchors",
+                 "--circuits", str(run), "--mask-top-n", "0.2"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["circuit_mask"]["hard_anchors"] == ids[2:]
+    allowed = parameter_masks(model, build_circuit_mask("hard-anchors", run, model,
+                                                        forget_ids=ids, top_n=0.2).fixed)
+    after = dict(load_model(str(out / "model"), dtype="float32")[0].named_parameters())
+    for name, before in model.named_parameters():
+        keep = ~allowed.get(name, torch.zeros(before.shape, dtype=torch.bool))
+        assert torch.equal(after[name].detach()[keep], before.detach()[keep]), name
