@@ -146,8 +146,10 @@ def _run_folder(root, model, ids, hard, seed=0):
     return root
 
 
-@pytest.mark.parametrize("kind", ["hard-anchors", "batch", "random"])
-def test_masked_parameters_never_change(kind, tmp_path):
+@pytest.mark.parametrize(("kind", "method"), [("hard-anchors", "grad_diff"),
+                                              ("batch", "grad_diff"), ("random", "grad_diff"),
+                                              ("hard-anchors", "npo"), ("batch", "rmu")])
+def test_masked_parameters_never_change(kind, method, tmp_path):
     """Several AdamW steps with weight decay: every masked entry is bit-exact unchanged, the
     updated entries moved."""
     tokenizer = tiny_tokenizer()
@@ -155,9 +157,11 @@ def test_masked_parameters_never_change(kind, tmp_path):
     start = copy.deepcopy(model)
     ids = [s.id for s in FORGET]
     run = _run_folder(tmp_path / "run", model, ids, hard=ids[:2])
-    result = run_unlearning(model, tokenizer, FORGET, RETAIN, "grad_diff", max_steps=4, lr=1e-2,
+    options = {"trainable_layers": "all", "layer": 1} if method == "rmu" else {}
+    result = run_unlearning(model, tokenizer, FORGET, RETAIN, method, max_steps=4, lr=1e-2,
                             weight_decay=0.5, batch_size=2, grad_accum=1, warmup_epochs=0.0,
-                            circuit_mask=kind, circuits=str(run), mask_top_n=0.2)
+                            method_options=options, circuit_mask=kind, circuits=str(run),
+                            mask_top_n=0.2)
     mask = build_circuit_mask(kind, run, start, forget_ids=ids, top_n=0.2)
     allowed = parameter_masks(start, mask.reachable())
     assert 0 < parameter_count(allowed) < sum(p.numel() for p in start.parameters())

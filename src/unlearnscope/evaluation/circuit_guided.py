@@ -64,10 +64,12 @@ def paired_sign_flip_p(differences: np.ndarray, *, permutations: int = PERMUTATI
 
 def hardest_held_out(outcomes, held_out_ids: Sequence[str], n: int) -> list[str]:
     """The `n` hardest of `held_out_ids` by measured difficulty (`measured_difficulty`'s
-    rank-averaged `mean`, higher = harder; ties broken by sample id), hardest first."""
+    `mean`, the methods' ranks among the held-out samples averaged, higher = harder; ties
+    broken by sample id), hardest first."""
     held = set(held_out_ids)
-    measured = measured_difficulty(outcomes)
-    table = measured[measured.index.isin(held)][MEAN_METHOD]
+    others = {str(i) for tables in outcomes.values() for table in tables.values()
+              for i in table["sample_id"]} - held
+    table = measured_difficulty(outcomes, exclude_ids=others)[MEAN_METHOD]
     if len(table) < n:
         raise DataError(f"{len(table)} held-out samples with outcomes, fewer than the {n} "
                         "hardest asked for", field="n_hard")
