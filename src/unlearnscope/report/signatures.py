@@ -31,6 +31,7 @@ from unlearnscope.evaluation.experiments import to_markdown
 from unlearnscope.evaluation.validation import MEAN_METHOD, measured_difficulty
 from unlearnscope.report.plots import file_plot_uri
 from unlearnscope.runs import write_text
+from unlearnscope.scoring.cud import STORE_SUBDIR
 
 DEFAULT_TOP_N = 0.05  # as `unlearnscope circuits analyze`: 5% of the graph's edges
 
@@ -170,7 +171,7 @@ def write_claims(run_dir: str | Path, *, top_n: float = DEFAULT_TOP_N, quantile:
     difficulty (outcomes under `run_dir/unlearn`)."""
     run_dir = Path(run_dir)
     easy, hard = easy_hard_by_measured(read_run_outcomes(run_dir), quantile)
-    signatures = compare_easy_hard(run_dir / "circuits", easy, hard, top_n=top_n,
+    signatures = compare_easy_hard(run_dir / STORE_SUBDIR, easy, hard, top_n=top_n,
                                    n_resamples=n_resamples, seed=seed)
     table = claims_table(signatures)
     folder = run_dir / "validation"

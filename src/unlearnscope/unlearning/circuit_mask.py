@@ -43,9 +43,9 @@ from unlearnscope.circuits.selection import circuit_nodes, resolve_n
 from unlearnscope.circuits.store import HEADER_FILE, CircuitStore
 from unlearnscope.circuits.ungroup import repeat_kv_heads
 from unlearnscope.errors import DataError, UnknownNameError
+from unlearnscope.scoring.cud import STORE_SUBDIR
 
 CIRCUIT_MASKS = ("hard-anchors", "batch", "random")
-STORE_SUBDIR = "circuits"
 ANCHORS_SUBDIR = "anchors"
 
 
