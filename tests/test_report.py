@@ -299,7 +299,8 @@ def test_circuit_signatures_test_the_anchor_sets(full_run):
     assert f"3 easy and 3 hard circuits, each the top {n} of {LAYOUT.n_edges} edges" in page
     rows = {r["statistic"]: r for r in table_with_header(
         page, ["statistic", "n_easy", "n_hard", "mean_easy", "mean_hard", "median_easy",
-               "median_hard", "mannwhitney_u", "mannwhitney_p", "permutation_p"])}
+               "median_hard", "mannwhitney_u", "mannwhitney_p", "rank_biserial",
+               "permutation_p"])}
     edges = table_with_header(page, ["edge", "count_easy", "count_hard", "frequency_easy",
                                      "frequency_hard", "difference", "p_value", "q_value"])
     names = edge_names(LAYOUT)

@@ -163,10 +163,12 @@ def compare_statistics(table_a: pd.DataFrame, table_b: pd.DataFrame, *,
     """Two-sided tests of every scalar statistic between two sets of circuits.
 
     `table_a`, `table_b`: `circuit_statistics` frames. One row per statistic: sizes, means,
-    medians, the Mann-Whitney U statistic and p-value, and the p-value of a permutation test on
-    the difference of means (exact when the number of distinct splits is at most
-    `n_resamples`). NaNs are dropped first; the Mann-Whitney p-value is NaN when a side is
-    empty, the permutation p-value when a side has fewer than two values.
+    medians, the Mann-Whitney U statistic (of a) and p-value, its effect size `rank_biserial`
+    = 2 U / (n_a n_b) - 1 = P(a > b) - P(a < b) in [-1, 1] (positive: a larger), and the
+    p-value of a permutation test on the difference of means (exact when the number of
+    distinct splits is at most `n_resamples`). NaNs are dropped first; the Mann-Whitney
+    p-value and the effect size are NaN when a side is empty, the permutation p-value when a
+    side has fewer than two values.
     """
     rows = []
     for name in SCALAR_STATISTICS:
@@ -179,10 +181,11 @@ def compare_statistics(table_a: pd.DataFrame, table_b: pd.DataFrame, *,
                                "median_a": np.median(a) if len(a) else np.nan,
                                "median_b": np.median(b) if len(b) else np.nan,
                                "mannwhitney_u": np.nan, "mannwhitney_p": np.nan,
-                               "permutation_p": np.nan}
+                               "rank_biserial": np.nan, "permutation_p": np.nan}
         if len(a) and len(b):
             test = stats.mannwhitneyu(a, b, alternative="two-sided")
-            row.update(mannwhitney_u=float(test.statistic), mannwhitney_p=float(test.pvalue))
+            row.update(mannwhitney_u=float(test.statistic), mannwhitney_p=float(test.pvalue),
+                       rank_biserial=2.0 * float(test.statistic) / (len(a) * len(b)) - 1.0)
         if len(a) >= 2 and len(b) >= 2:  # scipy's permutation test needs two values a side
             perm = stats.permutation_test((a, b), _mean_difference, vectorized=True,
                                           n_resamples=n_resamples, alternative="two-sided",
@@ -234,6 +237,57 @@ def compare_edge_frequencies(in_graph_a: torch.Tensor, in_graph_b: torch.Tensor,
         "n_significant_q05": int((frame["q_value"] < 0.05).sum()),
     }
     return frame.reset_index(drop=True), summary
+
+
+def head_share(counts: np.ndarray, k: int) -> np.ndarray:
+    """Share of a set's edge occurrences in its `k` most frequent edges: `counts` `[..., E]`
+    (per-edge circuit counts) -> `[...]` (NaN for a set without edges)."""
+    counts = np.asarray(counts, dtype=np.float64)
+    top = -np.sort(-counts, axis=-1)[..., :k].sum(axis=-1)
+    total = counts.sum(axis=-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(total > 0, top / total, np.nan)
+
+
+def compare_frequency_distributions(in_graph_a: torch.Tensor, in_graph_b: torch.Tensor,
+                                    layout: GraphLayout, *, head_fraction: float = 0.1,
+                                    n_resamples: int = 2000, seed: int = 0) -> dict[str, Any]:
+    """Do two sets' edge-frequency distributions differ, and which has the heavier head?
+
+    Over the edges present in either set (`[n_a | n_b, n_forward, n_backward]` circuits):
+    `ks_statistic`, `ks_p` (two-sample Kolmogorov-Smirnov on the per-edge frequencies of the
+    two sets), and `head_share_a`, `head_share_b` (`head_share` of the `k = ceil(head_fraction
+    * n_present)` most frequent edges of each set), with `head_share_p`, a two-sided
+    permutation p-value of their difference (circuits relabelled between the sets,
+    `n_resamples` seeded draws, p = (1 + #) / (1 + n_resamples)).
+    """
+    vectors_a = edge_vector(_batched(in_graph_a), layout).numpy()
+    vectors_b = edge_vector(_batched(in_graph_b), layout).numpy()
+    present = np.flatnonzero(vectors_a.any(axis=0) | vectors_b.any(axis=0))
+    pooled = np.concatenate([vectors_a[:, present], vectors_b[:, present]]).astype(np.float64)
+    n_a = len(vectors_a)
+    result: dict[str, Any] = {"n_edges_present": len(present), "head_fraction": head_fraction,
+                              "ks_statistic": np.nan, "ks_p": np.nan, "head_share_a": np.nan,
+                              "head_share_b": np.nan, "head_share_p": np.nan}
+    if not len(present):
+        return result
+    k = math.ceil(head_fraction * len(present))
+    freq_a, freq_b = pooled[:n_a].mean(axis=0), pooled[n_a:].mean(axis=0)
+    ks = stats.ks_2samp(freq_a, freq_b)
+    share_a, share_b = head_share(pooled[:n_a].sum(axis=0), k), head_share(
+        pooled[n_a:].sum(axis=0), k)
+    observed = abs(share_a - share_b)
+    rng = np.random.default_rng(seed)
+    extreme = 0
+    for _ in range(n_resamples):
+        order = rng.permutation(len(pooled))
+        diff = head_share(pooled[order[:n_a]].sum(axis=0), k) - head_share(
+            pooled[order[n_a:]].sum(axis=0), k)
+        extreme += int(abs(diff) >= observed - 1e-12)
+    result.update(ks_statistic=float(ks.statistic), ks_p=float(ks.pvalue),
+                  head_share_a=float(share_a), head_share_b=float(share_b),
+                  head_share_p=(1 + extreme) / (1 + n_resamples), head_k=k)
+    return result
 
 
 def _pearson(x: np.ndarray, y: np.ndarray) -> float | None:

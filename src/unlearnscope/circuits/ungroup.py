@@ -21,11 +21,17 @@ from torch import nn
 from unlearnscope.circuits.architecture import ModelParts
 
 
+def repeat_kv_heads(output: torch.Tensor, n_kv_heads: int, groups: int) -> torch.Tensor:
+    """A k or v projection output `[..., n_kv_heads * head_dim]` with each key/value head
+    repeated for the `groups` query heads sharing it: `[..., n_kv_heads * groups * head_dim]`."""
+    *lead, width = output.shape
+    heads = output.reshape(*lead, n_kv_heads, width // n_kv_heads)
+    return heads.repeat_interleave(groups, dim=-2).reshape(*lead, width * groups)
+
+
 def _repeat_heads(n_kv_heads: int, groups: int):
     def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
-        *lead, width = output.shape
-        heads = output.reshape(*lead, n_kv_heads, width // n_kv_heads)
-        return heads.repeat_interleave(groups, dim=-2).reshape(*lead, width * groups)
+        return repeat_kv_heads(output, n_kv_heads, groups)
 
     return hook
 

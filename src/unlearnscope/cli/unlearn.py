@@ -26,6 +26,7 @@ from unlearnscope.errors import UnlearnscopeError
 from unlearnscope.models import load_model
 from unlearnscope.models.precision import PRECISIONS
 from unlearnscope.runs import write_config
+from unlearnscope.unlearning.circuit_mask import CIRCUIT_MASKS
 from unlearnscope.unlearning.methods import METHODS, NLL_WEIGHTINGS, RMU_SETTINGS
 from unlearnscope.unlearning.samplers import SCHEDULES
 from unlearnscope.unlearning.trainer import UnlearnConfig, run_unlearning
@@ -112,6 +113,21 @@ def register(subparsers) -> None:
                              "float32")
     parser.add_argument("--retain-eval-limit", type=int, default=None,
                         help="evaluate at most N retain samples (a seeded random subset)")
+    parser.add_argument("--circuit-mask", choices=CIRCUIT_MASKS, default=None,
+                        help="update only the attention heads and MLPs of circuits: "
+                             "hard-anchors (the union of the hard anchors' circuits), batch "
+                             "(each step the union of its forget samples' circuits) or random "
+                             "(random components with the hard-anchor mask's parameter count)")
+    parser.add_argument("--circuits", default=None, metavar="RUN_DIR",
+                        help="for --circuit-mask: a circuit store, or a run folder holding "
+                             "circuits/ (and anchors/anchors.json)")
+    parser.add_argument("--mask-top-n", type=float, default=defaults.mask_top_n,
+                        help="edges of each sample's circuit (a count, or a fraction of the "
+                             "edges below 1), pruned")
+    parser.add_argument("--mask-anchors", default=None,
+                        help="anchors.json of the hard anchors (default: RUN_DIR/anchors/)")
+    parser.add_argument("--mask-seed", type=int, default=None,
+                        help="seed of the random control (default: --seed)")
     parser.set_defaults(func=run)
 
 
@@ -148,7 +164,9 @@ def run(args: argparse.Namespace) -> int:
         curriculum_chunks=args.curriculum_chunks, checkpoint_every=args.checkpoint_every,
         track_every=args.track_every, rouge=args.rouge, max_new_tokens=args.max_new_tokens,
         eval_batch_size=args.eval_batch_size, retain_eval_limit=args.retain_eval_limit,
-        max_length=args.max_length, precision=args.precision)
+        max_length=args.max_length, precision=args.precision, circuit_mask=args.circuit_mask,
+        circuits=args.circuits, mask_top_n=args.mask_top_n, mask_anchors=args.mask_anchors,
+        mask_seed=args.mask_seed)
     model, tokenizer = load_model(args.model, dtype=args.dtype,
                                   trust_remote_code=args.trust_remote_code)
     if len(seeds) == 1:

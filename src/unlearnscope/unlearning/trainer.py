@@ -48,6 +48,7 @@ from unlearnscope.runs import (
     write_json,
     write_parquet,
 )
+from unlearnscope.unlearning.circuit_mask import MaskedUpdates, build_circuit_mask
 from unlearnscope.unlearning.methods import UnlearningMethod, get_method
 from unlearnscope.unlearning.outcomes import (
     answer_losses,
@@ -89,6 +90,16 @@ class UnlearnConfig:
     retain_eval_limit: int | None = None
     max_length: int | None = None
     precision: str = "float32"  # or "bf16-autocast" around each loss (models.precision)
+    # circuit-guided updates (unlearning.circuit_mask): None (every parameter), or a mask
+    # kind of CIRCUIT_MASKS over the components of the circuits in the store `circuits` (a
+    # store or a run folder), each sample's top `mask_top_n` edges pruned; hard anchors from
+    # `mask_anchors` (default: the run folder's anchors/anchors.json); `mask_seed` draws the
+    # random control (default: `seed`)
+    circuit_mask: str | None = None
+    circuits: str | None = None
+    mask_top_n: float = 0.05
+    mask_anchors: str | None = None
+    mask_seed: int | None = None
 
 
 @dataclass
@@ -238,9 +249,12 @@ def run_unlearning(model, tokenizer, forget_samples: list[Sample],
     if unlearner.uses_reference:
         reference = copy.deepcopy(model).eval().requires_grad_(False)
     unlearner.prepare(model, forget, pad_token_id=pad)
+    masker = _masked_updates(model, config, forget_ids)
     if out is not None and accelerator.is_main_process:
         write_config(out, "unlearn", {**(run_options or {}), "settings": asdict(config),
                                       "method_options": unlearner.options,
+                                      "circuit_mask": None if masker is None
+                                      else masker.mask.details,
                                       "n_forget": len(forget), "n_retain": len(retain),
                                       "steps": plan.total_steps, "resumed": resuming})
     model.train()
@@ -279,7 +293,8 @@ def run_unlearning(model, tokenizer, forget_samples: list[Sample],
                           else retain_stream.draw(plan.global_batch))
         drawn[forget_indices] = True
         record = _train_step(model, unlearner, reference, optimizer, accelerator, forget,
-                             retain, forget_indices, retain_indices, pad, config, step)
+                             retain, forget_indices, retain_indices, pad, config, step,
+                             masker=masker)
         scheduler.step()
         history.append(record)
         bar.set_postfix(loss=f"{record['loss']:.4f}", refresh=False)
@@ -304,7 +319,21 @@ def run_unlearning(model, tokenizer, forget_samples: list[Sample],
     after = _evaluate(model, tokenizer, forget_samples, forget, retain_eval, pad, config, "after")
     return _finish(model, tokenizer, accelerator, checkpoints, out, save, config, unlearner,
                    forget_ids, before, after, history, tracked, plan, len(retain),
-                   int(drawn.sum()))
+                   int(drawn.sum()), masker)
+
+
+def _masked_updates(model, config: UnlearnConfig, forget_ids: list[str]) -> MaskedUpdates | None:
+    """The circuit mask of `config` enforced on `model` (None without `circuit_mask`)."""
+    if config.circuit_mask is None:
+        return None
+    if config.circuits is None:
+        raise DataError(f"circuit_mask '{config.circuit_mask}' needs a circuit store: set "
+                        "circuits (a store or a run folder)", field="circuits")
+    mask = build_circuit_mask(config.circuit_mask, config.circuits, model,
+                              forget_ids=forget_ids, top_n=config.mask_top_n,
+                              anchors=config.mask_anchors,
+                              seed=config.seed if config.mask_seed is None else config.mask_seed)
+    return MaskedUpdates(model, mask)
 
 
 def _retain_eval_subset(retain, config: UnlearnConfig):
@@ -340,9 +369,11 @@ def _batch_for_rank(encoded, indices: list[int], micro: int, accelerator: Accele
 
 def _train_step(model, unlearner: UnlearningMethod, reference, optimizer, accelerator,
                 forget, retain, forget_indices: list[int], retain_indices: list[int] | None,
-                pad: int, config: UnlearnConfig, step: int) -> dict[str, Any]:
+                pad: int, config: UnlearnConfig, step: int, *,
+                masker: MaskedUpdates | None = None) -> dict[str, Any]:
     """One optimizer step over `grad_accum` micro-batches on the global batch of dataset
-    indices `forget_indices` (and `retain_indices`); returns this process's losses."""
+    indices `forget_indices` (and `retain_indices`); returns this process's losses (and,
+    with `masker`, the number of parameter entries the step could update)."""
     totals = {"loss": 0.0, "forget_loss": 0.0, "retain_loss": 0.0}
     for micro in range(config.grad_accum):
         forget_batch = _batch_for_rank(forget, forget_indices, micro, accelerator, config, pad)
@@ -358,11 +389,16 @@ def _train_step(model, unlearner: UnlearningMethod, reference, optimizer, accele
         totals["forget_loss"] += parts.forget.item() / config.grad_accum
         if parts.retain is not None:
             totals["retain_loss"] += parts.retain.item() / config.grad_accum
+    if masker is not None:
+        masker.before_step(masker.mask.for_step(forget_indices))
+        totals["update_params"] = masker.last_count
     if config.max_grad_norm:
         accelerator.clip_grad_norm_([p for p in model.parameters() if p.requires_grad],
                                     config.max_grad_norm)
     lr = optimizer.param_groups[0]["lr"]
     optimizer.step()
+    if masker is not None:
+        masker.after_step()
     optimizer.zero_grad(set_to_none=True)
     return {"step": step + 1, "lr": lr, **totals}
 
@@ -395,7 +431,7 @@ def _finish(model, tokenizer, accelerator: Accelerator, checkpoints: _Checkpoint
             out: Path | None, save: bool, config: UnlearnConfig, unlearner: UnlearningMethod,
             forget_ids: list[str], before: dict, after: dict, history: list[dict],
             tracked: list[dict], plan: _Plan, n_retain: int,
-            distinct_drawn: int) -> UnlearnResult:
+            distinct_drawn: int, masker: MaskedUpdates | None = None) -> UnlearnResult:
     outcomes = outcome_table(forget_ids, before["forget_loss"], after["forget_loss"],
                              before.get("forget_rouge"), after.get("forget_rouge"))
     summary: dict[str, Any] = {
@@ -415,7 +451,15 @@ def _finish(model, tokenizer, accelerator: Accelerator, checkpoints: _Checkpoint
     if config.rouge:
         summary["forget"]["rouge_before"] = float(np.mean(before["forget_rouge"]))
         summary["forget"]["rouge_after"] = float(np.mean(after["forget_rouge"]))
-    training = pd.DataFrame(history, columns=["step", "lr", "loss", "forget_loss", "retain_loss"])
+    columns = ["step", "lr", "loss", "forget_loss", "retain_loss"]
+    if masker is not None:
+        counts = [record["update_params"] for record in history]
+        summary["circuit_mask"] = {
+            **masker.mask.details,
+            "parameters_total": sum(p.numel() for p in model.parameters()),
+            "update_params_mean": float(np.mean(counts)), "update_params_max": max(counts)}
+        columns.append("update_params")
+    training = pd.DataFrame(history, columns=columns)
     trajectory = (pd.DataFrame(tracked, columns=["step", "sample_id", "loss", "prob"])
                   if config.track_every else None)
     if out is not None and accelerator.is_main_process:
