@@ -73,7 +73,8 @@ def test_a_minimal_run_writes_every_product_and_resumes(tmp_path, capsys, monkey
             "answer_rarity", "predicted:npo", "predicted:mean"} <= set(scores.scorer)
     paper = json.loads((out / "paper" / "circuits" / "header.json").read_text())
     assert paper["method"] == "EAP-IG-activations" and paper["metric"] == "paper_prob_diff"
-    for table in ("partial", "prediction", "cross_method", "cud_choice"):
+    for table in ("partial", "prediction", "cross_method", "cud_choice", "circuit_guided",
+                  "depth_ablation", "claims"):
         assert (out / "validation" / f"{table}.csv").is_file(), table
     n_forget = summary["n_forget"]
     assert (scores.groupby("scorer").size() == n_forget).all()

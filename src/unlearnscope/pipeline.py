@@ -39,8 +39,10 @@ from unlearnscope.anchors.sets import AnchorSets
 from unlearnscope.circuits.compute import ATTRIBUTION_PRESETS, compute_circuits
 from unlearnscope.data import load_samples
 from unlearnscope.errors import DataError
+from unlearnscope.evaluation.circuit_guided import write_circuit_guided
 from unlearnscope.evaluation.cross_method import write_cross_method
 from unlearnscope.evaluation.cud_choice import write_cud_choice
+from unlearnscope.evaluation.depth_ablation import write_depth_ablation
 from unlearnscope.evaluation.experiments import (
     Unlearner,
     easy_hard_sets,
@@ -62,7 +64,8 @@ from unlearnscope.evaluation.validation import (
 from unlearnscope.models import load_model
 from unlearnscope.models.finetune import FinetuneConfig, build_tiny, finetune, mean_answer_prob
 from unlearnscope.report import build_report
-from unlearnscope.report.signatures import compare_easy_hard
+from unlearnscope.report.rundata import write_samples
+from unlearnscope.report.signatures import compare_easy_hard, write_claims
 from unlearnscope.runs import write_config, write_json, write_parquet, write_text
 from unlearnscope.scoring import BASELINES, get_scorer, score_samples
 from unlearnscope.scoring.base import LogitScorer
@@ -144,6 +147,8 @@ class DemoConfig:
     set_k: int = 4
     schedule_methods: tuple[str, ...] = ("npo", "grad_diff")
     schedule_budget: int = 10
+    # circuit-guided unlearning (updates restricted to circuit components) at schedule_budget
+    circuit_guided_methods: tuple[str, ...] = ("npo",)
     target_efficacy: float = 0.3
 
     def spec(self, split: str) -> str:
@@ -467,7 +472,20 @@ def _validation(demo: Demo, sets: AnchorSets, steps: dict[str, pd.DataFrame]) ->
     if demo.config.schedule_methods:
         demo.stage(f"schedule experiment ({demo.config.schedule_budget} steps)",
                    folder / "schedules.csv", schedules)
-    top_n = demo.config.circuit_top_n
+    top_n, seed = demo.config.circuit_top_n, demo.config.seed
+    if demo.config.circuit_guided_methods:
+        demo.stage("circuit-guided unlearning (circuit-masked vs global vs random control)",
+                   folder / "circuit_guided.csv",
+                   lambda: write_circuit_guided(
+                       demo.out, demo.config.unlearner(demo.target, demo.tokenizer, demo.retain),
+                       demo.forget, methods=demo.config.circuit_guided_methods,
+                       budget_steps=demo.config.schedule_budget, top_n=top_n, seed=seed))
+    demo.stage("CUD by edge depth (reader in the first / middle / last third)",
+               folder / "depth_ablation.csv",
+               lambda: write_depth_ablation(demo.out, top_n=top_n, vector=demo.config.cud_vector,
+                                            seed=seed))
+    demo.stage("the CUD paper's circuit claims, easy vs hard", folder / "claims.csv",
+               lambda: write_claims(demo.out, top_n=top_n, seed=seed))
     demo.stage("CUD across methods (anchors from one method, validated on the others)",
                folder / "cross_method.csv",
                lambda: write_cross_method(demo.out, top_n=top_n, seed=demo.config.seed,
@@ -488,6 +506,7 @@ def run_demo(out_dir: str | Path, config: DemoConfig | None = None) -> dict:
     torch.manual_seed(config.seed)
     forget, retain, holdout = config.samples()
     demo = Demo(out, config, forget=forget, retain=retain, holdout=holdout)
+    write_samples(out, forget)
     _models(demo)
     _unlearn(demo)
     steps = _steps_to_forget(demo)
