@@ -7,6 +7,8 @@ import pandas as pd
 import pytest
 
 from unlearnscope import pipeline
+from unlearnscope.cli import demo as cli_demo
+from unlearnscope.cli import main
 from unlearnscope.cli.demo import method_seeds, method_settings
 from unlearnscope.errors import DataError, UnlearnscopeError
 from unlearnscope.evaluation.validation import read_seed_outcomes
@@ -184,3 +186,17 @@ def test_a_run_config_file_gives_the_same_config_and_names_a_bad_field(tmp_path)
     path.write_text(json.dumps({"methods": "npo"}))
     with pytest.raises(DataError, match=r"field 'methods': expected a list"):
         load_demo_config(path)
+
+
+def test_demo_config_file_refuses_options_it_would_ignore(tmp_path, capsys, monkeypatch):
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps({"forget_split": "forget05", "mrd_draws": 7}))
+    assert main(["demo", "--config", str(path), "--seed", "3", "--out", str(tmp_path / "r")]) == 2
+    assert "drop --seed" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+    ran = []
+    monkeypatch.setattr(cli_demo, "run_demo", lambda out, config: ran.append((out, config)))
+    assert main(["demo", "--config", str(path), "--tofu-dir", "data/tofu",
+                 "--out", str(tmp_path / "r")]) == 0
+    assert ran == [(str(tmp_path / "r"), DemoConfig(forget_split="forget05", mrd_draws=7,
+                                                    tofu_dir="data/tofu"))]
