@@ -64,3 +64,28 @@ def test_a_gguf_model_saves_and_reloads_as_a_plain_checkpoint(tmp_path):
     ids = torch.tensor([tok("Question: Who wrote it?\nAnswer:")["input_ids"]])
     with torch.no_grad():
         torch.testing.assert_close(loaded(ids).logits, model(ids).logits)
+
+
+def test_a_run_folder_with_its_own_config_loads_its_model(tiny_lm, tmp_path):
+    """`finetune` / `unlearn` write the run's config.json next to `model/`; the run folder must
+    load as the model inside it, not be taken for a model folder."""
+    model, tok = tiny_lm
+    model.save_pretrained(tmp_path / "model")
+    tok.save_pretrained(tmp_path / "model")
+    (tmp_path / "config.json").write_text('{"command": "finetune", "lr": 0.001}')
+    loaded, _ = load_model(str(tmp_path), device="cpu")
+    ids = torch.tensor([tok("Question: Who?\nAnswer:")["input_ids"]])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids).logits, model(ids).logits)
+
+
+def test_a_missing_path_like_spec_is_not_found_without_a_hub_lookup(tmp_path, monkeypatch):
+    def no_hub(*args, **kwargs):
+        raise AssertionError("hub lookup")
+
+    monkeypatch.setattr("unlearnscope.models.loading._from_pretrained", no_hub)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    for spec in ("runs/target", "./x", "../x", "/no/such/folder", "a/b/c", "~/no-such-model"):
+        with pytest.raises(ModelError, match="model folder not found"):
+            load_model(spec, device="cpu")

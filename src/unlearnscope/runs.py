@@ -122,27 +122,39 @@ def write_config(out_dir: str | Path, command: str, options: dict[str, Any]) -> 
 class ProgressLog:
     """Append-only JSON-lines record of finished work, one object per line.
 
-    Used for `--resume`: a killed run keeps every line flushed before the kill; a torn last
-    line (killed mid-write) is ignored on reading.
+    Used for `--resume`: a killed run keeps every line flushed before the kill. A line counts
+    only once its newline is written, so a torn last line (killed mid-write, or a full disk) is
+    ignored on reading, even when its text happens to parse, and is cut off before the next
+    append, which would otherwise write onto it.
     """
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
 
+    def _complete_bytes(self) -> bytes:
+        """The file up to and including its last newline."""
+        data = self.path.read_bytes()
+        return data[:data.rfind(b"\n") + 1]
+
     def read(self) -> list[dict[str, Any]]:
         if not self.path.exists():
             return []
         records = []
-        with open(self.path, encoding="utf-8") as handle:
-            for line in handle:
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError:
-                    break
+        for number, line in enumerate(self._complete_bytes().splitlines(), start=1):
+            try:
+                records.append(json.loads(line))
+            except (json.JSONDecodeError, UnicodeDecodeError) as error:
+                raise DataError(f"not a JSON line ({error}); delete the file to recompute "
+                                "that work", source=str(self.path), line=number) from error
         return records
 
     def append(self, records: Iterable[dict[str, Any]]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.exists():
+            complete = self._complete_bytes()
+            if self.path.stat().st_size != len(complete):
+                with open(self.path, "r+b") as handle:
+                    handle.truncate(len(complete))
         with open(self.path, "a", encoding="utf-8") as handle:
             for record in records:
                 handle.write(json.dumps(record, default=_json_default) + "\n")

@@ -10,6 +10,28 @@ from unlearnscope.data import load_samples
 from unlearnscope.errors import UnlearnscopeError
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1 (sizes, counts, epochs)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got '{text}'") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """An argparse type: a finite number > 0 (learning rates)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got '{text}'") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number above 0, got {value}")
+    return value
+
+
 def add_model_args(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
     parser.add_argument("--model", required=required,
                         help="hub id, local folder, .gguf file, 'smollm2-135m' (or 'tiny' for "
@@ -29,14 +51,15 @@ def add_data_args(parser: argparse.ArgumentParser, *, flag: str = "--data",
         parser.add_argument("--data-dir", default=None,
                             help="local TOFU folder (else $UNLEARNSCOPE_TOFU_DIR, else the hub)")
     if not any(a.dest == "max_samples" for a in parser._actions):
-        parser.add_argument("--max-samples", type=int, default=None,
+        parser.add_argument("--max-samples", type=positive_int, default=None,
                             help="use only the first N samples")
 
 
 def add_run_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0,
+                        help="random seed (default: %(default)s)")
 
 
 def samples_from(args: argparse.Namespace, spec: str):

@@ -19,7 +19,13 @@ from unlearnscope.anchors import (
 )
 from unlearnscope.anchors.bilevel import SOLVERS
 from unlearnscope.anchors.gradients import SKETCH_KINDS
-from unlearnscope.cli._common import add_data_args, add_model_args, options_of, samples_from
+from unlearnscope.cli._common import (
+    add_data_args,
+    add_model_args,
+    options_of,
+    positive_int,
+    samples_from,
+)
 from unlearnscope.data import load_samples
 from unlearnscope.errors import UnlearnscopeError
 from unlearnscope.runs import write_config
@@ -76,8 +82,9 @@ def register(subparsers) -> None:
     bilevel.add_argument("--sketch-kind", choices=SKETCH_KINDS, default="rademacher",
                          help="dense +-1 or Gaussian projection (fast on a GPU), or a count "
                               "sketch (O(parameters) per batch, for large models on a CPU)")
-    bilevel.add_argument("--batch-size", type=int, default=8)
-    bilevel.add_argument("--max-length", type=int, default=None,
+    bilevel.add_argument("--batch-size", type=positive_int, default=8,
+                         help="samples per batch (default: %(default)s)")
+    bilevel.add_argument("--max-length", type=positive_int, default=None,
                          help="truncate sequences to this many tokens (default: model context)")
     parser.set_defaults(func=run, dtype="float32")
 

@@ -27,7 +27,13 @@ from unlearnscope.circuits.export import FORMATS, export_from_store
 from unlearnscope.circuits.metrics import METRICS
 from unlearnscope.circuits.selection import SELECTORS, resolve_n, select
 from unlearnscope.circuits.store import HEADER_FILE, CircuitStore
-from unlearnscope.cli._common import add_data_args, add_model_args, options_of, samples_from
+from unlearnscope.cli._common import (
+    add_data_args,
+    add_model_args,
+    options_of,
+    positive_int,
+    samples_from,
+)
 from unlearnscope.errors import DataError, UnlearnscopeError
 from unlearnscope.models import load_model
 from unlearnscope.runs import read_json, write_config, write_json, write_parquet
@@ -80,10 +86,11 @@ def register(subparsers) -> None:
     parser.add_argument("--backend", default="hooks", choices=["hooks", "bridge"],
                         help="hooks on the HF modules (faster) or TransformerLens' "
                              "TransformerBridge; same scores")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--max-length", type=int, default=None,
+    parser.add_argument("--batch-size", type=positive_int, default=8,
+                        help="samples per batch (default: %(default)s)")
+    parser.add_argument("--max-length", type=positive_int, default=None,
                         help="truncate sequences to this many tokens (default: model context)")
-    parser.add_argument("--shard-size", type=int, default=32,
+    parser.add_argument("--shard-size", type=positive_int, default=32,
                         help="samples per stored shard (the most a kill can lose)")
     parser.add_argument("--top-n", default="0.05",
                         help="edges in the summary's circuits: a count, or a fraction of the "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import copy
 
-from unlearnscope.cli._common import named_key_values
+from unlearnscope.cli._common import named_key_values, positive_float, positive_int
 from unlearnscope.cli.unlearn import parse_seeds
 from unlearnscope.errors import UnlearnscopeError
 from unlearnscope.pipeline import DemoConfig, load_demo_config, run_demo
@@ -35,11 +35,13 @@ def register(subparsers) -> None:
                         help="TOFU forget split (forget01, forget05, forget10)")
     parser.add_argument("--retain-authors", type=int, default=defaults.retain_authors,
                         help="TOFU retain authors (20 questions each) to train and keep")
-    parser.add_argument("--lr", type=float, default=defaults.lr, help="fine-tuning lr")
-    parser.add_argument("--max-epochs", type=int, default=defaults.max_epochs,
+    parser.add_argument("--lr", type=positive_float, default=defaults.lr, help="fine-tuning lr")
+    parser.add_argument("--max-epochs", type=positive_int, default=defaults.max_epochs,
                         help="fine-tuning epochs at most (stops at --target-prob)")
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    parser.add_argument("--unlearn-lr", type=float, default=defaults.unlearn["lr"])
+    parser.add_argument("--batch-size", type=positive_int, default=defaults.batch_size,
+                        help="samples per batch (default: %(default)s)")
+    parser.add_argument("--unlearn-lr", type=positive_float, default=defaults.unlearn["lr"],
+                        help="unlearning learning rate (default: %(default)s)")
     parser.add_argument("--unlearn-epochs", type=int, default=defaults.unlearn["epochs"])
     parser.add_argument("--methods", default=",".join(defaults.methods),
                         help="unlearning methods run on the whole forget set")

@@ -7,7 +7,7 @@ import json
 import re
 from pathlib import Path
 
-from unlearnscope.cli._common import add_model_args, options_of
+from unlearnscope.cli._common import add_model_args, options_of, positive_int
 from unlearnscope.data import load_samples
 from unlearnscope.errors import DataError
 from unlearnscope.evaluation.mia import DEFAULT_K
@@ -49,9 +49,10 @@ def register(subparsers) -> None:
                              "open-unlearning's TOFU_EVAL.json")
     parser.add_argument("--data-dir", default=None,
                         help="local TOFU folder (else $UNLEARNSCOPE_TOFU_DIR, else the hub)")
-    parser.add_argument("--max-samples", type=int, default=None,
+    parser.add_argument("--max-samples", type=positive_int, default=None,
                         help="use only the first N samples of every split")
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--batch-size", type=positive_int, default=16,
+                        help="samples per batch (default: %(default)s)")
     parser.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS,
                         help="greedy generation length for ROUGE")
     parser.add_argument("--k", type=float, default=DEFAULT_K,

@@ -5,7 +5,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from unlearnscope.cli._common import add_data_args, add_model_args, add_run_args, options_of
+from unlearnscope.cli._common import (
+    add_data_args,
+    add_model_args,
+    add_run_args,
+    options_of,
+    positive_float,
+    positive_int,
+)
 from unlearnscope.data import load_samples
 from unlearnscope.errors import UnlearnscopeError
 from unlearnscope.models import load_model
@@ -26,10 +33,14 @@ def register(subparsers) -> None:
     parser.add_argument("--extra-data", action="append", default=[],
                         help="more dataset specs to train on (e.g. the retain split)")
     add_run_args(parser)
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--lr", type=float, default=1e-5)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--grad-accum", type=int, default=1)
+    parser.add_argument("--epochs", type=positive_int, default=3,
+                        help="training epochs (default: %(default)s)")
+    parser.add_argument("--lr", type=positive_float, default=1e-5,
+                        help="peak learning rate (default: %(default)s)")
+    parser.add_argument("--batch-size", type=positive_int, default=8,
+                        help="samples per batch (default: %(default)s)")
+    parser.add_argument("--grad-accum", type=positive_int, default=1,
+                        help="micro-batches per optimizer step (default: %(default)s)")
     parser.add_argument("--warmup-ratio", type=float, default=0.1)
     parser.add_argument("--weight-decay", type=float, default=0.01)
     parser.add_argument("--checkpoint-every", type=int, default=0,
@@ -43,7 +54,7 @@ def register(subparsers) -> None:
                         help="dataset spec whose samples --target-prob is measured on, e.g. "
                              "tofu:forget05 when training on forget05 + retain95 (repeatable; "
                              "taken whole, --max-samples does not apply)")
-    parser.add_argument("--max-length", type=int, default=None)
+    parser.add_argument("--max-length", type=positive_int, default=None)
     parser.add_argument("--precision", choices=PRECISIONS, default="float32",
                         help="float32, or bf16-autocast: each batch's forward and loss in "
                              "bfloat16 autocast, weights, gradients and AdamW state float32 "

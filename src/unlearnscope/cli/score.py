@@ -11,6 +11,7 @@ from unlearnscope.cli._common import (
     add_run_args,
     named_key_values,
     options_of,
+    positive_int,
     samples_from,
 )
 from unlearnscope.models import load_model
@@ -38,12 +39,13 @@ def register(subparsers) -> None:
                         help="an option of one scorer, e.g. mrd.k=50, mrd.sigma=1e-5, "
                              "cud.anchors=runs/x/anchors/anchors.json, cud.circuits=runs/x "
                              "(repeatable; values are read as JSON when they parse, else text)")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--chunk-size", type=int, default=64,
+    parser.add_argument("--batch-size", type=positive_int, default=8,
+                        help="samples per batch (default: %(default)s)")
+    parser.add_argument("--chunk-size", type=positive_int, default=64,
                         help="samples per progress record (the most a kill can lose)")
     parser.add_argument("--merge", action="store_true",
                         help="keep other scorers' rows of an existing OUT/scores.parquet")
-    parser.add_argument("--max-length", type=int, default=None,
+    parser.add_argument("--max-length", type=positive_int, default=None,
                         help="truncate sequences to this many tokens (default: model context)")
     parser.set_defaults(func=run)
 

@@ -20,6 +20,8 @@ from unlearnscope.cli._common import (
     add_run_args,
     key_values,
     options_of,
+    positive_float,
+    positive_int,
     samples_from,
 )
 from unlearnscope.errors import UnlearnscopeError
@@ -48,11 +50,12 @@ def add_training_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--method", required=True, choices=sorted(METHODS))
     parser.add_argument("--method-option", action="append", default=[], metavar="KEY=VALUE",
                         help=METHOD_OPTIONS_HELP)
-    parser.add_argument("--lr", type=float, default=1e-5)
+    parser.add_argument("--lr", type=positive_float, default=1e-5,
+                        help="peak learning rate (default: %(default)s)")
     parser.add_argument("--weight-decay", type=float, default=0.01)
     parser.add_argument("--max-grad-norm", type=float, default=1.0,
                         help="clip the gradient norm (0 = no clipping)")
-    parser.add_argument("--max-length", type=int, default=None,
+    parser.add_argument("--max-length", type=positive_int, default=None,
                         help="truncate sequences to this many tokens (default: model context)")
 
 
@@ -72,10 +75,12 @@ def register(subparsers) -> None:
     add_run_args(parser)
     add_training_args(parser)
     defaults = UnlearnConfig()
-    parser.add_argument("--epochs", type=int, default=defaults.epochs)
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size,
+    parser.add_argument("--epochs", type=positive_int, default=defaults.epochs,
+                        help="training epochs (default: %(default)s)")
+    parser.add_argument("--batch-size", type=positive_int, default=defaults.batch_size,
                         help="per process and micro-step")
-    parser.add_argument("--grad-accum", type=int, default=defaults.grad_accum)
+    parser.add_argument("--grad-accum", type=positive_int, default=defaults.grad_accum,
+                        help="micro-batches per optimizer step (default: %(default)s)")
     parser.add_argument("--max-steps", type=int, default=None,
                         help="optimizer steps (overrides --epochs)")
     parser.add_argument("--warmup-epochs", type=float, default=defaults.warmup_epochs)

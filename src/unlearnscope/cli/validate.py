@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from unlearnscope.anchors import read_anchors
-from unlearnscope.cli._common import add_data_args, add_model_args
+from unlearnscope.cli._common import add_data_args, add_model_args, positive_float, positive_int
 from unlearnscope.data import load_samples
 from unlearnscope.errors import DataError
 from unlearnscope.evaluation import cross_method, cud_choice
@@ -107,10 +107,14 @@ def register(subparsers) -> None:
                              help="unlearning methods to run")
     experiments.add_argument("--k", type=int, default=8, help="set size (sets)")
     experiments.add_argument("--seeds", type=int, default=3, help="random sets (sets)")
-    experiments.add_argument("--epochs", type=int, default=5)
-    experiments.add_argument("--lr", type=float, default=1e-5)
-    experiments.add_argument("--batch-size", type=int, default=4)
-    experiments.add_argument("--grad-accum", type=int, default=1)
+    experiments.add_argument("--epochs", type=positive_int, default=5,
+                             help="training epochs (default: %(default)s)")
+    experiments.add_argument("--lr", type=positive_float, default=1e-5,
+                             help="peak learning rate (default: %(default)s)")
+    experiments.add_argument("--batch-size", type=positive_int, default=4,
+                             help="samples per batch (default: %(default)s)")
+    experiments.add_argument("--grad-accum", type=positive_int, default=1,
+                             help="micro-batches per optimizer step (default: %(default)s)")
     experiments.add_argument("--retain-model", default=None,
                              help="retain model for forget quality (schedules)")
     experiments.add_argument("--budget", type=int, default=20,

@@ -63,6 +63,15 @@ def smollm2_gguf_path() -> Path:
     raise ModelError(f"no .gguf file inside the installed package {SMOLLM2_PACKAGE}")
 
 
+def _looks_like_path(spec: str) -> bool:
+    """A spec that can only mean a local path: it starts with `.`, `/` or `~`, has a backslash
+    or more than one `/`, or its first component is an existing folder (`runs/target` where
+    `runs/` exists). Such a spec that does not exist is a missing folder, not a hub id."""
+    if spec.startswith((".", "/", "~")) or "\\" in spec or spec.count("/") > 1:
+        return True
+    return "/" in spec and Path(spec.split("/", 1)[0]).is_dir()
+
+
 def _from_pretrained(source: str, *, gguf_file: str | None, dtype: torch.dtype,
                      trust_remote_code: bool):
     kwargs = {"trust_remote_code": trust_remote_code}
@@ -110,13 +119,15 @@ def load_model(spec: str, *, dtype: str | torch.dtype | None = None,
                                             dtype=torch_dtype,
                                             trust_remote_code=trust_remote_code)
     elif path.is_dir():
-        if not (path / "config.json").is_file() and (path / MODEL_SUBDIR / "config.json").is_file():
-            path = path / MODEL_SUBDIR
+        if (path / MODEL_SUBDIR / "config.json").is_file():
+            path = path / MODEL_SUBDIR  # a run folder: its own config.json is the run's
         if not (path / "config.json").is_file():
             raise ModelError(f"{path} is not a model folder (no config.json)")
         model, tokenizer = _from_pretrained(str(path), gguf_file=None, dtype=torch_dtype,
                                             trust_remote_code=trust_remote_code)
-    elif "/" in spec and not spec.startswith((".", "/")) and spec.count("/") == 1:
+    elif _looks_like_path(spec):
+        raise ModelError(f"model folder not found: {path}")
+    elif "/" in spec and spec.count("/") == 1:
         try:
             model, tokenizer = _from_pretrained(spec, gguf_file=None, dtype=torch_dtype,
                                                 trust_remote_code=trust_remote_code)
