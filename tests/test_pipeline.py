@@ -61,9 +61,14 @@ def test_a_minimal_run_writes_every_product_and_resumes(tmp_path, capsys, monkey
     evaluated = []
     real_evaluate = pipeline.evaluate_tofu
 
+    schedule_evaluations = []
+
     def counting(model, *args, **kwargs):
         if "holdout" in kwargs:  # a method's evaluation (the schedule runs pass no holdout)
             evaluated.append(model)
+            assert kwargs["gradnorm"] is True  # the default keeps the gradient-norm MIA
+        else:
+            schedule_evaluations.append(model)
         return real_evaluate(model, *args, **kwargs)
 
     monkeypatch.setattr(pipeline, "evaluate_tofu", counting)
@@ -140,6 +145,19 @@ def test_a_minimal_run_writes_every_product_and_resumes(tmp_path, capsys, monkey
     assert set(after.scorer) == set(before.scorer) | {"zlib"}
     kept = after[after.scorer != "zlib"].merge(before, on=["sample_id", "scorer"])
     assert len(kept) == len(before) and (kept.value_x == kept.value_y).all()
+
+    # the schedule experiment with its own (schedule, scorer) list and without TOFU metrics
+    schedules_csv = out / "validation" / "schedules.csv"
+    default_rows = pd.read_csv(schedules_csv)
+    assert len(schedule_evaluations) == len(default_rows)  # one per schedule run
+    schedules_csv.unlink()
+    run_demo(tmp_path, dataclasses.replace(
+        config, schedules=(("uniform", None), ("hard-to-easy", "loss")),
+        schedule_tofu_metrics=False))
+    rows = pd.read_csv(schedules_csv)
+    assert list(zip(rows.schedule, rows.scorer)) == [("uniform", "-"), ("hard-to-easy", "loss")]
+    assert rows.forget_quality.isna().all() and rows.model_utility.isna().all()
+    assert rows.efficacy.notna().all() and len(schedule_evaluations) == len(default_rows)
 
 
 def test_method_settings_split_training_keys_from_method_options():

@@ -44,6 +44,7 @@ from unlearnscope.evaluation.cross_method import write_cross_method
 from unlearnscope.evaluation.cud_choice import write_cud_choice
 from unlearnscope.evaluation.depth_ablation import write_depth_ablation
 from unlearnscope.evaluation.experiments import (
+    DEFAULT_SCHEDULES,
     Unlearner,
     easy_hard_sets,
     schedule_comparison,
@@ -147,6 +148,14 @@ class DemoConfig:
     set_k: int = 4
     schedule_methods: tuple[str, ...] = ("npo", "grad_diff")
     schedule_budget: int = 10
+    # (schedule, scorer) pairs of the schedule experiment; scorer None for uniform
+    schedules: tuple = DEFAULT_SCHEDULES
+    # forget quality and model utility of each schedule's model (a generation-based TOFU
+    # evaluation per schedule); off, the schedule table keeps its efficacy columns alone
+    schedule_tofu_metrics: bool = True
+    # the TOFU evaluation of each method's first seed includes the gradient-norm MIA (per-sample
+    # gradients over forget and holdout: most of that evaluation's time on a real model)
+    tofu_gradnorm: bool = True
     # circuit-guided unlearning (updates restricted to circuit components) at schedule_budget
     circuit_guided_methods: tuple[str, ...] = ("npo",)
     target_efficacy: float = 0.3
@@ -339,7 +348,8 @@ def _unlearn(demo: Demo) -> None:
             evaluation = evaluate_tofu(result.model, demo.tokenizer, forget=demo.forget,
                                        holdout=demo.holdout, retain=demo.retain,
                                        retain_truth_ratios=reference.truth_ratios,
-                                       retain_mia_auc=reference.mia_auc, max_new_tokens=32)
+                                       retain_mia_auc=reference.mia_auc, max_new_tokens=32,
+                                       gradnorm=config.tofu_gradnorm)
             tofu = config.tofu_dir is not None
             write_json(folder / "metrics.json", metrics_report(
                 evaluation, benchmark="tofu" if tofu else "synthetic",
@@ -451,10 +461,15 @@ def _validation(demo: Demo, sets: AnchorSets, steps: dict[str, pd.DataFrame]) ->
                    folder / "sets.csv", sets_experiment)
 
     def schedules() -> None:
-        retain_model, retain_tok = load_model(str(demo.out / "retain"), dtype="float32")
-        reference = retain_reference(retain_model, retain_tok, forget=demo.forget)
+        reference = None
 
         def evaluate(model) -> tuple[float | None, float | None]:
+            nonlocal reference
+            if not demo.config.schedule_tofu_metrics:
+                return None, None
+            if reference is None:
+                retain_model, retain_tok = load_model(str(demo.out / "retain"), dtype="float32")
+                reference = retain_reference(retain_model, retain_tok, forget=demo.forget)
             metrics = evaluate_tofu(model, demo.tokenizer, forget=demo.forget,
                                     retain=demo.retain,
                                     retain_truth_ratios=reference.truth_ratios,
@@ -465,7 +480,8 @@ def _validation(demo: Demo, sets: AnchorSets, steps: dict[str, pd.DataFrame]) ->
             demo.config.unlearner(demo.target, demo.tokenizer, demo.retain), demo.forget,
             scores, methods=demo.config.schedule_methods,
             budget_steps=demo.config.schedule_budget,
-            target_efficacy=demo.config.target_efficacy, evaluate=evaluate)
+            target_efficacy=demo.config.target_efficacy, evaluate=evaluate,
+            schedules=demo.config.schedules)
         write_text(folder / "schedules.csv", table.to_csv(index=False))
         write_text(folder / "schedules.md", to_markdown(table))
 
