@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import warnings
 
 import pandas as pd
 import pytest
@@ -14,7 +15,12 @@ from test_unlearning_support import tiny_model, tiny_tokenizer, toy_samples
 from unlearnscope.cli import main
 from unlearnscope.errors import DataError, UnknownNameError
 from unlearnscope.models.finetune import FinetuneConfig, build_tiny, finetune
-from unlearnscope.models.precision import PRECISIONS, check_precision, training_autocast
+from unlearnscope.models.precision import (
+    PRECISIONS,
+    check_precision,
+    native_cpu_bf16,
+    training_autocast,
+)
 from unlearnscope.unlearning.trainer import run_unlearning
 
 
@@ -134,3 +140,22 @@ def test_cli_precision_flags_reach_the_runs_and_their_records(tiny_model_dir, tm
     with pytest.raises(SystemExit):
         main(["unlearn", "--model", "x", "--method", "npo", "--forget", "x", "--out", "x",
               "--precision", "fp16"])
+
+
+@pytest.mark.parametrize("avx512_bf16, amx, warns", [(False, False, True), (True, False, False),
+                                                     (False, True, False)])
+def test_bf16_autocast_warns_on_a_cpu_that_emulates_bfloat16(monkeypatch, avx512_bf16, amx,
+                                                             warns):
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    model = tiny_model(tiny_tokenizer())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with training_autocast("bf16-autocast", model):
+            pass
+        with training_autocast("float32", model):
+            pass
+    messages = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+    assert len(messages) == warns and all("AVX512-BF16 or AMX" in m for m in messages)
+    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported")
+    assert native_cpu_bf16()  # torch cannot tell: no warning
