@@ -27,12 +27,13 @@ import torch
 from unlearnscope.data import load_samples
 from unlearnscope.data.tokenize import IGNORE_INDEX, collate, encode_samples, pad_id
 from unlearnscope.models import load_model
+from unlearnscope.models.architecture import decoder_layers
 from unlearnscope.models.finetune import build_tiny
 from unlearnscope.models.logprobs import mean_answer_nll
 from unlearnscope.models.precision import PRECISIONS, training_autocast
 from unlearnscope.runs import environment, write_json
 from unlearnscope.unlearning import losses
-from unlearnscope.unlearning.methods import RMU, decoder_layers, forward_logits, get_method
+from unlearnscope.unlearning.methods import RMU, forward_logits, get_method
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -12,13 +12,13 @@ from transformers.pytorch_utils import Conv1D
 
 from circuit_models import padded_batch, tiny
 from test_unlearning_support import tiny_model, tiny_tokenizer, toy_samples
-from unlearnscope.circuits.architecture import model_parts
 from unlearnscope.circuits.graph import GraphLayout
 from unlearnscope.circuits.selection import edge_matrix
 from unlearnscope.circuits.store import ShardWriter, write_header, write_index
 from unlearnscope.cli import main
 from unlearnscope.errors import DataError
 from unlearnscope.models import load_model
+from unlearnscope.models.architecture import model_parts
 from unlearnscope.runs import write_json
 from unlearnscope.unlearning.circuit_mask import (
     Components,

@@ -10,7 +10,6 @@ from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausa
 
 from circuit_models import FAMILIES, SMALL, VOCAB, padded_batch, tiny
 from unlearnscope.circuits import GraphLayout, attribute, graph_layout
-from unlearnscope.circuits.architecture import model_parts
 from unlearnscope.circuits.metrics import answer_logprob, paper_prob_diff
 from unlearnscope.circuits.readers import (
     add_layer_reader_gradients,
@@ -20,6 +19,7 @@ from unlearnscope.circuits.readers import (
 from unlearnscope.circuits.recorder import GraphRecorder
 from unlearnscope.circuits.ungroup import ungrouped_kv
 from unlearnscope.errors import DataError, NonFiniteError, UnknownNameError
+from unlearnscope.models.architecture import model_parts
 
 
 def test_gpt2_small_edge_count():

@@ -155,7 +155,8 @@ def test_a_minimal_run_writes_every_product_and_resumes(tmp_path, capsys, monkey
         config, schedules=(("uniform", None), ("hard-to-easy", "loss")),
         schedule_tofu_metrics=False))
     rows = pd.read_csv(schedules_csv)
-    assert list(zip(rows.schedule, rows.scorer)) == [("uniform", "-"), ("hard-to-easy", "loss")]
+    assert list(zip(rows.schedule, rows.scorer, strict=True)) == [
+        ("uniform", "-"), ("hard-to-easy", "loss")]
     assert rows.forget_quality.isna().all() and rows.model_utility.isna().all()
     assert rows.efficacy.notna().all() and len(schedule_evaluations) == len(default_rows)
 

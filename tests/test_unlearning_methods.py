@@ -15,9 +15,10 @@ from circuit_models import SMALL, padded_batch, tiny
 from test_unlearning_support import tiny_model, tiny_tokenizer, toy_samples
 from unlearnscope.data.tokenize import collate, encode_samples, pad_id
 from unlearnscope.errors import DataError, UnknownNameError
+from unlearnscope.models.architecture import decoder_layers
 from unlearnscope.models.logprobs import mean_answer_nll
 from unlearnscope.unlearning import losses, trainer
-from unlearnscope.unlearning.methods import METHODS, RMU_SETTINGS, decoder_layers, get_method
+from unlearnscope.unlearning.methods import METHODS, RMU_SETTINGS, get_method
 from unlearnscope.unlearning.trainer import run_unlearning
 
 

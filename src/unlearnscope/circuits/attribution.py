@@ -61,7 +61,6 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from unlearnscope.circuits.architecture import ModelParts, model_parts
 from unlearnscope.circuits.baselines import NAMED_BASELINES, Baseline, baseline_embeddings
 from unlearnscope.circuits.graph import GraphLayout
 from unlearnscope.circuits.metrics import get_metric
@@ -69,6 +68,7 @@ from unlearnscope.circuits.readers import add_layer_reader_gradients
 from unlearnscope.circuits.recorder import GraphRecorder, Writers
 from unlearnscope.data.tokenize import IGNORE_INDEX
 from unlearnscope.errors import DataError, UnknownNameError
+from unlearnscope.models.architecture import ModelParts, model_parts
 from unlearnscope.progress import progress_bar
 from unlearnscope.runs import check_finite
 

@@ -42,7 +42,6 @@ from torch import nn
 from transformer_lens.model_bridge import TransformerBridge
 from transformer_lens.model_bridge.sources import build_bridge_from_module
 
-from unlearnscope.circuits.architecture import ModelParts, model_parts
 from unlearnscope.circuits.attribution import (
     AttributionResult,
     check_options,
@@ -53,6 +52,7 @@ from unlearnscope.circuits.baselines import Baseline, baseline_embeddings
 from unlearnscope.circuits.graph import GraphLayout
 from unlearnscope.circuits.metrics import get_metric
 from unlearnscope.errors import UnlearnscopeError
+from unlearnscope.models.architecture import ModelParts, model_parts
 from unlearnscope.progress import progress_bar
 from unlearnscope.runs import check_finite
 

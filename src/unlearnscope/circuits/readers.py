@@ -16,8 +16,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from unlearnscope.circuits.architecture import ModelParts
 from unlearnscope.circuits.recorder import ReaderGrads
+from unlearnscope.models.architecture import ModelParts
 
 
 def _rms_norm_vjp(norm: nn.Module, x: torch.Tensor, cotangents: torch.Tensor) -> torch.Tensor:

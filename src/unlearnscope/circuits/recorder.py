@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from unlearnscope.circuits.architecture import ModelParts
 from unlearnscope.circuits.ungroup import ungrouped_kv
+from unlearnscope.models.architecture import ModelParts
 
 
 @dataclass

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from unlearnscope.circuits.architecture import ModelParts
+from unlearnscope.models.architecture import ModelParts
 
 
 def repeat_kv_heads(output: torch.Tensor, n_kv_heads: int, groups: int) -> torch.Tensor:

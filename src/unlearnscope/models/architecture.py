@@ -1,7 +1,8 @@
-"""Where the EAP graph's writers and readers live inside a Hugging Face causal LM.
+"""Where the parts of a Hugging Face causal LM live: the one registry of model families.
 
-One small description per model family names the modules that matter for attribution: the
-token embedding, and per block the attention norm, the q/k/v projections (and how their
+Circuits (the EAP graph's writers and readers), circuit masks and RMU (its steered block) all
+look modules up here. One small description per model family names the modules that matter:
+the token embedding, and per block the block module itself, the attention norm, the q/k/v projections (and how their
 output features map to `[qkv, head, head_dim]`), the output projection, the MLP norm, the MLP,
 and the final norm. Attribution only hooks these modules; everything between them (RoPE,
 q/k norms, the attention kernel, dropout in eval mode) is the model's own code.
@@ -34,9 +35,11 @@ class BlockParts:
     `[3, n_heads, head_dim, d_model]` weights, so `grad @ weight` is each head's cotangent at
     the normed input. `o_proj` takes the concatenated head outputs `z` `[batch, pos, n_heads *
     head_dim]`; `o_weight()` is `[n_heads, head_dim, d_model]`. `mlp_norm` is the norm whose
-    output the MLP reads (the attention norm itself in Phi).
+    output the MLP reads (the attention norm itself in Phi). `layer` is the block module itself
+    (its output is the residual stream after the block).
     """
 
+    layer: nn.Module
     attn_norm: nn.Module
     qkv_modules: tuple[nn.Module, ...]
     split_qkv_grad: Callable[[list[torch.Tensor]], torch.Tensor]
@@ -94,6 +97,7 @@ def _separate_qkv_block(layer: nn.Module, attn: nn.Module, o_proj: nn.Module, ml
         return o_proj.weight.T.reshape(n_heads, head_dim, -1)
 
     return BlockParts(
+        layer=layer,
         attn_norm=layer.input_layernorm,
         qkv_modules=(attn.q_proj, attn.k_proj, attn.v_proj),
         split_qkv_grad=split,
@@ -155,7 +159,7 @@ def _gpt2(model: nn.Module) -> ModelParts:
         def o_weight() -> torch.Tensor:
             return attn.c_proj.weight.reshape(n_heads, head_dim, d_model)
 
-        return BlockParts(layer.ln_1, (attn.c_attn,), split, weight, attn.c_proj, o_weight,
+        return BlockParts(layer, layer.ln_1, (attn.c_attn,), split, weight, attn.c_proj, o_weight,
                           layer.ln_2, layer.mlp, attn)
 
     blocks = tuple(block(layer) for layer in model.transformer.h)
@@ -184,7 +188,7 @@ def _gpt_neox(model: nn.Module) -> ModelParts:
         def o_weight() -> torch.Tensor:
             return attn.dense.weight.T.reshape(n_heads, head_dim, d_model)
 
-        return BlockParts(layer.input_layernorm, (attn.query_key_value,), split, weight,
+        return BlockParts(layer, layer.input_layernorm, (attn.query_key_value,), split, weight,
                           attn.dense, o_weight, layer.post_attention_layernorm, layer.mlp, attn)
 
     blocks = tuple(block(layer) for layer in model.gpt_neox.layers)
@@ -201,8 +205,15 @@ _FAMILIES: dict[str, Callable[[nn.Module], ModelParts]] = {
 
 
 def model_parts(model: nn.Module) -> ModelParts:
-    """Describe `model` (a `*ForCausalLM`) for attribution; unknown families raise."""
+    """Describe `model` (a `*ForCausalLM`, or a wrapper holding it as `.module`, e.g. DDP);
+    unknown families raise."""
+    model = getattr(model, "module", model)
     model_type = getattr(model.config, "model_type", None)
     if model_type not in _FAMILIES:
         raise UnknownNameError("model family for circuits", str(model_type), list(_FAMILIES))
     return _FAMILIES[model_type](model)
+
+
+def decoder_layers(model: nn.Module) -> tuple[nn.Module, ...]:
+    """The transformer blocks of `model` in order (see `model_parts`)."""
+    return tuple(block.layer for block in model_parts(model).blocks)

@@ -2,7 +2,7 @@
 
 A circuit's components are its attention heads and MLP blocks (the nodes `a{l}.h{h}` and
 `m{l}` of `circuits.selection.circuit_nodes`; the input and the logits are not components).
-The parameters of a component (`circuits.architecture.model_parts` says where they live):
+The parameters of a component (`models.architecture.model_parts` says where they live):
 
 - head h of layer l: its output features of the q, k and v projections (rows of a Linear's
   weight, columns of GPT-2's Conv1D, and the matching bias entries) and its input features of
@@ -37,12 +37,12 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from unlearnscope.anchors.sets import ANCHORS_FILE, read_anchors
-from unlearnscope.circuits.architecture import ModelParts, model_parts
 from unlearnscope.circuits.graph import GraphLayout
 from unlearnscope.circuits.selection import circuit_nodes, resolve_n
 from unlearnscope.circuits.store import HEADER_FILE, CircuitStore
 from unlearnscope.circuits.ungroup import repeat_kv_heads
 from unlearnscope.errors import DataError, UnknownNameError
+from unlearnscope.models.architecture import ModelParts, model_parts
 from unlearnscope.scoring.cud import STORE_SUBDIR
 
 CIRCUIT_MASKS = ("hard-anchors", "batch", "random")

@@ -30,6 +30,7 @@ from torch import nn
 
 from unlearnscope.data.tokenize import IGNORE_INDEX, EncodedSample, iter_batches_by_length
 from unlearnscope.errors import DataError, UnknownNameError
+from unlearnscope.models.architecture import decoder_layers
 from unlearnscope.models.logprobs import mean_answer_nll, sequence_logprob
 from unlearnscope.unlearning import losses
 
@@ -203,16 +204,6 @@ class Undial(UnlearningMethod):
     def forget_loss(self, model, batch: Batch, reference: nn.Module | None) -> torch.Tensor:
         return losses.undial_loss(forward_logits(model, batch), reference_logits(reference, batch),
                                   batch["labels"], self.beta)
-
-
-def decoder_layers(model: nn.Module) -> nn.ModuleList:
-    """The transformer blocks of an HF causal LM (the ModuleList with one entry per layer)."""
-    model = getattr(model, "module", model)
-    n_layers = model.config.num_hidden_layers
-    for _, module in model.named_modules():
-        if isinstance(module, nn.ModuleList) and len(module) == n_layers:
-            return module
-    raise ValueError(f"no list of {n_layers} decoder layers in {type(model).__name__}")
 
 
 class _StopForward(Exception):
