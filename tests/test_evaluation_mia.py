@@ -2,24 +2,19 @@
 
 from __future__ import annotations
 
-import zlib
-
 import numpy as np
 import pytest
 import torch
 
 from unlearnscope.data.sample import Sample
-from unlearnscope.data.tokenize import IGNORE_INDEX, encode_sample
+from unlearnscope.data.tokenize import encode_sample
 from unlearnscope.errors import NonFiniteError
 from unlearnscope.evaluation.mia import (
-    content_mask,
     gradnorm_scores,
     mia_auc,
     min_k_plus_plus_scores,
     min_k_scores,
     privleak,
-    token_stats,
-    zlib_scores,
 )
 from unlearnscope.models.tiny import TinyConfig, build_tiny_model
 
@@ -72,47 +67,6 @@ def test_min_k_plus_plus_standardises_by_the_vocab_distribution():
     mask = torch.ones(1, 3, dtype=torch.bool)
     # z = (0.5, -1, -2); k = 0.67 -> int(2.01) = 2 lowest: -2, -1 -> 1.5
     assert min_k_plus_plus_scores(logprobs, mean, var, mask, k=0.67).item() == pytest.approx(1.5)
-
-
-def test_zlib_divides_loss_by_compressed_length():
-    texts = ["abc abc abc abc", "a very different and longer answer text"]
-    expected = [2.0 / len(zlib.compress(texts[0].encode())),
-                3.0 / len(zlib.compress(texts[1].encode()))]
-    assert zlib_scores(np.array([2.0, 3.0]), texts).tolist() == pytest.approx(expected)
-
-
-def test_content_mask_drops_only_a_closing_eos():
-    eos = 9
-    labels = torch.tensor([
-        [IGNORE_INDEX, IGNORE_INDEX, 4, 5, eos, IGNORE_INDEX],
-        [IGNORE_INDEX, 4, 5, 6, IGNORE_INDEX, IGNORE_INDEX],  # truncated: no EOS
-    ])
-    answer, content = content_mask(labels, eos)
-    assert answer.tolist() == [[False, True, True, True, False],
-                               [True, True, True, False, False]]
-    assert content.tolist() == [[False, True, True, False, False],
-                                [True, True, True, False, False]]
-
-
-def test_token_stats_against_full_log_softmax():
-    torch.manual_seed(0)
-    logits = torch.randn(2, 5, 7)
-    labels = torch.tensor([[IGNORE_INDEX, IGNORE_INDEX, 3, 1, 6],
-                           [IGNORE_INDEX, 2, 2, 6, IGNORE_INDEX]])
-    stats = token_stats(logits, labels, eos_token_id=6, with_vocab_stats=True)
-    log_p = torch.log_softmax(logits[:, :-1].double(), -1)
-    p = log_p.exp()
-    for b, t in [(0, 1), (0, 2), (0, 3), (1, 0), (1, 1), (1, 2)]:
-        target = labels[b, t + 1]
-        assert stats.logprobs[b, t].item() == pytest.approx(log_p[b, t, target].item(), abs=1e-5)
-        mean = (p[b, t] * log_p[b, t]).sum()
-        var = (p[b, t] * log_p[b, t] ** 2).sum() - mean**2
-        assert stats.vocab_mean[b, t].item() == pytest.approx(mean.item(), abs=1e-5)
-        assert stats.vocab_var[b, t].item() == pytest.approx(var.item(), abs=1e-5)
-        assert stats.argmax_correct[b, t].item() == (logits[b, t].argmax() == target).item()
-    assert stats.logprobs[1, 3].item() == 0.0  # padding carries nothing
-    expected_nll = -(log_p[0, 1, 3] + log_p[0, 2, 1] + log_p[0, 3, 6]) / 3
-    assert stats.mean_nll[0].item() == pytest.approx(expected_nll.item(), abs=1e-5)
 
 
 def test_gradnorm_matches_one_sample_at_a_time():

@@ -16,8 +16,6 @@ from unlearnscope.evaluation.tofu import (
     answer_statistics,
     closer_to_1_better,
     evaluate_tofu,
-    exact_memorization,
-    extraction_strength,
     forget_quality,
     harmonic_mean,
     normalized_probability,
@@ -76,22 +74,6 @@ def test_normalized_probability():
     mask = torch.tensor([[True, True, False]])
     value = normalized_probability(correct, wrong, mask)
     assert value.item() == pytest.approx(0.5 / (0.5 + 0.25 + 0.125))
-
-
-def test_exact_memorization_and_extraction_strength():
-    correct = torch.tensor([
-        [True, False, True, True, False],   # 4 tokens + 1 padding
-        [True, True, True, False, False],   # 3 tokens + 2 padding (padding "wrong")
-        [True, True, False, False, False],  # 3 tokens, last one wrong
-    ])
-    mask = torch.tensor([
-        [True, True, True, True, False],
-        [True, True, True, False, False],
-        [True, True, True, False, False],
-    ])
-    assert exact_memorization(correct, mask).tolist() == pytest.approx([3 / 4, 1.0, 2 / 3])
-    # longest correct suffix / length: 2/4, 3/3, 0/3
-    assert extraction_strength(correct, mask).tolist() == pytest.approx([0.5, 1.0, 0.0])
 
 
 def test_rouge_l_recall_hand_pair():

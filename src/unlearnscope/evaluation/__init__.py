@@ -7,8 +7,6 @@ from unlearnscope.evaluation.mia import (
     min_k_plus_plus_scores,
     min_k_scores,
     privleak,
-    token_stats,
-    zlib_scores,
 )
 from unlearnscope.evaluation.tofu import (
     answer_losses,
@@ -16,8 +14,6 @@ from unlearnscope.evaluation.tofu import (
     answer_statistics,
     closer_to_1_better,
     evaluate_tofu,
-    exact_memorization,
-    extraction_strength,
     forget_quality,
     harmonic_mean,
     metrics_report,
@@ -28,6 +24,12 @@ from unlearnscope.evaluation.tofu import (
     true_better,
     truth_ratio,
 )
+from unlearnscope.models.answer_stats import (
+    exact_memorization,
+    extraction_strength,
+    token_stats,
+    zlib_ratio,
+)
 from unlearnscope.models.generation import greedy_answers, left_pad, rouge_l_recall
 
 __all__ = [
@@ -37,5 +39,5 @@ __all__ = [
     "min_k_plus_plus_scores", "min_k_scores", "normalized_probability", "option_losses",
     "privleak", "retain_reference", "rouge_l_recall", "sample_truth_ratios", "token_stats",
     "true_better",
-    "truth_ratio", "zlib_scores",
+    "truth_ratio", "zlib_ratio",
 ]

@@ -15,17 +15,22 @@ open-unlearning does; the loss and zlib attacks use the mean NLL over all answer
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from scipy.stats import rankdata
 
-from unlearnscope.data.tokenize import IGNORE_INDEX, EncodedSample
+from unlearnscope.data.tokenize import EncodedSample
 from unlearnscope.errors import DataError
+from unlearnscope.models.answer_stats import (
+    DEFAULT_K,
+    TokenStats,
+    answer_mask,
+    mean_nll,
+    min_k_mean,
+    zlib_ratio,
+)
 from unlearnscope.models.gradients import (
     mean_tensor_norm,
     per_sample_gradient_norms,
@@ -35,99 +40,14 @@ from unlearnscope.models.logprobs import token_logprobs
 from unlearnscope.runs import check_finite
 
 ATTACKS = ("loss", "zlib", "min_k", "min_k_plus_plus", "gradnorm")
-DEFAULT_K = 0.4  # open-unlearning's TOFU configs use k = 0.4 for min-k and min-k++
-
-
-@dataclass
-class TokenStats:
-    """Teacher-forced statistics of the answer tokens of a batch.
-
-    Shapes: `[batch, pos-1]` (position t predicts token t+1), float32 where real-valued.
-    `answer_mask` marks every answer target (EOS included); `content_mask` the same without
-    a closing EOS. `vocab_mean`/`vocab_var` (mean and variance of log p under the model's own
-    next-token distribution, for min-k++) are present only when asked for, zero elsewhere.
-    """
-
-    logprobs: torch.Tensor
-    answer_mask: torch.Tensor
-    content_mask: torch.Tensor
-    argmax_correct: torch.Tensor
-    vocab_mean: torch.Tensor | None = None
-    vocab_var: torch.Tensor | None = None
-
-    @property
-    def mean_nll(self) -> torch.Tensor:
-        """Mean NLL over all answer tokens (EOS included): `[batch]`."""
-        return -(self.logprobs * self.answer_mask).sum(1) / self.answer_mask.sum(1).clamp(min=1)
-
-
-def content_mask(labels: torch.Tensor, eos_token_id: int | None) -> tuple[torch.Tensor,
-                                                                          torch.Tensor]:
-    """Answer target masks from labels `[batch, pos]` -> (answer `[batch, pos-1]`, content
-    `[batch, pos-1]`): content drops the last answer target when it is the EOS token."""
-    target = labels[:, 1:]
-    answer = target != IGNORE_INDEX
-    if eos_token_id is None:
-        return answer, answer.clone()
-    # the answer is one contiguous span: its last target is followed by a non-answer (or the
-    # end). Shifts and masks only, no indexing by values, so it also runs under vmap.
-    followed_by_answer = F.pad(answer[:, 1:], (0, 1), value=False)
-    last = answer & ~followed_by_answer
-    content = answer & ~(last & (target == eos_token_id))
-    return answer, content
-
-
-def token_stats(logits: torch.Tensor, labels: torch.Tensor, eos_token_id: int | None, *,
-                with_vocab_stats: bool = False) -> TokenStats:
-    """`TokenStats` from logits `[batch, pos, vocab]` and labels `[batch, pos]`.
-
-    The log-softmax over the vocabulary is taken in float32 on answer positions only (never a
-    full `[batch, pos, vocab]` float32 copy).
-    """
-    answer, content = content_mask(labels, eos_token_id)
-    target = labels[:, 1:].masked_fill(~answer, 0)
-    shape = target.shape
-    logprobs = torch.zeros(shape, dtype=torch.float32, device=logits.device)
-    correct = torch.zeros(shape, dtype=torch.bool, device=logits.device)
-    answer_logits = logits[:, :-1][answer].float()  # [n_answer_tokens, vocab]
-    log_p = F.log_softmax(answer_logits, dim=-1)
-    answer_targets = target[answer]
-    logprobs[answer] = log_p.gather(1, answer_targets[:, None]).squeeze(1)
-    correct[answer] = answer_logits.argmax(-1) == answer_targets
-    stats = TokenStats(logprobs, answer, content, correct)
-    if with_vocab_stats:
-        p = log_p.exp()
-        mean = (p * log_p).sum(-1)
-        var = (p * log_p.square()).sum(-1) - mean.square()
-        stats.vocab_mean = torch.zeros(shape, dtype=torch.float32, device=logits.device)
-        stats.vocab_var = torch.zeros(shape, dtype=torch.float32, device=logits.device)
-        stats.vocab_mean[answer] = mean
-        stats.vocab_var[answer] = var
-    return stats
-
-
-def _bottom_k_mean(values: torch.Tensor, mask: torch.Tensor, k: float) -> torch.Tensor:
-    """Per row, the mean of the `max(1, int(n * k))` smallest of the `n` masked values.
-
-    values, mask `[batch, pos]` -> `[batch]`; rows with no masked value give 0 (as the
-    reference does for empty answers)."""
-    n = mask.sum(1)
-    n_k = (n.float() * k).long().clamp(min=1)
-    # masked entries sort last; zero them so the running sums over valid entries stay finite
-    ordered = values.float().masked_fill(~mask, float("inf")).sort(dim=1).values
-    positions = torch.arange(values.shape[1], device=values.device)
-    ordered = ordered.masked_fill(positions[None, :] >= n[:, None], 0.0)
-    cumulative = ordered.cumsum(1)
-    index = (n_k - 1).clamp(max=values.shape[1] - 1)
-    picked = cumulative.gather(1, index[:, None]).squeeze(1) / n_k
-    return torch.where(n > 0, picked, torch.zeros_like(picked))
+INCLUDE_EOS = False  # the per-token attacks' EOS rule (`models.answer_stats`), open-unlearning's
 
 
 def min_k_scores(logprobs: torch.Tensor, mask: torch.Tensor, k: float = DEFAULT_K) -> torch.Tensor:
     """Min-k% Prob (Shi et al. 2024): minus the mean of the k% lowest token log-probs.
 
     logprobs, mask `[batch, pos]` -> `[batch]`."""
-    return -_bottom_k_mean(logprobs, mask, k)
+    return -min_k_mean(logprobs, mask, k)
 
 
 def min_k_plus_plus_scores(logprobs: torch.Tensor, vocab_mean: torch.Tensor,
@@ -139,14 +59,7 @@ def min_k_plus_plus_scores(logprobs: torch.Tensor, vocab_mean: torch.Tensor,
     All inputs `[batch, pos]` -> `[batch]`. The variance is floored at 1e-6 as in the reference.
     """
     z = (logprobs - vocab_mean) / vocab_var.clamp(min=1e-6).sqrt()
-    return -_bottom_k_mean(z, mask, k)
-
-
-def zlib_scores(mean_nll: torch.Tensor | np.ndarray, texts: Sequence[str]) -> np.ndarray:
-    """zlib attack (Carlini et al. 2021): mean answer NLL divided by the zlib-compressed length
-    (bytes) of the answer text. `[batch]` -> `[batch]`."""
-    lengths = np.array([max(len(zlib.compress(t.encode("utf-8"))), 1) for t in texts], float)
-    return np.asarray(mean_nll, dtype=np.float64) / lengths
+    return -min_k_mean(z, mask, k)
 
 
 def mia_auc(forget_scores: Sequence[float] | np.ndarray,
@@ -188,8 +101,7 @@ def gradnorm_scores(model, encoded: Sequence[EncodedSample], pad_token_id: int,
     order of `encoded`; parameter gradients (`.grad`) are left untouched."""
     def content_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         logprobs, _ = token_logprobs(logits, labels)
-        _, content = content_mask(labels, eos_token_id)
-        return -(logprobs * content).sum(1) / content.sum(1).clamp(min=1)
+        return mean_nll(logprobs, answer_mask(labels, eos_token_id, include_eos=INCLUDE_EOS))
 
     if not trainable_parameters(model):
         raise DataError("gradnorm needs parameters that require gradients")
@@ -200,17 +112,21 @@ def gradnorm_scores(model, encoded: Sequence[EncodedSample], pad_token_id: int,
     return scores.numpy()
 
 
-def attack_scores(stats: TokenStats, answer_texts: Sequence[str], *,
-                  k: float = DEFAULT_K) -> dict[str, np.ndarray]:
-    """The forward-pass attacks (loss, zlib, min-k, min-k++) of one batch: name -> `[batch]`."""
-    mean_nll = stats.mean_nll.cpu()
+def attack_scores(stats: TokenStats, answer_texts: Sequence[str], *, k: float = DEFAULT_K,
+                  include_eos: bool = INCLUDE_EOS) -> dict[str, np.ndarray]:
+    """The forward-pass attacks (loss, zlib, min-k, min-k++) of one batch: name -> `[batch]`.
+
+    loss and zlib take the mean NLL over all answer tokens; min-k and min-k++ follow
+    `include_eos` (default: without the closing EOS)."""
+    nll = mean_nll(stats.logprobs, stats.mask(include_eos=True)).cpu().double()
+    tokens = stats.mask(include_eos=include_eos)
     scores = {
-        "loss": mean_nll.numpy().astype(np.float64),
-        "zlib": zlib_scores(mean_nll.numpy(), answer_texts),
-        "min_k": min_k_scores(stats.logprobs, stats.content_mask, k).cpu().numpy(),
+        "loss": nll.numpy(),
+        "zlib": zlib_ratio(nll, answer_texts).numpy(),
+        "min_k": min_k_scores(stats.logprobs, tokens, k).cpu().numpy(),
     }
     if stats.vocab_mean is not None and stats.vocab_var is not None:
         scores["min_k_plus_plus"] = min_k_plus_plus_scores(
-            stats.logprobs, stats.vocab_mean, stats.vocab_var, stats.content_mask, k
+            stats.logprobs, stats.vocab_mean, stats.vocab_var, tokens, k
         ).cpu().numpy()
     return scores

@@ -10,7 +10,8 @@ Per-sample quantities, all from teacher-forced answers unless stated:
 - ROUGE-L recall of the greedy answer against the reference answer;
 - exact memorization: fraction of answer tokens that are the argmax prediction; extraction
   strength: length of the longest correctly predicted answer suffix / answer length (both
-  without the closing EOS).
+  without the closing EOS; the formulas are `models.answer_stats`'s, shared with the
+  difficulty scorers).
 
 Aggregates: forget truth ratio mean(min(R, 1/R)); retain-side truth ratios mean(max(0, 1 - R));
 forget quality: KS-test p-value between the per-sample forget truth ratios of the evaluated
@@ -40,11 +41,17 @@ from unlearnscope.data.tokenize import (
 from unlearnscope.errors import DataError
 from unlearnscope.evaluation.mia import (
     ATTACKS,
-    DEFAULT_K,
+    INCLUDE_EOS,
     attack_scores,
     gradnorm_scores,
     mia_auc,
     privleak,
+)
+from unlearnscope.models.answer_stats import (
+    DEFAULT_K,
+    exact_memorization,
+    extraction_strength,
+    mean_nll,
     token_stats,
 )
 from unlearnscope.models.generation import (
@@ -134,29 +141,6 @@ def normalized_probability(correct_loss: torch.Tensor, wrong_loss: torch.Tensor,
     logits = torch.cat([-correct_loss[:, None], (-wrong_loss).masked_fill(~wrong_mask, -math.inf)],
                        dim=1)
     return torch.softmax(logits.double(), dim=1)[:, 0].float()
-
-
-def exact_memorization(correct: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Fraction of answer tokens whose argmax prediction is the answer token.
-
-    correct, mask `[n, pos]` bool -> `[n]` float32."""
-    return (correct & mask).sum(1).float() / mask.sum(1).clamp(min=1).float()
-
-
-def extraction_strength(correct: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """1 - k/|y| for the smallest prefix length k after which the model's argmax predictions
-    reproduce the rest of the answer y, i.e. the longest correctly predicted suffix / |y|.
-
-    correct, mask `[n, pos]` bool (answer tokens contiguous) -> `[n]` float32. An answer whose
-    last token is wrong scores 0. (open-unlearning's loop gives 1/|y| there, since its k stops
-    at |y| - 1.)"""
-    wrong = mask & ~correct
-    positions = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)
-    last_wrong = torch.where(wrong, positions, torch.full_like(positions, -1)).max(1).values
-    last_answer = torch.where(mask, positions, torch.full_like(positions, -1)).max(1).values
-    n = mask.sum(1)
-    suffix = torch.where(last_wrong >= 0, last_answer - last_wrong, n)
-    return suffix.float() / n.clamp(min=1).float()
 
 
 # ---------------------------------------------------------------- model-facing functions
@@ -250,10 +234,14 @@ class AnswerStatistics:
 
 @torch.no_grad()
 def answer_statistics(model, tokenizer, samples: Sequence[Sample], *, batch_size: int = 16,
-                      k: float = DEFAULT_K, desc: str = "answer statistics"
-                      ) -> AnswerStatistics:
+                      k: float = DEFAULT_K, include_eos: bool = INCLUDE_EOS,
+                      desc: str = "answer statistics") -> AnswerStatistics:
     """One forward pass per batch gives the answer loss, exact memorization, extraction
-    strength and the loss / zlib / min-k / min-k++ attack scores of every sample."""
+    strength and the loss / zlib / min-k / min-k++ attack scores of every sample.
+
+    The loss (and zlib) counts the closing EOS; exact memorization, extraction strength, min-k
+    and min-k++ count it only with `include_eos` (open-unlearning's rule, the default, leaves
+    it out; `models.answer_stats`)."""
     encoded = _encode(tokenizer, model, samples)
     n = len(encoded)
     nll, em, es = np.zeros(n), np.zeros(n), np.zeros(n)
@@ -264,10 +252,12 @@ def answer_statistics(model, tokenizer, samples: Sequence[Sample], *, batch_size
                        attention_mask=batch["attention_mask"].to(model.device)).logits
         stats = token_stats(logits, batch["labels"].to(model.device), tokenizer.eos_token_id,
                             with_vocab_stats=True)
-        nll[indices] = stats.mean_nll.cpu().numpy()
-        em[indices] = exact_memorization(stats.argmax_correct, stats.content_mask).cpu().numpy()
-        es[indices] = extraction_strength(stats.argmax_correct, stats.content_mask).cpu().numpy()
-        batch_scores = attack_scores(stats, [samples[i].answer for i in indices], k=k)
+        tokens = stats.mask(include_eos=include_eos)
+        nll[indices] = mean_nll(stats.logprobs, stats.mask(include_eos=True)).cpu().numpy()
+        em[indices] = exact_memorization(stats.argmax_correct, tokens).cpu().numpy()
+        es[indices] = extraction_strength(stats.argmax_correct, tokens).cpu().numpy()
+        batch_scores = attack_scores(stats, [samples[i].answer for i in indices], k=k,
+                                     include_eos=include_eos)
         for name, values in batch_scores.items():
             scores[name][indices] = values
     check_finite(torch.from_numpy(nll), desc)

@@ -1,4 +1,6 @@
-"""Baseline difficulty scorers (DESIGN 5.1), all over the answer (+ EOS) tokens.
+"""Baseline difficulty scorers (DESIGN 5.1), all over the answer (+ EOS) tokens. The formulas
+are `models.answer_stats`'s, shared with the TOFU metrics and membership attacks (whose exact
+memorization, extraction strength and Min-K% leave the closing EOS out).
 
 Orientation: a sample the model has memorized well (low loss, high probability, exact
 memorization, a small gradient) is taken as harder to unlearn.
@@ -6,16 +8,26 @@ memorization, a small gradient) is taken as harder to unlearn.
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Sequence
 
 import torch
 
 from unlearnscope.data.sample import Sample
 from unlearnscope.data.tokenize import pad_id
+from unlearnscope.models.answer_stats import (
+    DEFAULT_K,
+    TokenStats,
+    exact_memorization,
+    extraction_strength,
+    min_k_mean,
+    token_stats,
+    zlib_ratio,
+)
 from unlearnscope.models.gradients import per_sample_gradient_norms
-from unlearnscope.models.logprobs import mean_answer_nll, shift_labels, token_logprobs
+from unlearnscope.models.logprobs import mean_answer_nll
 from unlearnscope.scoring.base import LogitScorer, Scorer, register_scorer
+
+INCLUDE_EOS = True  # the scorers' EOS rule (`models.answer_stats`): the closing EOS counts
 
 
 @register_scorer
@@ -40,11 +52,11 @@ class Prob(LogitScorer):
         return torch.exp(-mean_answer_nll(logits, batch["labels"]))
 
 
-def _argmax_hits(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """`[batch, pos-1]` bool: teacher-forced argmax equals the label; and the answer mask."""
-    target, mask = shift_labels(labels)
-    hits = (logits[:, :-1].argmax(dim=-1) == target) & mask
-    return hits, mask
+def _answer_tokens(logits: torch.Tensor, batch: dict[str, torch.Tensor]
+                   ) -> tuple[TokenStats, torch.Tensor]:
+    """The batch's `TokenStats` and the scorers' answer mask `[batch, pos-1]` (EOS included)."""
+    stats = token_stats(logits, batch["labels"])
+    return stats, stats.mask(include_eos=INCLUDE_EOS)
 
 
 @register_scorer
@@ -55,8 +67,8 @@ class ExactMemorization(LogitScorer):
     higher_is_harder = True
 
     def from_logits(self, logits, batch, samples):
-        hits, mask = _argmax_hits(logits, batch["labels"])
-        return hits.sum(dim=1).float() / mask.sum(dim=1).clamp(min=1)
+        stats, mask = _answer_tokens(logits, batch)
+        return exact_memorization(stats.argmax_correct, mask)
 
 
 @register_scorer
@@ -67,13 +79,8 @@ class ExtractionStrength(LogitScorer):
     higher_is_harder = True
 
     def from_logits(self, logits, batch, samples):
-        hits, mask = _argmax_hits(logits, batch["labels"])
-        length = mask.sum(dim=1)
-        # A miss at answer position j forces k >= j + 1, so k = (last miss index) + 1, or 0.
-        miss = mask & ~hits
-        answer_pos = mask.long().cumsum(dim=1) - 1  # 0-based position inside the answer
-        last_miss = torch.where(miss, answer_pos, torch.full_like(answer_pos, -1)).amax(dim=1)
-        return 1.0 - (last_miss + 1).float() / length.clamp(min=1)
+        stats, mask = _answer_tokens(logits, batch)
+        return extraction_strength(stats.argmax_correct, mask)
 
 
 @register_scorer
@@ -83,16 +90,13 @@ class MinK(LogitScorer):
     name = "min_k"
     higher_is_harder = True
 
-    def __init__(self, k: float = 0.4) -> None:
+    def __init__(self, k: float = DEFAULT_K) -> None:
         super().__init__(k=k)
         self.k = k
 
     def from_logits(self, logits, batch, samples):
-        logp, mask = token_logprobs(logits, batch["labels"])
-        n_low = (mask.sum(dim=1).float() * self.k).long().clamp(min=1)
-        ordered = logp.masked_fill(~mask, float("inf")).sort(dim=1).values
-        keep = torch.arange(ordered.shape[1], device=logp.device)[None, :] < n_low[:, None]
-        return ordered.masked_fill(~keep, 0.0).sum(dim=1) / n_low
+        stats, mask = _answer_tokens(logits, batch)
+        return min_k_mean(stats.logprobs, mask, self.k)
 
 
 @register_scorer
@@ -103,9 +107,7 @@ class Zlib(LogitScorer):
     higher_is_harder = False
 
     def from_logits(self, logits, batch, samples):
-        sizes = torch.tensor([len(zlib.compress(s.answer.encode("utf-8"))) for s in samples],
-                             dtype=torch.float32, device=logits.device)
-        return mean_answer_nll(logits, batch["labels"]) / sizes
+        return zlib_ratio(mean_answer_nll(logits, batch["labels"]), [s.answer for s in samples])
 
 
 @register_scorer
