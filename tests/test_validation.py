@@ -156,10 +156,20 @@ def _write_run(root, with_anchors=True):
         (root / "anchors").mkdir()
         (root / "anchors" / "anchors.json").write_text(json.dumps(
             {"easy": ["s6"], "hard": ["s7"], "fit_ids": ["s6", "s7"]}))
+        # the anchor-based variants record which samples their anchors were fitted on
+        (root / "scorers.json").write_text(json.dumps(
+            {name: {"name": "cud", "anchor_fit_ids": ["s6", "s7"]}
+             for name in ("cud:npo", "cud:graddiff")}))
 
 
 def test_cli_on_a_run_folder(tmp_path, capsys):
     _write_run(tmp_path)
+    configs = (tmp_path / "scorers.json").read_text()
+    (tmp_path / "scorers.json").unlink()
+    # `cud:npo` is a CUD variant: without a record of its anchors' fit samples it is refused
+    assert main(["validate", "--run", str(tmp_path), "--n-boot", "200"]) == 2
+    assert "scorer 'cud:npo': no config recorded" in capsys.readouterr().err
+    (tmp_path / "scorers.json").write_text(configs)
     assert main(["validate", "--run", str(tmp_path), "--n-boot", "200"]) == 0
     printed = capsys.readouterr().out
     assert "cud:npo" in printed and "mrd" in printed
@@ -182,9 +192,14 @@ def test_cli_with_explicit_files_and_errors(tmp_path, capsys):
     files = [str(tmp_path / "unlearn" / m / "outcomes.parquet") for m in ("npo", "graddiff")]
     args = ["validate", "correlations", "--scores", str(tmp_path / "scores.parquet"),
             "--outcomes", *files, "--methods", "x", "y", "--out", str(out), "--n-boot", "50"]
-    assert main(args) == 0
+    # the cud:<variant> scorers record no anchors: refused unless accepted, then flagged
+    assert main(args) == 2
+    assert "scorer 'cud:npo': no config recorded" in capsys.readouterr().err
+    assert main([*args, "--allow-unverified-holdout"]) == 0
     table = pd.read_csv(out / "validation" / "correlations.csv")
     assert set(table.method) == {"x", "y", "mean"} and (table.n == 12).all()
+    flagged = table.set_index("scorer")["unverified_holdout"].astype(str)
+    assert flagged.loc["cud:npo"].str.contains("cud:npo").all()
 
     assert main([*args[:-7], "--methods", "x", "--out", str(out)]) == 2
     assert "2 outcomes paths" in capsys.readouterr().err

@@ -50,7 +50,7 @@ from unlearnscope.evaluation.experiments import (
     schedule_comparison,
     to_markdown,
 )
-from unlearnscope.evaluation.holdout import read_scorer_configs, resolve_holdout
+from unlearnscope.evaluation.holdout import resolve_holdout
 from unlearnscope.evaluation.partial import write_partial_correlations
 from unlearnscope.evaluation.prediction import write_prediction
 from unlearnscope.evaluation.tofu import evaluate_tofu, metrics_report, retain_reference
@@ -68,7 +68,7 @@ from unlearnscope.report import build_report
 from unlearnscope.report.rundata import write_samples
 from unlearnscope.report.signatures import compare_easy_hard, write_claims
 from unlearnscope.runs import write_config, write_json, write_parquet, write_text
-from unlearnscope.scoring import BASELINES, get_scorer, score_samples
+from unlearnscope.scoring import BASELINES, get_scorer, read_scorer_configs, score_samples
 from unlearnscope.scoring.base import LogitScorer
 from unlearnscope.unlearning.steps_to_forget import StepsToForgetConfig, steps_to_forget
 from unlearnscope.unlearning.trainer import run_unlearning

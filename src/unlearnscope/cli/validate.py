@@ -28,7 +28,7 @@ from unlearnscope.evaluation.experiments import (
     schedule_comparison,
     to_markdown,
 )
-from unlearnscope.evaluation.holdout import read_scorer_configs, resolve_holdout
+from unlearnscope.evaluation.holdout import resolve_holdout
 from unlearnscope.evaluation.tofu import evaluate_tofu, retain_reference
 from unlearnscope.evaluation.validation import (
     SEED_DIR,
@@ -45,6 +45,7 @@ from unlearnscope.evaluation.validation import (
 )
 from unlearnscope.models import load_model
 from unlearnscope.runs import write_config, write_text
+from unlearnscope.scoring import read_scorer_configs
 from unlearnscope.scoring.cud import SIMILARITIES, VECTORS
 
 

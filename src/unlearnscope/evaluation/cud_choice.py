@@ -66,6 +66,7 @@ from unlearnscope.evaluation.anchored_cud import (
     vote_sets,
 )
 from unlearnscope.evaluation.experiments import to_markdown
+from unlearnscope.evaluation.holdout import uses_anchors
 from unlearnscope.evaluation.validation import (
     MEAN_METHOD,
     bootstrap_spearman_interval,
@@ -346,10 +347,10 @@ def scored_candidates(run_dir: str | Path) -> list[ScoredCandidate]:
     configs = read_scorer_configs(run_dir)
     out = []
     for name in dict.fromkeys(scores["scorer"]):
-        if not str(name).startswith("cud"):
+        config = configs.get(str(name), {})
+        if not uses_anchors(str(name), config):
             continue
         rows = scores[scores["scorer"] == name]
-        config = configs.get(str(name), {})
         out.append(ScoredCandidate(str(name), rows.set_index("sample_id")["difficulty"],
                                    _anchor_fit_ids(config), config))
     return out

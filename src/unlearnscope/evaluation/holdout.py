@@ -15,39 +15,16 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from unlearnscope.anchors.sets import read_anchors
 from unlearnscope.errors import DataError
-from unlearnscope.runs import read_json
-from unlearnscope.scoring import SCORERS
+from unlearnscope.scoring import scorer_class
+from unlearnscope.scoring.runner import SCORERS_FILE
 
-SCORERS_FILE = "scorers.json"
 UNVERIFIED_COLUMN = "unverified_holdout"
-
-
-def read_scorer_configs(run_dir: str | Path) -> dict[str, dict[str, Any]]:
-    """`{scorer name: config}` recorded beside a score table: `run_dir/scorers.json`, else the
-    `scorer_configs` list of `run_dir/config.json` (as `unlearnscope score` writes it), else
-    `{}`. Same behaviour as `unlearnscope.scoring.runner.read_scorer_configs`."""
-    folder = Path(run_dir)
-    if (folder / SCORERS_FILE).is_file():
-        configs = read_json(folder / SCORERS_FILE)
-        bad = [name for name, value in configs.items() if not isinstance(value, dict)]
-        if bad:
-            raise DataError("expected an object per scorer", source=str(folder / SCORERS_FILE),
-                            field=bad[0])
-        return configs
-    if not (folder / "config.json").is_file():
-        return {}
-    record = read_json(folder / "config.json")
-    listed = record.get("scorer_configs", (record.get("options") or {}).get("scorer_configs"))
-    if not isinstance(listed, list):
-        return {}
-    return {str(c["name"]): c for c in listed if isinstance(c, dict) and "name" in c}
 
 
 def uses_anchors(scorer: str, config: Mapping[str, Any] | None) -> bool:
@@ -56,8 +33,7 @@ def uses_anchors(scorer: str, config: Mapping[str, Any] | None) -> bool:
     config = config or {}
     if config.get("uses_anchors"):
         return True
-    cls = SCORERS.get(str(config.get("name", scorer)))
-    return bool(getattr(cls, "uses_anchors", False))
+    return bool(getattr(scorer_class(config.get("name", scorer)), "uses_anchors", False))
 
 
 def _fit_ids_of(config: Mapping[str, Any]) -> tuple[set[str] | None, str]:

@@ -55,6 +55,7 @@ from unlearnscope.circuits.selection import resolve_n
 from unlearnscope.circuits.store import HEADER_FILE, CircuitStore
 from unlearnscope.errors import DataError
 from unlearnscope.evaluation.experiments import to_markdown
+from unlearnscope.evaluation.holdout import uses_anchors
 from unlearnscope.evaluation.validation import (
     correlations,
     difficulty_matrix,
@@ -64,7 +65,7 @@ from unlearnscope.evaluation.validation import (
     seed_mean_outcomes,
 )
 from unlearnscope.runs import write_parquet, write_text
-from unlearnscope.scoring import SCORE_COLUMNS, SCORERS
+from unlearnscope.scoring import SCORE_COLUMNS, scorer_class
 
 PREDICTED = "predicted"
 CIRCUIT_PREFIX = "circuit:"
@@ -197,14 +198,8 @@ def fit_predictor(features: pd.DataFrame, target: pd.Series, *, seed: int = 0,
                            pd.Series(predictions[best], index=features.index), selection)
 
 
-def _uses_anchors(scorer: str) -> bool:
-    cls = SCORERS.get(scorer.split(":")[0])
-    return bool(getattr(cls, "uses_anchors", False))
-
-
 def _kind(scorer: str) -> str:
-    cls = SCORERS.get(scorer.split(":")[0])
-    return "control" if getattr(cls, "is_control", False) else "scorer"
+    return "control" if getattr(scorer_class(scorer), "is_control", False) else "scorer"
 
 
 def circuit_features(store_dir: str | Path, sample_ids: Sequence[str], *,
@@ -224,7 +219,7 @@ def anchor_leak(scorer: str, fit_ids: set[str], anchor_fit_ids: set[str] | None
                 ) -> str | None:
     """Why an anchor-based `scorer` would leak outcomes from outside `fit_ids` (its anchors
     were discovered on `anchor_fit_ids`), or None when it does not (or uses no anchors)."""
-    if not _uses_anchors(scorer):
+    if not uses_anchors(scorer, None):
         return None
     if anchor_fit_ids is None:
         return ("built on anchors, and no anchors file shows they were discovered inside the "
@@ -261,7 +256,7 @@ def feature_table(scores: pd.DataFrame, fit_ids: Iterable[str], *,
             dropped[name] = "an earlier prediction"
         elif leak is not None:
             dropped[name] = leak
-        elif _uses_anchors(str(name)) and not use_anchor_scorers:
+        elif uses_anchors(str(name), None) and not use_anchor_scorers:
             dropped[name] = "anchor-based scorers left out on request"
         else:
             values = frame.loc[frame.index.isin(fit), name].dropna()
@@ -397,7 +392,7 @@ def _prediction_table(table: pd.DataFrame, fitted: Mapping[str, FittedPredictor]
         for scorer in single["scorer"]:
             pair = on_fit[scorer].notna().to_numpy()
             # an anchor-based scorer is in-sample on the fit half its anchors were voted on
-            fit_rho.append(np.nan if _uses_anchors(str(scorer)) else
+            fit_rho.append(np.nan if uses_anchors(str(scorer), None) else
                            _spearman(on_fit[scorer].to_numpy()[pair], target[pair]))
         single = single.assign(kind=[_kind(s) for s in single["scorer"]], model="",
                                fit_spearman=fit_rho)

@@ -46,7 +46,7 @@ from scipy import stats
 from unlearnscope.errors import DataError
 from unlearnscope.evaluation import reliability as rel
 from unlearnscope.evaluation.experiments import to_markdown
-from unlearnscope.evaluation.holdout import UNVERIFIED_COLUMN, unverified_note
+from unlearnscope.evaluation.holdout import UNVERIFIED_COLUMN, unverified_note, uses_anchors
 from unlearnscope.runs import check_finite, read_json, write_text
 
 CORRELATION_COLUMNS = ["scorer", "method", "spearman", "spearman_low", "spearman_high",
@@ -364,10 +364,10 @@ def scorer_correlations(scores: pd.DataFrame, exclude_ids: Iterable[str] = ()) -
 
 def cud_stability(scores: pd.DataFrame, exclude_ids: Iterable[str] = ()) -> pd.DataFrame:
     """Pairwise Spearman between CUD scorers built with different anchor methods (scorer
-    names starting with `cud`, e.g. `cud:npo`, `cud:graddiff`): `STABILITY_COLUMNS`; empty
+    the anchor-based scorers, e.g. `cud:npo`, `cud:graddiff`): `STABILITY_COLUMNS`; empty
     with fewer than two CUD scorers."""
     frame = difficulty_matrix(scores, exclude_ids)
-    names = [name for name in frame.columns if str(name).startswith("cud")]
+    names = [name for name in frame.columns if uses_anchors(str(name), None)]
     rows = []
     for a, b in itertools.combinations(names, 2):
         pair = frame[[a, b]].dropna()

@@ -25,6 +25,12 @@ def register_scorer(cls: type[Scorer]) -> type[Scorer]:
     return cls
 
 
+def scorer_class(table_name: str) -> type[Scorer] | None:
+    """The registered class of a score-table name (`cud`, or a variant `cud:npo`, named
+    `<scorer>:<detail>`); None for a name no scorer class produced (e.g. `predicted:npo`)."""
+    return SCORERS.get(str(table_name).split(":")[0])
+
+
 def get_scorer(name: str, **options: Any) -> Scorer:
     if name not in SCORERS:
         raise UnknownNameError("scorer", name, list(SCORERS))
