@@ -20,13 +20,15 @@ import torch
 from unlearnscope.circuits.architecture import ModelParts
 from unlearnscope.circuits.graph import GraphLayout
 from unlearnscope.circuits.recorder import GraphRecorder
+from unlearnscope.circuits.selection import edge_index
 
 
-def node_scores_from_edges(scores: torch.Tensor, layout: GraphLayout) -> torch.Tensor:
-    """Node scores `[..., n_forward]` of edge scores `[..., n_forward, n_backward]` (summed over
-    each writer's real edges)."""
-    mask = layout.real_edge_mask.to(device=scores.device, dtype=scores.dtype)
-    return (scores * mask).sum(dim=-1)
+def node_scores_from_edges(edge_scores: torch.Tensor, layout: GraphLayout) -> torch.Tensor:
+    """Node scores `[..., n_forward]` of edge scores on the real edges `[..., n_edges]`
+    (`selection.edge_vector` order): each writer's edge scores summed."""
+    writers, _ = edge_index(layout)
+    out = edge_scores.new_zeros((*edge_scores.shape[:-1], layout.n_forward))
+    return out.index_add_(-1, writers.to(edge_scores.device), edge_scores)
 
 
 class WriterGradientSum:
