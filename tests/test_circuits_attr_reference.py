@@ -160,12 +160,14 @@ def _paper_prob_diff(logits, labels, clean_logits):
 
 
 def reference_scores(model, batch, *, method, steps, baseline_embeds=None, zero_writers=False,
-                     metric=None):
+                     metric=None, alphas=None, positions=None):
     """Edge scores `[batch, n_forward, n_backward]` float64 straight from the definition.
 
     `zero_writers`: every writer's baseline activation is zero (instead of its activation on
     the baseline embeddings); `metric(logits, labels, clean_logits)`, default the mean answer
-    log-probability."""
+    log-probability; `alphas`: the input interpolation coefficients of EAP / EAP-IG-inputs
+    (default: EAP's 1, the left rule's k/steps); `positions` `[batch, pos]` bool: the positions
+    the sum runs over (default: all)."""
     ref = HandWrittenModel(model)
     ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
     clean = ref.embed(ids).detach()
@@ -178,6 +180,8 @@ def reference_scores(model, batch, *, method, steps, baseline_embeds=None, zero_
     if zero_writers:
         writers_base = torch.zeros_like(writers_clean)
     delta = (writers_base - writers_clean).double()
+    if positions is not None:
+        delta = delta * positions[:, None, :, None]
     layout = ref.layout
     if method == "EAP-IG-activations":
         # Each node group in turn (input, all heads of a layer, an MLP) is set to
@@ -194,7 +198,8 @@ def reference_scores(model, batch, *, method, steps, baseline_embeds=None, zero_
                          for u in group}
                 passes.append((mixed[0] if group == [0] else clean, {} if group == [0] else mixed))
     else:
-        alphas = [1.0] if method == "EAP" else [k / steps for k in range(steps)]
+        if alphas is None:
+            alphas = [1.0] if method == "EAP" else [k / steps for k in range(steps)]
         passes = [(base + alpha * (clean - base), {}) for alpha in alphas]
     grads = torch.zeros(clean.shape[0], n_backward, *clean.shape[1:], dtype=torch.float64)
     for embeds, replace in passes:

@@ -35,6 +35,11 @@ exactly this. In shallow models the scores stay finite but are dominated by that
 ones (SmolLM2-135M, 30 layers) the gradient overflows, and `attribute` raises `NonFiniteError`
 saying so (the reference stops on NaN too). `rule="midpoint"` never evaluates alpha = 0.
 
+Cheaper variants (the CUD proxies, `scoring.cud_proxies`): `positions="answer"` sums over the
+answer's positions only (labels != -100; the writer difference is zero elsewhere), and
+`level="nodes"` scores each writer instead of each edge (see `nodes`: the sum of its edge
+scores, from the gradients at the writers' outputs, without the per-reader gradients).
+
 The activation difference does not depend on the step, so reader gradients are summed over the
 steps and contracted with it once, as one batched matrix product per layer over the writers that
 precede that layer's readers.
@@ -64,6 +69,7 @@ from torch import nn
 from unlearnscope.circuits.baselines import NAMED_BASELINES, Baseline, baseline_embeddings
 from unlearnscope.circuits.graph import GraphLayout
 from unlearnscope.circuits.metrics import get_metric
+from unlearnscope.circuits.nodes import WriterGradientSum
 from unlearnscope.circuits.readers import add_layer_reader_gradients
 from unlearnscope.circuits.recorder import GraphRecorder, Writers
 from unlearnscope.data.tokenize import IGNORE_INDEX
@@ -80,14 +86,17 @@ _ZERO_STEP_HINT = (" (the alpha = 0 step runs the model on the baseline itself; 
 RULES = ("left", "midpoint")
 ZERO_ACTIVATIONS = "zero-activations"
 BASELINES = (*NAMED_BASELINES, ZERO_ACTIVATIONS)
+LEVELS = ("edges", "nodes")
+POSITIONS = ("all", "answer")
 
 
 @dataclass(frozen=True)
 class AttributionResult:
     """Per-sample edge scores in the reference layout.
 
-    scores `[batch, n_forward, n_backward]` float32 (0 on non-edges); metric_clean and
-    metric_baseline `[batch]`: the metric at the clean input and at the baseline input.
+    scores `[batch, n_forward, n_backward]` float32 (0 on non-edges), or `[batch, n_forward]`
+    for `level="nodes"`; metric_clean and metric_baseline `[batch]`: the metric at the clean
+    input and at the baseline input.
     """
 
     scores: torch.Tensor
@@ -229,9 +238,25 @@ def check_options(method: str, rule: str, ig_steps: int) -> None:
         raise DataError(f"ig_steps must be at least 1, got {ig_steps}", field="ig_steps")
 
 
+def check_variant(level: str, positions: str, method: str, backend: str) -> None:
+    """Reject an unknown level or positions, and node level where it is not implemented."""
+    if level not in LEVELS:
+        raise UnknownNameError("attribution level", level, list(LEVELS))
+    if positions not in POSITIONS:
+        raise UnknownNameError("attribution positions", positions, list(POSITIONS))
+    if (level, positions) != ("edges", "all") and backend != "hooks":
+        raise DataError(f"level '{level}' and positions '{positions}' need backend 'hooks', got "
+                        f"'{backend}'", field="backend")
+    if level == "nodes" and method == "EAP-IG-activations":
+        raise DataError("level 'nodes' needs method 'EAP' or 'EAP-IG-inputs' (an "
+                        "EAP-IG-activations pass replaces a writer's output, which then has no "
+                        "gradient)", field="level")
+
+
 def attribute(model: nn.Module, batch: dict[str, torch.Tensor], *, method: str = "EAP-IG-inputs",
               ig_steps: int = 5, baseline: Baseline = "zero", rule: str = "left",
-              metric: str = "answer_logprob", backend: str = "hooks") -> AttributionResult:
+              metric: str = "answer_logprob", backend: str = "hooks", level: str = "edges",
+              positions: str = "all") -> AttributionResult:
     """Per-sample EAP / EAP-IG edge scores of a HF causal LM on a right-padded batch.
 
     batch: `input_ids`, `attention_mask`, `labels` `[batch, pos]` (labels -100 outside the
@@ -239,8 +264,11 @@ def attribute(model: nn.Module, batch: dict[str, torch.Tensor], *, method: str =
     baseline embeddings `[batch, pos, d_model]`, or `"zero-activations"` (every writer at zero,
     EAP-IG-activations with the hooks backend only; see the module docstring). backend:
     `"hooks"` (hooks on the HF modules) or `"bridge"` (TransformerLens' TransformerBridge); same
-    numbers. Returns scores `[batch, n_forward, n_backward]`.
+    numbers. level: `"edges"` or `"nodes"` (one score per writer, the sum of its edge scores);
+    positions: `"all"` or `"answer"` (the sum over positions only over the answer's). Returns
+    scores `[batch, n_forward, n_backward]` (`[batch, n_forward]` for nodes).
     """
+    check_variant(level, positions, method, backend)
     zero_writers = isinstance(baseline, str) and baseline == ZERO_ACTIVATIONS
     if zero_writers and (method != "EAP-IG-activations" or backend != "hooks"):
         raise DataError(f"baseline '{ZERO_ACTIVATIONS}' needs method 'EAP-IG-activations' and "
@@ -279,14 +307,16 @@ def attribute(model: nn.Module, batch: dict[str, torch.Tensor], *, method: str =
                 runs[role] = (recorder.writers, logits)
         clean_logits = runs["clean"][1] if "clean" in runs else None
 
-        gradient_sum = _GradientSum(parts)
+        edges = level == "edges"
+        gradient_sum = _GradientSum(parts) if edges else WriterGradientSum(parts)
         n_nodes = 2 * parts.n_layers + 1 if method == "EAP-IG-activations" else 1
         passes = _passes(method, parts, clean_embeds, base_embeds, runs, alphas, shared)
         for embeds, overrides, role in progress_bar(passes, total=n_nodes * len(alphas),
                                                     desc=f"{method} passes", leave=False,
                                                     disable=None):
             leaf = embeds.detach().requires_grad_(True)
-            with recorder.recording(grads=True, writers=role is not None, embedding=leaf,
+            with recorder.recording(grads=edges, writer_grads=not edges,
+                                    writers=role is not None, embedding=leaf,
                                     overrides=overrides):
                 logits = _forward(model, input_ids, attention_mask)
                 if role == "clean":
@@ -301,7 +331,10 @@ def attribute(model: nn.Module, batch: dict[str, torch.Tensor], *, method: str =
         metric_clean = metric_fn(clean_logits, labels, clean_logits)
         metric_base = metric_fn(base_logits, labels, clean_logits)
         check_finite(metric_base, f"{metric} at the '{_describe(baseline)}' baseline")
-        scores = gradient_sum.contract(writer_differences(parts, base, clean), layout)
+        delta = writer_differences(parts, base, clean)
+        if positions == "answer":
+            delta = delta * (labels != IGNORE_INDEX)[:, None, :, None]
+        scores = gradient_sum.contract(delta, layout)
     check_finite(scores, f"{method} edge scores" + (_ZERO_STEP_HINT if alphas[0] == 0 else ""))
     return AttributionResult(scores, layout, metric_clean.detach(), metric_base.detach())
 

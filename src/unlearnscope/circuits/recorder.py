@@ -10,7 +10,9 @@ forward pass it can:
 - replace the token-embedding output, or one attention/MLP output, with a given tensor;
 - record, during the backward pass, the gradient at each q/k/v projection output, at the MLP's
   own (post-norm) input, at the final norm's input (the `logits` reader), and the inputs of the
-  attention/MLP norms, from which `reader_gradients` builds the per-reader gradients.
+  attention/MLP norms, from which `reader_gradients` builds the per-reader gradients;
+- or record the gradient at each writer's output instead (`writer_grads`: the token embedding,
+  each attention output, each MLP output), what node-level attribution needs.
 """
 
 from __future__ import annotations
@@ -46,6 +48,17 @@ class ReaderGrads:
     norm_inputs: dict[int, torch.Tensor] = field(default_factory=dict)
 
 
+@dataclass
+class WriterGrads:
+    """Gradients at the writers' outputs of one backward pass, `[batch, pos, d_model]` each:
+    the token embedding, per layer the attention output (after the output projection, shared
+    by its heads) and the MLP output; a missing key means no gradient."""
+
+    embed: torch.Tensor | None = None
+    attn_out: dict[int, torch.Tensor] = field(default_factory=dict)
+    mlp_out: dict[int, torch.Tensor] = field(default_factory=dict)
+
+
 class GraphRecorder:
     """Hooks on a model's writer/reader modules; see the module docstring."""
 
@@ -53,6 +66,7 @@ class GraphRecorder:
         self.parts = parts
         self.writers: Writers | None = None
         self.grads: ReaderGrads | None = None
+        self.writer_grads: WriterGrads | None = None
         self.embedding_override: torch.Tensor | None = None
         self.output_overrides: dict[nn.Module, torch.Tensor] = {}
         self.active = False
@@ -82,11 +96,12 @@ class GraphRecorder:
 
     @contextmanager
     def recording(self, *, writers: bool = False, grads: bool = False,
-                  embedding: torch.Tensor | None = None,
+                  writer_grads: bool = False, embedding: torch.Tensor | None = None,
                   overrides: dict[nn.Module, torch.Tensor] | None = None) -> Iterator[None]:
         """Configure the next forward pass (and its backward)."""
         self.writers = Writers() if writers else None
         self.grads = ReaderGrads() if grads else None
+        self.writer_grads = WriterGrads() if writer_grads else None
         self.embedding_override = embedding
         self.output_overrides = overrides or {}
         self.active = True
@@ -106,6 +121,9 @@ class GraphRecorder:
             output = self.embedding_override
         if self.writers is not None:
             self.writers.embed = output.detach()
+        if self.writer_grads is not None and output.requires_grad:
+            writer_grads = self.writer_grads
+            output.register_hook(lambda grad: setattr(writer_grads, "embed", grad))
         return output
 
     def _qkv_hook(self, layer: int, index: int):
@@ -127,7 +145,9 @@ class GraphRecorder:
             if self.writers is not None:
                 self.writers.z[layer] = args[0].detach()
                 self.writers.attn_out[layer] = output.detach()
-            return self.output_overrides.get(module, output)
+            output = self.output_overrides.get(module, output)
+            self._store_writer_grad(output, "attn_out", layer)
+            return output
 
         return hook
 
@@ -154,9 +174,21 @@ class GraphRecorder:
                 return output
             if self.writers is not None:
                 self.writers.mlp_out[layer] = output.detach()
-            return self.output_overrides.get(module, output)
+            output = self.output_overrides.get(module, output)
+            self._store_writer_grad(output, "mlp_out", layer)
+            return output
 
         return hook
+
+    def _store_writer_grad(self, output: torch.Tensor, kind: str, layer: int) -> None:
+        if self.writer_grads is None or not output.requires_grad:
+            return
+        found = getattr(self.writer_grads, kind)
+
+        def store(grad: torch.Tensor) -> None:
+            found[layer] = grad
+
+        output.register_hook(store)
 
     def _norm_hook(self, norm: nn.Module):
         def hook(module: nn.Module, args: tuple) -> None:

@@ -25,6 +25,14 @@ from zero activations (`baseline="zero-activations"`) on the metric
 afterwards; binary vectors; cosine similarity; d_E / (d_E + d_H). The anchors are one easy and
 one hard set (`anchor_method="combined"` by default) whose circuit is the mean of its samples'
 scores.
+
+Cheaper approximations of CUD (`CUD_PROXIES`, the scorer's `proxy` option; `bench/cud_proxy.py`
+measures each against full CUD): fewer gradients (`eap`: EAP's one; `ig2`: EAP-IG with 2 steps),
+node-level circuits (`nodes`: one score per writer, `circuits.nodes`; the circuit is the top
+`node_top_n` writers by |score|), the sum over answer positions only (`answer_positions`), and a
+seeded random sketch of the circuit vectors (`sketch256`: cosine on `sketch_dim` = 256
+coordinates, `anchors.gradients.GradientSketch`, `rademacher`; E[sketch . sketch] = c . c', an
+error of order |c| |c'| / sqrt(dim), which preserves cosine similarity approximately).
 """
 
 from __future__ import annotations
@@ -35,12 +43,14 @@ from typing import Any
 
 import torch
 
+from unlearnscope.anchors.gradients import GradientSketch
 from unlearnscope.anchors.sets import read_anchors
 from unlearnscope.circuits import attribute, graph_layout
-from unlearnscope.circuits.attribution import check_options
+from unlearnscope.circuits.attribution import check_options, check_variant
 from unlearnscope.circuits.compute import ATTRIBUTION_DEFAULTS, ATTRIBUTION_PRESETS
 from unlearnscope.circuits.graph import GraphLayout
 from unlearnscope.circuits.metrics import get_metric
+from unlearnscope.circuits.nodes import node_scores_from_edges
 from unlearnscope.circuits.selection import circuit_vector, edge_matrix, edge_vector, select
 from unlearnscope.circuits.store import (
     ATTRIBUTION_KEYS,
@@ -68,6 +78,17 @@ STORE_SUBDIR = "circuits"  # where `unlearnscope circuits --out DIR` puts its st
 # the CUD authors' configuration: every option `cud_paper` fixes
 PAPER_PRESET = {**ATTRIBUTION_PRESETS["paper"], "selection": "greedy", "top_n": 75,
                 "prune": False, "vector": "binary", "similarity": "cosine"}
+# Cheaper approximations of CUD (see the module docstring): the `cud` scorer options each sets.
+CUD_PROXIES: dict[str, dict[str, Any]] = {
+    "eap": {"method": "EAP"},
+    "ig2": {"ig_steps": 2},
+    "nodes": {"level": "nodes"},
+    "answer_positions": {"positions": "answer"},
+    "sketch256": {"sketch_dim": 256},
+}
+# the values of the options a proxy sets when the scorer is given none
+_PROXY_OPTION_DEFAULTS = {"method": None, "ig_steps": None, "level": "edges", "positions": "all",
+                          "sketch_dim": None}
 
 
 def similarity(vectors: torch.Tensor, anchor: torch.Tensor, kind: str = "cosine"
@@ -161,14 +182,26 @@ def cud_from_aggregates(sample_edge_scores: torch.Tensor, easy_aggregate: torch.
                         hard_aggregate: torch.Tensor, *, top_n: float = 0.05,
                         similarity: str = "cosine", vector: str = "binary",
                         layout: GraphLayout | None = None, selection: str = "topn",
-                        prune: bool = True) -> torch.Tensor:
-    """CUD `[n]` of samples' edge scores `[n, E]` against anchor aggregates `[E]`."""
+                        prune: bool = True, sketch_dim: int | None = None,
+                        sketch_seed: int = 0) -> torch.Tensor:
+    """CUD `[n]` of samples' edge scores `[n, E]` against anchor aggregates `[E]`.
+
+    `sketch_dim`: the similarity is taken between seeded random sketches of the circuit
+    vectors (`[n, sketch_dim]`, `GradientSketch` with `sketch_seed`), cosine only.
+    """
     def vectors(scores: torch.Tensor) -> torch.Tensor:
         return circuit_vectors(scores, top_n, vector=vector, layout=layout, selection=selection,
                                prune=prune)
 
     anchors = vectors(torch.stack([easy_aggregate, hard_aggregate]).float())
-    return cud(vectors(sample_edge_scores), anchors[0], anchors[1], similarity)
+    samples = vectors(sample_edge_scores)
+    if sketch_dim is not None:
+        if similarity != "cosine":
+            raise DataError(f"a sketch preserves inner products, so it needs similarity "
+                            f"'cosine', got '{similarity}'", field="similarity")
+        sketch = GradientSketch(int(sketch_dim), seed=sketch_seed)
+        anchors, samples = sketch.project([anchors]), sketch.project([samples])
+    return cud(samples, anchors[0], anchors[1], similarity)
 
 
 def cud_scores(sample_edge_scores: torch.Tensor, easy_edge_scores: torch.Tensor,
@@ -201,7 +234,11 @@ class CUD(Scorer):
     the anchors file's `data`, else the samples being scored), and the attribution settings
     `method`, `ig_steps`, `baseline`, `rule`, `metric`: with `circuits`, those given must match
     the store's header (the config reports the store's), else they default to
-    `ATTRIBUTION_DEFAULTS`.
+    `ATTRIBUTION_DEFAULTS`. The approximations (module docstring): `level` (`edges` or `nodes`,
+    the circuit then the top `node_top_n` writers; from a store, each writer's edge scores
+    summed), `positions` (`all` or `answer`, on-the-fly circuits only), `sketch_dim` and
+    `sketch_seed`; `proxy` (a name of `CUD_PROXIES`) sets the options it names, which must then
+    be left unset or given the proxy's value.
     """
 
     name = "cud"
@@ -214,9 +251,28 @@ class CUD(Scorer):
                  method: str | None = None, ig_steps: int | None = None,
                  baseline: str | None = None, rule: str | None = None,
                  metric: str | None = None, anchor_data: str | None = None,
-                 data_dir: str | None = None) -> None:
+                 data_dir: str | None = None, level: str = "edges", positions: str = "all",
+                 node_top_n: float = 0.25, sketch_dim: int | None = None, sketch_seed: int = 0,
+                 proxy: str | None = None) -> None:
         if anchors is None:
             raise DataError(f"the {self.name} scorer needs an anchors file", field="anchors")
+        chosen = {"method": method, "ig_steps": ig_steps, "level": level,
+                  "positions": positions, "sketch_dim": sketch_dim}
+        if proxy is not None:
+            if proxy not in CUD_PROXIES:
+                raise UnknownNameError("CUD proxy", proxy, list(CUD_PROXIES))
+            for key, value in CUD_PROXIES[proxy].items():
+                if chosen[key] not in (_PROXY_OPTION_DEFAULTS[key], value):
+                    raise DataError(f"proxy '{proxy}' sets {key}={value!r}, got "
+                                    f"{key}={chosen[key]!r}", field=key)
+                chosen[key] = value
+        method, ig_steps, level, positions, sketch_dim = chosen.values()
+        if level == "nodes" and selection != "topn":
+            raise DataError(f"node-level circuits are the top writers, selection 'topn', got "
+                            f"'{selection}'", field="selection")
+        if sketch_dim is not None and similarity != "cosine":
+            raise DataError(f"a sketch needs similarity 'cosine', got '{similarity}'",
+                            field="similarity")
         if similarity not in SIMILARITIES:
             raise UnknownNameError("similarity", similarity, list(SIMILARITIES))
         if vector not in VECTORS:
@@ -232,27 +288,53 @@ class CUD(Scorer):
                               source=str(self.store.directory / HEADER_FILE),
                               needed_by=f"the {self.name} scorer")
             attribution = {key: self.store.header.get(key) for key in ATTRIBUTION_KEYS}
+            if positions != "all":
+                raise DataError(f"positions '{positions}' needs circuits attributed on the fly "
+                                "(a store holds the sum over every position)", field="positions")
         else:
             attribution = {**ATTRIBUTION_DEFAULTS, **given}
             check_options(attribution["method"], attribution["rule"], attribution["ig_steps"])
+            check_variant(level, positions, attribution["method"], "hooks")
             get_metric(attribution["metric"])
         super().__init__(anchors=anchors, circuits=circuits, similarity=similarity,
                          vector=vector, top_n=top_n, selection=selection, prune=prune,
                          anchor_method=anchor_method, **attribution, anchor_data=anchor_data,
-                         data_dir=data_dir)
+                         data_dir=data_dir, level=level, positions=positions,
+                         node_top_n=node_top_n, sketch_dim=sketch_dim, sketch_seed=sketch_seed,
+                         proxy=proxy)
         self.anchors = read_anchors(anchors)
         self.anchor_sets = self.anchors.sets_for(anchor_method)
         self._aggregates: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def _attribute(self, model, tokenizer, encoded: Sequence[EncodedSample], batch_size: int
                    ) -> torch.Tensor:
-        """Edge scores `[n, E]` of encoded samples, attributed on the fly."""
+        """Edge scores `[n, E]` (node scores `[n, n_forward]` at level `nodes`) of encoded
+        samples, attributed on the fly."""
         layout = graph_layout(model)
-        out = torch.empty((len(encoded), layout.n_edges), dtype=torch.float32)
+        nodes = self.options["level"] == "nodes"
+        out = torch.empty((len(encoded), layout.n_forward if nodes else layout.n_edges),
+                          dtype=torch.float32)
         for indices, batch in iter_batches(encoded, batch_size, pad_id(tokenizer)):
-            result = attribute(model, batch, **{k: self.options[k] for k in ATTRIBUTION_KEYS})
-            out[indices] = edge_vector(result.scores, layout).cpu()
+            result = attribute(model, batch, **{k: self.options[k] for k in ATTRIBUTION_KEYS},
+                               level=self.options["level"], positions=self.options["positions"])
+            out[indices] = (result.scores if nodes else edge_vector(result.scores, layout)).cpu()
         return out
+
+    def _stored(self, ids: Sequence[str]) -> torch.Tensor:
+        """The store's edge scores `[n, E]` of `ids` (node scores `[n, n_forward]` at level
+        `nodes`)."""
+        scores = self.store.edge_scores(list(ids))
+        if self.options["level"] == "nodes":
+            return node_scores_from_edges(scores, self.store.layout)
+        return scores
+
+    def _cud_options(self, layout: GraphLayout) -> dict[str, Any]:
+        """`cud_from_aggregates` options: node-level circuits are the top `node_top_n` writers."""
+        options = {k: self.options[k] for k in ("top_n", "similarity", "vector", "selection",
+                                                "prune", "sketch_dim", "sketch_seed")}
+        if self.options["level"] == "nodes":
+            return {**options, "top_n": self.options["node_top_n"], "layout": None}
+        return {**options, "layout": layout}
 
     def _anchor_samples(self, ids: set[str], samples: Sequence[Sample]) -> list[Sample]:
         spec = self.options["anchor_data"] or self.anchors.diagnostics.get("data")
@@ -271,7 +353,7 @@ class CUD(Scorer):
         ids = sorted({i for lists in self.anchor_sets.values() for i in lists["easy"] +
                       lists["hard"]})
         if self.store is not None:
-            scores = self.store.edge_scores(ids)
+            scores = self._stored(ids)
         else:
             anchor_samples = self._anchor_samples(set(ids), samples)
             encoded = encode_samples(tokenizer, anchor_samples,
@@ -294,15 +376,13 @@ class CUD(Scorer):
     def score(self, model, tokenizer, samples: Sequence[Sample],
               encoded: Sequence[EncodedSample], *, batch_size: int) -> torch.Tensor:
         if self.store is not None:
-            edge_scores = self.store.edge_scores([s.id for s in samples])
+            edge_scores = self._stored([s.id for s in samples])
             layout = self.store.layout
         else:
             edge_scores = self._attribute(model, tokenizer, encoded, batch_size)
             layout = graph_layout(model)
         easy, hard = self.anchor_aggregates(model, tokenizer, samples, batch_size=batch_size)
-        values = cud_from_aggregates(edge_scores, easy, hard, layout=layout,
-                                     **{k: self.options[k] for k in
-                                        ("top_n", "similarity", "vector", "selection", "prune")})
+        values = cud_from_aggregates(edge_scores, easy, hard, **self._cud_options(layout))
         check_finite(values, f"{self.name} scores")
         return values
 
