@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import torch
 
-from unlearnscope.circuits.architecture import ModelParts
 from unlearnscope.circuits.graph import GraphLayout
 from unlearnscope.circuits.recorder import GraphRecorder
 from unlearnscope.circuits.selection import edge_index
+from unlearnscope.models.architecture import ModelParts
 
 
 def node_scores_from_edges(edge_scores: torch.Tensor, layout: GraphLayout) -> torch.Tensor:
