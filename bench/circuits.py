@@ -14,6 +14,8 @@ Ratios: attribution overhead = (attribution time / steps) / plain forward+backwa
 batching efficiency = attribution's batch-B over batch-1 per-sample speed-up divided by the plain
 forward+backward's (target >= 0.9 at B = 8), also reported against the input-gradient pass; EAP-IG-activations per sample over EAP-IG-inputs per
 sample (target >= 30). Peak memory is the resident-set growth during one attribution call.
+Each batch size is also run as one chunk (`chunk_size` = batch, attribution before it was
+chunked): `whole_batch_*` next to the default chunking.
 
     python bench/circuits.py --quick
     python bench/circuits.py --models tiny,smollm2-135m --tofu-dir DIR --profile
@@ -35,6 +37,7 @@ import psutil
 import torch
 
 from unlearnscope.circuits import attribute, graph_layout
+from unlearnscope.circuits.attribution import default_chunk_size
 from unlearnscope.data import load_samples
 from unlearnscope.data.tokenize import collate, encode_samples, pad_id
 from unlearnscope.errors import NonFiniteError
@@ -125,8 +128,9 @@ def bench_model(name: str, args) -> dict:
         # Zero baseline at alpha = 0 overflows in deep RMSNorm models; same cost per step.
         rule = "midpoint"
 
-    def attribute_batch(batch, method="EAP-IG-inputs"):
-        return attribute(model, batch, method=method, ig_steps=STEPS, rule=rule)
+    def attribute_batch(batch, method="EAP-IG-inputs", chunk_size=None):
+        return attribute(model, batch, method=method, ig_steps=STEPS, rule=rule,
+                         chunk_size=chunk_size)
 
     singles = [batch_of(i, 1) for i in range(largest)]
     plain_single = [_timed(lambda b=b: _plain_step(model, b), args.repeats) for b in singles]
@@ -140,6 +144,11 @@ def bench_model(name: str, args) -> dict:
         attr = _timed(lambda batch=batch: attribute_batch(batch), args.repeats)
         with PeakRss() as peak:
             attribute_batch(batch)
+        # the whole batch in one chunk: what attribution did before it was chunked
+        whole = _timed(lambda batch=batch, size=size: attribute_batch(batch, chunk_size=size),
+                       args.repeats)
+        with PeakRss() as whole_peak:
+            attribute_batch(batch, chunk_size=size)
         plain_loop = statistics.fmean(plain_single[:size])
         attr_loop = statistics.fmean(attr_single[:size])
         plain_speedup = plain_loop / (plain / size)
@@ -159,6 +168,9 @@ def bench_model(name: str, args) -> dict:
             "input_grad_speedup_vs_batch1_loop": input_speedup,
             "batching_efficiency_vs_input_grad": attr_speedup / input_speedup,
             "peak_rss_growth_mb": peak.peak / 2**20,
+            "default_chunk_size": default_chunk_size(model, batch["input_ids"].shape[1]),
+            "whole_batch_attribution_per_sample_s": whole / size,
+            "whole_batch_peak_rss_growth_mb": whole_peak.peak / 2**20,
         })
         print(json.dumps(rows[-1]), flush=True)
     # Each activations run is paired with a batch-1 EAP-IG-inputs run on the same sample right

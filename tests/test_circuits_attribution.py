@@ -280,3 +280,45 @@ def test_overflowing_zero_step_names_the_cause():
         attribute(model, batch, method="EAP-IG-inputs", rule="left")
     result = attribute(model, batch, method="EAP-IG-inputs", rule="midpoint")
     assert torch.isfinite(result.scores).all()
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama-gqa"])
+@pytest.mark.parametrize("method", ["EAP-IG-inputs", "EAP-IG-activations"])
+def test_chunked_attribution_equals_the_whole_batch(family, method):
+    model = tiny(family)
+    batch = padded_batch()
+    whole = attribute(model, batch, method=method, ig_steps=2, chunk_size=len(batch["input_ids"]))
+    for size in (1, 2):
+        chunked = attribute(model, batch, method=method, ig_steps=2, chunk_size=size)
+        scale = max(whole.scores.abs().max().item(), 1.0)
+        torch.testing.assert_close(chunked.scores, whole.scores, atol=1e-5 * scale, rtol=0)
+        torch.testing.assert_close(chunked.metric_clean, whole.metric_clean)
+        torch.testing.assert_close(chunked.metric_baseline, whole.metric_baseline)
+    assert whole.scores.abs().max() > 1e-2
+
+
+def test_chunks_take_their_rows_of_a_tensor_baseline():
+    model = tiny("llama-gqa")
+    batch = padded_batch()
+    corrupted = torch.randint(0, VOCAB, batch["input_ids"].shape, generator=torch.Generator()
+                              .manual_seed(3))
+    whole = attribute(model, batch, baseline=corrupted, ig_steps=2, chunk_size=99)
+    chunked = attribute(model, batch, baseline=corrupted, ig_steps=2, chunk_size=1)
+    scale = max(whole.scores.abs().max().item(), 1.0)
+    torch.testing.assert_close(chunked.scores, whole.scores, atol=1e-5 * scale, rtol=0)
+    with pytest.raises(DataError, match="baseline"):
+        attribute(model, batch, baseline=corrupted[:, :-1], ig_steps=2, chunk_size=1)
+    with pytest.raises(DataError, match="chunk_size"):
+        attribute(model, batch, ig_steps=2, chunk_size=0)
+
+
+def test_default_chunk_size_follows_the_memory_budget(monkeypatch):
+    from unlearnscope.circuits import attribution
+
+    model = tiny("llama-gqa")
+    layout = graph_layout(model)
+    per_sample = 4 * (layout.n_forward + layout.n_backward) * 10 * model.config.hidden_size
+    monkeypatch.setattr(attribution, "MEMORY_BUDGET", 3 * per_sample + 1)
+    assert attribution.default_chunk_size(model, 10) == 3
+    monkeypatch.setattr(attribution, "MEMORY_BUDGET", 1)
+    assert attribution.default_chunk_size(model, 10) == 1

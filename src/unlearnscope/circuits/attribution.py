@@ -42,7 +42,13 @@ scores, from the gradients at the writers' outputs, without the per-reader gradi
 
 The activation difference does not depend on the step, so reader gradients are summed over the
 steps and contracted with it once, as one batched matrix product per layer over the writers that
-precede that layer's readers.
+precede that layer's readers. That sum holds `n_backward` gradients of `[pos, d_model]` per sample
+(SmolLM2-135M: about 190 MB at 100 tokens), so the hooks backend attributes a batch in chunks of
+samples whose sums fit `MEMORY_BUDGET` (`chunk_size`), each chunk trimmed to its own longest
+sample. Scores do not depend on the batch composition (padded positions get zero gradient), so
+chunking changes no result; it keeps memory from growing with the batch, and on a CPU it keeps
+the per-layer gradients in cache where a whole batch's would not (`bench/circuits.py` measures
+it). A GPU's budget is a quarter of its free memory, so there a batch stays whole.
 
 Two backends compute the same numbers. `backend="bridge"` runs on TransformerLens 4.x's
 `TransformerBridge` over the HF model's own parameters (see `bridge`), reading the hook points the
@@ -88,6 +94,10 @@ ZERO_ACTIVATIONS = "zero-activations"
 BASELINES = (*NAMED_BASELINES, ZERO_ACTIVATIONS)
 LEVELS = ("edges", "nodes")
 POSITIONS = ("all", "answer")
+# Bytes of per-sample gradient sums the hooks backend holds at once on a CPU (see the
+# module docstring): SmolLM2-135M then attributes one sample at a time, tiny models a
+# whole batch.
+MEMORY_BUDGET = 128 * 2**20
 
 
 @dataclass(frozen=True)
@@ -256,7 +266,7 @@ def check_variant(level: str, positions: str, method: str, backend: str) -> None
 def attribute(model: nn.Module, batch: dict[str, torch.Tensor], *, method: str = "EAP-IG-inputs",
               ig_steps: int = 5, baseline: Baseline = "zero", rule: str = "left",
               metric: str = "answer_logprob", backend: str = "hooks", level: str = "edges",
-              positions: str = "all") -> AttributionResult:
+              positions: str = "all", chunk_size: int | None = None) -> AttributionResult:
     """Per-sample EAP / EAP-IG edge scores of a HF causal LM on a right-padded batch.
 
     batch: `input_ids`, `attention_mask`, `labels` `[batch, pos]` (labels -100 outside the
@@ -265,10 +275,61 @@ def attribute(model: nn.Module, batch: dict[str, torch.Tensor], *, method: str =
     EAP-IG-activations with the hooks backend only; see the module docstring). backend:
     `"hooks"` (hooks on the HF modules) or `"bridge"` (TransformerLens' TransformerBridge); same
     numbers. level: `"edges"` or `"nodes"` (one score per writer, the sum of its edge scores);
-    positions: `"all"` or `"answer"` (the sum over positions only over the answer's). Returns
-    scores `[batch, n_forward, n_backward]` (`[batch, n_forward]` for nodes).
+    positions: `"all"` or `"answer"` (the sum over positions only over the answer's).
+    chunk_size: samples attributed together by the hooks backend (None: `default_chunk_size`).
+    Returns scores `[batch, n_forward, n_backward]` (`[batch, n_forward]` for nodes).
     """
     check_variant(level, positions, method, backend)
+    if chunk_size is not None and chunk_size < 1:
+        raise DataError(f"chunk_size must be at least 1, got {chunk_size}", field="chunk_size")
+    options = {"method": method, "ig_steps": ig_steps, "rule": rule, "metric": metric,
+               "backend": backend, "level": level, "positions": positions}
+    if backend != "hooks":
+        return _attribute_batch(model, batch, baseline=baseline, **options)
+    n_samples, length = checked_batch(batch, model_parts(model).embedding.weight.device)[0].shape
+    size = chunk_size or default_chunk_size(model, length, level)
+    if size >= n_samples:
+        return _attribute_batch(model, batch, baseline=baseline, **options)
+    if isinstance(baseline, torch.Tensor) and tuple(baseline.shape[:2]) != (n_samples, length):
+        raise DataError(f"the baseline tensor has shape {tuple(baseline.shape)}, expected "
+                        f"[{n_samples}, {length}, ...] as input_ids", field="baseline")
+    results = []
+    for start in range(0, n_samples, size):
+        rows, rows_baseline = _chunk(batch, baseline, start, start + size)
+        results.append(_attribute_batch(model, rows, baseline=rows_baseline, **options))
+    return AttributionResult(torch.cat([r.scores for r in results]), results[0].layout,
+                             torch.cat([r.metric_clean for r in results]),
+                             torch.cat([r.metric_baseline for r in results]))
+
+
+def default_chunk_size(model: nn.Module, length: int, level: str = "edges") -> int:
+    """Samples of `length` tokens whose gradient sums and activation differences fit
+    `MEMORY_BUDGET` (at least 1); on a GPU, a quarter of its free memory."""
+    parts = model_parts(model)
+    layout = GraphLayout(parts.n_layers, parts.n_heads, parts.parallel_attn_mlp)
+    rows = layout.n_forward + (layout.n_backward if level == "edges" else layout.n_forward)
+    per_sample = 4 * rows * max(length, 1) * int(model.config.hidden_size)  # float32 bytes
+    device = parts.embedding.weight.device
+    budget = (torch.cuda.mem_get_info(device)[0] // 4 if device.type == "cuda"
+              else MEMORY_BUDGET)
+    return max(1, budget // per_sample)
+
+
+def _chunk(batch: dict[str, torch.Tensor], baseline: Baseline, start: int, stop: int
+           ) -> tuple[dict[str, torch.Tensor], Baseline]:
+    """Rows `start:stop` of a right-padded batch (and of a tensor baseline), trimmed to their
+    longest sample."""
+    length = max(1, int(batch["attention_mask"][start:stop].sum(dim=1).max()))
+    rows = {key: value[start:stop, :length] for key, value in batch.items()}
+    if isinstance(baseline, torch.Tensor):
+        baseline = baseline[start:stop, :length]
+    return rows, baseline
+
+
+def _attribute_batch(model: nn.Module, batch: dict[str, torch.Tensor], *, method: str,
+                     ig_steps: int, baseline: Baseline, rule: str, metric: str, backend: str,
+                     level: str, positions: str) -> AttributionResult:
+    """`attribute` on one chunk, all samples together."""
     zero_writers = isinstance(baseline, str) and baseline == ZERO_ACTIVATIONS
     if zero_writers and (method != "EAP-IG-activations" or backend != "hooks"):
         raise DataError(f"baseline '{ZERO_ACTIVATIONS}' needs method 'EAP-IG-activations' and "
