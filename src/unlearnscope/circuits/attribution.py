@@ -56,9 +56,8 @@ reference library reads. The default `backend="hooks"` computes those same quant
 (`hook_embed`, `attn.hook_result`, `hook_mlp_out`; `hook_q/k/v_input` and `hook_mlp_in`
 gradients; `hook_resid_post` of the last block) from hooks on the HF modules (see `recorder` and
 `readers`), with grouped-query models ungrouped (`ungroup`): the bridge forces eager attention and
-runs the attention norm and projections once per head copy, so the hooks backend is faster (a
-tiny 2-layer model: 0.02 s vs 0.1 s per call; SmolLM2-135M: 1.2x) and keeps the model's fused
-attention kernel. The tests check the two backends against each other and against an independent
+runs the attention norm and projections once per head copy, so the hooks backend is faster and
+keeps the model's fused attention kernel. The tests check the two backends against each other and against an independent
 per-reader implementation of the definitions. The output-projection bias belongs to no head, as
 in the reference; it cancels in the activation difference anyway.
 """

@@ -27,8 +27,8 @@ Cost: the bridge runs each head's norm and projections on its own copy of the re
 and forces eager attention; all reader gradients are kept, summed over steps, as one
 `[batch, n_backward, pos, d_model]` float32 tensor (SmolLM2-135M, 4 samples of 74 tokens:
 0.6 GB) and contracted with the writer differences in one batched product (non-edges
-included, then masked). On SmolLM2-135M on CPU it took about 1.2x the time of `attribute`;
-it serves TransformerLens users and as an independent cross-check of `attribute`.
+included, then masked). It is slower than the hooks backend of `attribute` and serves
+TransformerLens users and as an independent cross-check of it.
 """
 
 from __future__ import annotations

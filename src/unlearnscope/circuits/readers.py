@@ -56,7 +56,7 @@ def norm_vjp(norm: nn.Module, x: torch.Tensor, cotangents: torch.Tensor) -> torc
 
     x `[batch, pos, d_model]`, cotangents `[n, batch, pos, d_model]` -> `[n, batch, pos, d_model]`
     float32 (`n` independent VJPs at the same input). LayerNorm and RMSNorm use their closed-form
-    VJP, about 3x faster than autograd through `n` copies of the norm (this runs for every reader
+    VJP, faster than autograd through `n` copies of the norm (this runs for every reader
     of every layer at every step); other norms go through `torch.func.vjp`.
     """
     if isinstance(norm, nn.LayerNorm) and len(norm.normalized_shape) == 1:

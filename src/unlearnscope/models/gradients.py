@@ -3,10 +3,9 @@
 A plain backward pass over a batch sums the samples' gradients. Here a batch of samples is
 differentiated at once with `torch.func.vmap(grad(...))` over the model as a function of its
 weights, and a reduction (a norm) is taken inside the vmapped function, so only one number per
-sample leaves it. On the tiny models (`bench/gradients.py`) this is 1.6-1.8x faster than a
-loop of per-sample backward passes and 4.8-6.1x faster than one batched forward pass with a
-vmapped backward (`autograd.grad(..., is_grads_batched=True)`); on SmolLM2-135M, where a batch
-holds one sample, it matches the loop and is 5.9x faster than the vmapped backward. Batches are
+sample leaves it. `bench/gradients.py` compares it with a loop of per-sample backward passes
+and with one batched forward pass and a vmapped backward (`autograd.grad(...,
+is_grads_batched=True)`); its results are in `bench/results/gradients*.json`. Batches are
 shrunk so that the per-sample gradients held at once stay under `PER_SAMPLE_GRADIENT_BUDGET`
 entries: on a tiny model many samples share a pass, while for a 100M+ parameter model one
 sample's gradient alone exceeds it.

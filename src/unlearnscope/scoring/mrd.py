@@ -1,4 +1,4 @@
-"""MRD, the memorization-robustness difficulty of DESIGN 5.8, and two closed forms of it.
+"""MRD, the memory removal difficulty of DESIGN 5.8, and two closed forms of it.
 
 MRD(z) = (1/K) sum_k |P(z; theta + delta_k) - P(z; theta)| / P(z; theta), delta_k ~ N(0, sigma^2 I)
 on every weight, P the probability of the answer (+ EOS) tokens given the prompt. The ratio is
