@@ -315,3 +315,19 @@ def test_read_scorer_configs_falls_back_to_config_json(tmp_path):
 def test_only_cud_scorers_use_anchors():
     assert not Scorer.uses_anchors
     assert {name for name, cls in SCORERS.items() if cls.uses_anchors} == {"cud", "cud_paper"}
+
+
+def test_seeded_and_corpus_scorers_declare_it():
+    """A pipeline hands the run's seed and corpus by these attributes, so they must match what
+    each scorer takes."""
+    import inspect
+
+    import unlearnscope.scoring  # noqa: F401  (registers every scorer)
+    from unlearnscope.scoring.base import SCORERS
+
+    for name, kind in SCORERS.items():
+        parameters = inspect.signature(kind.__init__).parameters
+        assert kind.seeded == ("seed" in parameters), name
+        assert kind.needs_corpus == ("corpus" in parameters), name
+    assert SCORERS["mrd"].seeded and SCORERS["mrd_hutchinson"].seeded
+    assert SCORERS["answer_rarity"].needs_corpus

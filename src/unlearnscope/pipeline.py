@@ -68,8 +68,15 @@ from unlearnscope.report import build_report
 from unlearnscope.report.rundata import write_samples
 from unlearnscope.report.signatures import compare_easy_hard, write_claims
 from unlearnscope.runs import write_config, write_json, write_parquet, write_text
-from unlearnscope.scoring import BASELINES, get_scorer, read_scorer_configs, score_samples
+from unlearnscope.scoring import (
+    BASELINES,
+    get_scorer,
+    read_scorer_configs,
+    score_samples,
+    scorer_class,
+)
 from unlearnscope.scoring.base import LogitScorer
+from unlearnscope.scoring.mrd import MonteCarloMRD
 from unlearnscope.unlearning.steps_to_forget import StepsToForgetConfig, steps_to_forget
 from unlearnscope.unlearning.trainer import run_unlearning
 
@@ -296,8 +303,12 @@ def _scores(demo: Demo) -> None:
     present = set(pd.read_parquet(table, columns=["scorer"]).scorer) if table.is_file() else set()
     scorers = []
     for name in config.scorers:
-        options = ({"k": config.mrd_draws, "seed": config.seed} if name == "mrd"
-                   else {"corpus": demo.forget + demo.retain} if name == "answer_rarity" else {})
+        kind = scorer_class(name)
+        options = {"seed": config.seed} if kind.seeded else {}
+        if kind.needs_corpus:
+            options["corpus"] = demo.forget + demo.retain
+        if issubclass(kind, MonteCarloMRD):
+            options["k"] = config.mrd_draws
         scorers.append(get_scorer(name, **{**options, **config.scorer_options.get(name, {})}))
     # the logit scorers share one forward pass, so they are one stage
     shared = [s for s in scorers if isinstance(s, LogitScorer)]

@@ -48,6 +48,9 @@ class Scorer(ABC):
     names them (`anchor_fit_ids`), so validation can leave them out.
     `is_control`: True for the trivial controls (lengths, rarity, position) that every
     difficulty score must beat.
+    `seeded`: True when the scorer draws random numbers under a `seed` option, which a pipeline
+    sets to its run's seed; `needs_corpus`: True when it needs a `corpus` option (the samples
+    whose token counts it uses), which a pipeline sets to its forget + retain samples.
     `score` returns `[n_samples]` float64 values in the order of `samples`.
     """
 
@@ -56,6 +59,8 @@ class Scorer(ABC):
     value_is_ease: ClassVar[bool] = False
     uses_anchors: ClassVar[bool] = False
     is_control: ClassVar[bool] = False
+    seeded: ClassVar[bool] = False
+    needs_corpus: ClassVar[bool] = False
 
     def __init__(self, **options: Any) -> None:
         self.options = options
