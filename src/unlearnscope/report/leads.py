@@ -213,6 +213,8 @@ def controls(comparison: pd.DataFrame, held_out: bool) -> str:
     """`comparison`: `beyond.control_comparison`, one row per (method, scorer). Per method:
     the best trivial control, and the real scorers whose interval lies above its value, with
     the difference and the scorer's interval (or the closest one when none does)."""
+    if comparison.empty:
+        return "No scorer has a correlation with measured difficulty."
     parts = []
     for method in ordered_methods(comparison["method"]):
         rows = comparison[comparison["method"] == method]
@@ -375,6 +377,7 @@ def depth_claims(depth: pd.DataFrame | None, claims: pd.DataFrame | None,
         text = (f"{len(held)} of {len(claims)} of the CUD paper's circuit claims hold"
                 + (f" ({_names(held)})" if held else ""))
         if opposite:
-            text += f", and {_names(opposite)} differ the other way at p < {alpha}"
+            text += (f", and {_names(opposite)} differ{'s' if len(opposite) == 1 else ''} the "
+                     f"other way at p < {alpha}")
         parts.append(text)
     return "; ".join(parts) + "."
