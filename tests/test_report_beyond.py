@@ -247,6 +247,8 @@ def test_predictor_without_held_out_outcomes(tmp_path):
     assert lead(html) == ("The predictor was fit for 2 target(s) (npo ridge(alpha=1.0), the "
                           "method average ridge(alpha=1.0)), but no outcome outside its fit "
                           "half is known: predictions only, no held-out Spearman.")
+    assert paragraphs(html).count("None: no held-out outcome to measure them on.") == 1
+    assert paragraphs(html).count("None: no held-out outcome to evaluate on.") == 1
     assert 'class="problem"' not in html
 
 

@@ -306,6 +306,8 @@ def prediction(data: RunData) -> str:
                         f"({r['importance_mean']:.3f} ± {r['importance_std']:.3f})"
                         for _, r in top.iterrows()) + "."),
             m.table(_importance_table(importance))]
+    else:
+        parts.append(m.paragraph("None: no held-out outcome to measure them on."))
     parts.append("<h3>Across methods (fit on one method's outcomes, evaluated on another's)"
                  "</h3>")
     cross = data.prediction_cross_method
@@ -314,6 +316,8 @@ def prediction(data: RunData) -> str:
                             "validation/prediction_cross_method.csv"))
     elif len(cross):
         parts += [m.paragraph(_cross_sentence(cross)), m.table(_cross_table(cross))]
+    else:
+        parts.append(m.paragraph("None: no held-out outcome to evaluate on."))
     if data.prediction_selection is not None:
         parts.append(m.details("model selection by cross-validation inside the fit half "
                                "(validation/prediction_selection.csv)",
