@@ -3,6 +3,7 @@ table numbers equal to the input files."""
 
 from __future__ import annotations
 
+from html import escape
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -182,7 +183,59 @@ def _full_run(root: Path) -> Path:
     _write_store(root / "circuits", SAMPLE_IDS)
     write_cross_method(root, top_n=0.25, n_boot=100)
     write_cud_choice(root, top_n=(0.25,), n_boot=100)
+    _write_beyond_tables(validation)
     return root
+
+
+def _write_beyond_tables(validation: Path) -> None:
+    """Small tables of the sections beyond the correlations, in their writers' columns."""
+    pd.DataFrame([{"scorer": s, "method": m, "control": "answer_length",
+                   "partial_spearman": 0.25, "partial_spearman_low": 0.05,
+                   "partial_spearman_high": 0.5, "n": 6}
+                  for s in SCORERS for m in (*METHODS, "mean")]
+                 ).to_csv(validation / "partial.csv", index=False)
+    pd.DataFrame([{"method": m, "scorer": s, "kind": "predictor" if s.startswith("predicted")
+                   else "scorer", "spearman": rho, "spearman_low": rho - 0.3,
+                   "spearman_high": rho + 0.1, "n": 6,
+                   "model": "ridge(alpha=1.0)" if s.startswith("predicted") else "",
+                   "fit_spearman": 0.5}
+                  for m in (*METHODS, "mean")
+                  for s, rho in ((f"predicted:{m}", 0.6), *zip(SCORERS, (0.5, 0.4, 0.3),
+                                                               strict=True))]
+                 ).to_csv(validation / "prediction.csv", index=False)
+    pd.DataFrame([{"method": m, "best_control": "", "best_control_spearman": "",
+                   "best_scorer": "loss", "best_scorer_spearman": "0.500 [0.200, 0.600]",
+                   "fit_best_scorer": "loss", "fit_best_scorer_spearman": "0.500 [0.200, 0.600]",
+                   "predictor_spearman": "0.600 [0.300, 0.700]", "n": 6}
+                  for m in (*METHODS, "mean")]
+                 ).to_csv(validation / "prediction_summary.csv", index=False)
+    pd.DataFrame([{"method": m, "feature": s, "importance_mean": 0.1 * (i + 1),
+                   "importance_std": 0.01, "n": 6}
+                  for m in (*METHODS, "mean") for i, s in enumerate(SCORERS)]
+                 ).to_csv(validation / "prediction_importance.csv", index=False)
+    pd.DataFrame([{"fit_method": a, "eval_method": b, "spearman": 0.5, "spearman_low": 0.2,
+                   "spearman_high": 0.7, "n": 6} for a in METHODS for b in METHODS]
+                 ).to_csv(validation / "prediction_cross_method.csv", index=False)
+    pd.DataFrame([{"method": m, "family": "ridge", "params": "ridge(alpha=1.0)",
+                   "cv_spearman": 0.5, "chosen": True} for m in (*METHODS, "mean")]
+                 ).to_csv(validation / "prediction_selection.csv", index=False)
+    pd.DataFrame([{"method": "npo", "arm": arm, "steps": 20, "forget_slots": 80,
+                   "distinct_samples_drawn": 12, "update_params": 100.0,
+                   "update_fraction": 0.1, "n_hard": 3, "efficacy_hard": 30.0 + i,
+                   "efficacy_all": 40.0, "p_hard_vs_random": np.nan if arm == "random" else 0.5,
+                   "retain_loss_change": 0.01, "model_utility": np.nan}
+                  for i, arm in enumerate(("global", "hard-anchors", "batch", "random"))]
+                 ).to_csv(validation / "circuit_guided.csv", index=False)
+    pd.DataFrame([{"band": band, "reader_layers": layers, "n_edges": 10, "circuit_edges": 3,
+                   "spearman": 0.3, "spearman_low": 0.1, "spearman_high": 0.5, "n": 6}
+                  for band, layers in (("all", "0-2+logits"), ("first", "0"), ("middle", "1"),
+                                       ("last", "2+logits"))]
+                 ).to_csv(validation / "depth_ablation.csv", index=False)
+    pd.DataFrame([{"claim": "hard circuits are later", "statistic": "last_third_fraction",
+                   "value_easy": 0.2, "value_hard": 0.3, "effect": 0.4,
+                   "effect_kind": "rank-biserial", "p_value": 0.01,
+                   "test": "Mann-Whitney U, two-sided", "n_easy": 3, "n_hard": 3,
+                   "holds": True}]).to_csv(validation / "claims.csv", index=False)
 
 
 @pytest.fixture(scope="module")
@@ -196,7 +249,7 @@ def test_every_section_rendered_with_embedded_plots(full_run):
     root, page = full_run
     assert (root / "report.html").is_file()
     for heading in HEADINGS:
-        assert f"<h2>{heading}</h2>" in page
+        assert f"<h2>{escape(heading)}</h2>" in page
     # histograms, scatters, 3 circuit plots, heatmap, schedule bars, efficacy histograms,
     # cross-method heatmap, scorers against the noise ceiling
     assert page.count('src="data:image/png;base64,') == 10
@@ -334,14 +387,16 @@ def test_partial_run_with_scores_only(tmp_path):
     assert main(["report", str(partial)]) == 0
     page = (partial / "report.html").read_text(encoding="utf-8")
     for heading in HEADINGS:
-        assert f"<h2>{heading}</h2>" in page
+        assert f"<h2>{escape(heading)}</h2>" in page
     for command in ("unlearnscope validate --run", "unlearnscope validate sets --run",
                     "unlearnscope validate schedules --run", "unlearnscope circuits --model",
                     "unlearnscope unlearn --model", "unlearnscope validate cross-method --run",
-                    "unlearnscope validate cud-choice --run"):
+                    "unlearnscope validate cud-choice --run", "unlearnscope predict --run",
+                    "unlearnscope demo --out"):
         assert f"<code>{command}" in page
-    # one per section lacking its files, and the per-sample table's questions and efficacy
-    assert page.count("not computed in this run") == 12
+    # one per section lacking its files (two in the controls and the depth/claims sections),
+    # and the per-sample table's questions and efficacy
+    assert page.count("not computed in this run") == 18
     # histograms and the scorer correlations computed from the scores
     assert page.count('src="data:image/png;base64,') == 2
     assert "scorer_correlations.csv is absent" in page

@@ -11,7 +11,7 @@ from functools import partial
 from html import escape
 from pathlib import Path
 
-from unlearnscope.report import crossmethod, reliability, sections
+from unlearnscope.report import beyond, crossmethod, reliability, sections
 from unlearnscope.report.glance import SORT_SCRIPT, script_hash
 from unlearnscope.report.rundata import RunData, load_run
 from unlearnscope.report.signatures import DEFAULT_TOP_N
@@ -59,7 +59,12 @@ def section_list(top_n: float) -> list[tuple[str, str, Callable[[RunData], str]]
          reliability.reliability),
         ("cross-method", "10. CUD across unlearning methods", crossmethod.cross_method),
         ("cud-choice", "11. CUD configuration chosen on the fit half", crossmethod.cud_choice),
-        ("samples", "12. Per-sample difficulty and efficacy", sections.samples),
+        ("controls", "12. Trivial controls and partial correlations", beyond.controls),
+        ("prediction", "13. Learned difficulty predictor", beyond.prediction),
+        ("circuit-guided", "14. Circuit-guided unlearning", beyond.circuit_guided),
+        ("depth-claims", "15. Edge depth and the CUD paper's circuit claims",
+         beyond.depth_and_claims),
+        ("samples", "16. Per-sample difficulty and efficacy", sections.samples),
     ]
 
 

@@ -4,6 +4,8 @@ sentence."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import numpy as np
 import pandas as pd
 
@@ -13,6 +15,24 @@ from unlearnscope.report import markup as m
 
 def _names(items: list[str]) -> str:
     return ", ".join(items)
+
+
+def ordered_methods(methods: Iterable[object]) -> list[str]:
+    """The distinct method names in first-seen order, the method average (`mean`) last."""
+    names = list(dict.fromkeys(str(x) for x in methods))
+    return [x for x in names if x != MEAN_METHOD] + ([MEAN_METHOD] if MEAN_METHOD in names
+                                                     else [])
+
+
+def method_label(method: str) -> str:
+    return "the method average" if method == MEAN_METHOD else method
+
+
+def _samples(n: pd.Series, held_out: bool) -> str:
+    """'On the N held-out samples' (N the largest count of `n`), or without 'held-out'."""
+    count = pd.to_numeric(n, errors="coerce").max()
+    counted = f"the {int(count)}" if np.isfinite(count) else "the"
+    return f"On {counted} held-out samples" if held_out else f"On {counted} samples validated"
 
 
 def configuration(facts: dict[str, int], present: list[str], absent: list[str]) -> str:
@@ -47,12 +67,10 @@ def versus_measured(correlations: pd.DataFrame, held_out: bool) -> str:
     where = (f"On {counted} held out from anchor discovery" if held_out
              else f"On {counted} validated")
     parts = []
-    methods = list(dict.fromkeys(correlations["method"].astype(str)))
-    for method in [x for x in methods if x != MEAN_METHOD] + (
-            [MEAN_METHOD] if MEAN_METHOD in methods else []):
+    for method in ordered_methods(correlations["method"]):
         rows = correlations[(correlations["method"].astype(str) == method)].dropna(
             subset=["spearman"])
-        label = "the method average" if method == MEAN_METHOD else method
+        label = method_label(method)
         if rows.empty:
             parts.append(f"no scorer has a correlation for {label}")
             continue
@@ -183,3 +201,183 @@ def samples(frame: pd.DataFrame, n_scorers: int, efficacy_columns: list[str]) ->
     return text + (f"; for {column.removeprefix('efficacy: ')} the least forgotten is "
                    f"{values.idxmin()} ({values.min():.3f}), the most {values.idxmax()} "
                    f"({values.max():.3f}).")
+
+
+def _rho(row: pd.Series, prefix: str = "spearman") -> str:
+    """`rho [low, high]` of a row's `<prefix>`, `<prefix>_low`, `<prefix>_high`."""
+    return m.interval(float(row[prefix]), float(row[f"{prefix}_low"]),
+                      float(row[f"{prefix}_high"]))
+
+
+def controls(comparison: pd.DataFrame, held_out: bool) -> str:
+    """`comparison`: `beyond.control_comparison`, one row per (method, scorer). Per method:
+    the best trivial control, and the real scorers whose interval lies above its value, with
+    the difference and the scorer's interval (or the closest one when none does)."""
+    if comparison.empty:
+        return "No scorer has a correlation with measured difficulty."
+    parts = []
+    for method in ordered_methods(comparison["method"]):
+        rows = comparison[comparison["method"] == method]
+        label = method_label(method)
+        named = rows["best_control"].dropna()
+        if named.empty:
+            parts.append(f"for {label} no trivial control has a correlation")
+            continue
+        best = rows[rows["scorer"] == named.iloc[0]].iloc[0]
+        text = f"for {label} the best trivial control is {best['scorer']} at {_rho(best)}"
+        real = rows[~rows["control"]].dropna(subset=["difference"])
+        above = real[real["above_best_control"].astype(bool)].sort_values(
+            "difference", ascending=False, kind="stable")
+        if len(above):
+            text += (f" and {len(above)} of {len(real)} real scorers' intervals lie above it: "
+                     + ", ".join(f"{r['scorer']} by {r['difference']:+.2f} ({_rho(r)})"
+                                 for _, r in above.iterrows()))
+        elif len(real):
+            closest = real.loc[real["difference"].idxmax()]
+            text += (f" and no real scorer's interval lies above it (closest: "
+                     f"{closest['scorer']}, {closest['difference']:+.2f} at {_rho(closest)})")
+        else:
+            text += " and no real scorer has a correlation"
+        parts.append(text)
+    return f"{_samples(comparison['n'], held_out)}, " + "; ".join(parts) + "."
+
+
+def partial(table: pd.DataFrame) -> str:
+    """`table`: `validation/partial.csv` with a boolean `control_scorer` column (the scorer is
+    a trivial control). Per control and method: how many real scorers' partial intervals lie
+    above 0, and the highest one."""
+    groups = []
+    for control, by_control in table.groupby("control", sort=False):
+        parts = []
+        for method in ordered_methods(by_control["method"]):
+            rows = by_control[(by_control["method"] == method) & ~by_control["control_scorer"]]
+            rows = rows.dropna(subset=["partial_spearman"])
+            label = method_label(method)
+            if rows.empty:
+                parts.append(f"for {label} no real scorer has a partial correlation")
+                continue
+            above = int((rows["partial_spearman_low"] > 0).sum())
+            best = rows.loc[rows["partial_spearman"].idxmax()]
+            parts.append(f"for {label} {above} of {len(rows)} real scorers' intervals lie "
+                         f"above 0, the highest {best['scorer']}'s at "
+                         f"{_rho(best, 'partial_spearman')}")
+        groups.append(f"Controlled for {control} (partial Spearman), " + "; ".join(parts) + ".")
+    return " ".join(groups)
+
+
+def _fraction(row: pd.Series, prefix: str) -> str:
+    """`<prefix>_fraction` of the ceiling with its interval, or that the ceiling is unknown."""
+    value = float(row[f"{prefix}_fraction"])
+    if not np.isfinite(value):
+        return "ceiling unknown"
+    return f"{_rho(row, f'{prefix}_fraction')} of the ceiling"
+
+
+def prediction(comparison: pd.DataFrame, held_out: bool) -> str:
+    """`comparison`: `beyond.prediction_comparison`, one row per method. The predictor's
+    held-out Spearman (and fraction of the ceiling) against the best single scorer's."""
+    parts = []
+    for _, row in comparison.iterrows():
+        label = method_label(str(row["method"]))
+        if not np.isfinite(float(row["predictor"])):
+            parts.append(f"for {label} the predictor has no held-out Spearman")
+            continue
+        text = f"for {label} {_rho(row, 'predictor')} ({_fraction(row, 'predictor')})"
+        if pd.isna(row["best_scorer"]):
+            parts.append(text + " with no single scorer to compare")
+            continue
+        parts.append(text + (f" against {_rho(row, 'best')} ({_fraction(row, 'best')}) for "
+                             f"the best single scorer {row['best_scorer']}, a difference of "
+                             f"{row['difference']:+.2f}"))
+    return (f"{_samples(comparison['n'], held_out)}, the learned predictor's Spearman "
+            "(and fraction of the noise ceiling) is " + "; ".join(parts) + ".")
+
+
+def prediction_unevaluated(selection: pd.DataFrame) -> str:
+    """`selection`: the model-selection table of a predictor without held-out outcomes."""
+    chosen = selection[selection["chosen"].astype(str).str.lower() == "true"]
+    models = ", ".join(f"{method_label(str(r['method']))} {r['params']}"
+                       for _, r in chosen.iterrows())
+    return (f"The predictor was fit for {selection['method'].nunique()} target(s) ("
+            f"{models or 'no model chosen'}), but no outcome outside its fit half is known: "
+            "predictions only, no held-out Spearman.")
+
+
+CONTROL_ARM, GLOBAL_ARM = "random", "global"
+
+
+def circuit_guided(table: pd.DataFrame, alpha: float = 0.05) -> str:
+    """`table`: `validation/circuit_guided.csv`. Per method, every arm's efficacy on the hard
+    samples, the masked arms above the random mask at p < `alpha`, and those above global."""
+    parts = []
+    for method, rows in table.groupby("method", sort=False):
+        arms = rows.set_index("arm")
+        values = []
+        for arm, row in arms.iterrows():
+            text = f"{arm} {row['efficacy_hard']:.1f}"
+            if arm != CONTROL_ARM and np.isfinite(float(row["p_hard_vs_random"])):
+                text += f" (p = {m.number(float(row['p_hard_vs_random']))} against random)"
+            values.append(text)
+        text = (f"{method}, on its {int(rows['n_hard'].max())} hardest held-out samples: "
+                + ", ".join(values))
+        masked = arms.drop(index=[CONTROL_ARM, GLOBAL_ARM], errors="ignore")
+        if CONTROL_ARM in arms.index and len(masked):
+            random = float(arms.loc[CONTROL_ARM, "efficacy_hard"])
+            beating = [str(a) for a, r in masked.iterrows()
+                       if r["efficacy_hard"] > random and r["p_hard_vs_random"] < alpha]
+            text += (f"; {_names(beating)} beat{'s' if len(beating) == 1 else ''} the random "
+                     f"mask at p < {alpha}" if beating else
+                     f"; no circuit mask beats the random mask at p < {alpha}")
+        if GLOBAL_ARM in arms.index and len(masked):
+            reference = float(arms.loc[GLOBAL_ARM, "efficacy_hard"])
+            over = [str(a) for a, r in masked.iterrows() if r["efficacy_hard"] > reference]
+            text += (f", {_names(over)} exceed{'s' if len(over) == 1 else ''} global" if over
+                     else ", none exceeds global")
+        parts.append(text)
+    return "Forget efficacy (x100) per arm at the same step budget, " + "; ".join(parts) + "."
+
+
+def circuit_guided_costs(table: pd.DataFrame) -> str:
+    """Per method and arm: the retain loss change and the model utility (where measured)."""
+    parts = []
+    for method, rows in table.groupby("method", sort=False):
+        arms = []
+        for _, row in rows.iterrows():
+            utility = float(row["model_utility"])
+            arms.append(f"{row['arm']} {float(row['retain_loss_change']):+.3f}"
+                        + (f" / {utility:.3f}" if np.isfinite(utility) else " / –"))
+        parts.append(f"{method}: " + ", ".join(arms))
+    return ("Retain loss change (after - before) / model utility: " + "; ".join(parts) + ".")
+
+
+def depth_claims(depth: pd.DataFrame | None, claims: pd.DataFrame | None,
+                 alpha: float = 0.05) -> str:
+    """`depth`: `validation/depth_ablation.csv` (an `all` row and one per third);
+    `claims`: `validation/claims.csv`. Validity per third against all edges, and which of
+    the claims hold (and which go significantly the other way)."""
+    parts = []
+    if depth is not None:
+        rows = depth.set_index("band")
+        thirds = rows.drop(index=["all"], errors="ignore").dropna(subset=["spearman"])
+        text = ("CUD's held-out Spearman with measured difficulty by the layer of the edges' "
+                "reader: " + ", ".join(f"{band} third (layers {r['reader_layers']}) {_rho(r)}"
+                                       for band, r in thirds.iterrows()))
+        if "all" in rows.index and np.isfinite(float(rows.loc["all", "spearman"])):
+            whole = float(rows.loc["all", "spearman"])
+            text += f", against {_rho(rows.loc['all'])} over all edges"
+            above = [str(b) for b, r in thirds.iterrows() if r["spearman_low"] > whole]
+            text += (f" ({_names(above)} third's interval lies above it)" if above
+                     else " (no third's interval lies above it)")
+        parts.append(text)
+    if claims is not None:
+        holds = claims["holds"].astype(str).str.lower() == "true"
+        held = list(claims.loc[holds, "statistic"].astype(str))
+        opposite = list(claims.loc[~holds & (claims["effect"] < 0) & (claims["p_value"] < alpha),
+                                   "statistic"].astype(str))
+        text = (f"{len(held)} of {len(claims)} of the CUD paper's circuit claims hold"
+                + (f" ({_names(held)})" if held else ""))
+        if opposite:
+            text += (f", and {_names(opposite)} differ{'s' if len(opposite) == 1 else ''} the "
+                     f"other way at p < {alpha}")
+        parts.append(text)
+    return "; ".join(parts) + "."

@@ -18,7 +18,18 @@ import pandas as pd
 from unlearnscope.anchors.sets import ANCHORS_FILE, AnchorSets, read_anchors
 from unlearnscope.errors import DataError
 from unlearnscope.evaluation import validation
+from unlearnscope.evaluation.circuit_guided import CIRCUIT_GUIDED_COLUMNS
+from unlearnscope.evaluation.depth_ablation import DEPTH_COLUMNS
 from unlearnscope.evaluation.holdout import UNVERIFIED_COLUMN
+from unlearnscope.evaluation.partial import PARTIAL_COLUMNS
+from unlearnscope.evaluation.prediction import (
+    CROSS_METHOD_COLUMNS,
+    IMPORTANCE_COLUMNS,
+    PREDICTION_COLUMNS,
+    SELECTION_COLUMNS,
+    SUMMARY_COLUMNS,
+)
+from unlearnscope.report.signatures import CLAIM_COLUMNS
 from unlearnscope.runs import read_json, write_parquet
 
 SCORE_COLUMNS = ("sample_id", "scorer", "value", "difficulty")
@@ -73,6 +84,15 @@ class RunData:
     sets: pd.DataFrame | None = None
     schedules: pd.DataFrame | None = None
     reliability: pd.DataFrame | None = None
+    partial: pd.DataFrame | None = None
+    prediction: pd.DataFrame | None = None
+    prediction_summary: pd.DataFrame | None = None
+    prediction_importance: pd.DataFrame | None = None
+    prediction_cross_method: pd.DataFrame | None = None
+    prediction_selection: pd.DataFrame | None = None
+    circuit_guided: pd.DataFrame | None = None
+    depth_ablation: pd.DataFrame | None = None
+    claims: pd.DataFrame | None = None
     anchors: AnchorSets | None = None
     circuits_dir: Path | None = None
     problems: dict[str, str] = field(default_factory=dict)
@@ -82,7 +102,10 @@ class RunData:
         return next((self.problems[p] for p in relative_paths if p in self.problems), None)
 
 
-def _read_table(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
+def _read_table(path: Path, columns: tuple[str, ...] | list[str], *,
+                allow_empty: bool = False) -> pd.DataFrame:
+    """The table at `path` (parquet or CSV) with every one of `columns`; no rows is an error
+    unless `allow_empty`."""
     try:
         frame = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
     except (OSError, ValueError) as error:
@@ -90,7 +113,7 @@ def _read_table(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
     for column in columns:
         if column not in frame.columns:
             raise DataError("missing column", source=str(path), field=column)
-    if frame.empty:
+    if frame.empty and not allow_empty:
         raise DataError("no rows", source=str(path))
     return frame
 
@@ -146,6 +169,25 @@ def load_run(run_dir: str | Path) -> RunData:
                              lambda p: _read_table(p, SCHEDULE_COLUMNS))
     data.reliability = attempt("validation/reliability.csv",
                                lambda p: _read_table(p, RELIABILITY_COLUMNS))
+    data.partial = attempt("validation/partial.csv", lambda p: _read_table(p, PARTIAL_COLUMNS))
+    # `unlearnscope predict` writes header-only tables when no held-out outcome is known
+    data.prediction = attempt("validation/prediction.csv", lambda p: _read_table(
+        p, PREDICTION_COLUMNS, allow_empty=True))
+    data.prediction_summary = attempt("validation/prediction_summary.csv", lambda p: _read_table(
+        p, SUMMARY_COLUMNS, allow_empty=True))
+    data.prediction_importance = attempt("validation/prediction_importance.csv",
+                                         lambda p: _read_table(p, IMPORTANCE_COLUMNS,
+                                                               allow_empty=True))
+    data.prediction_cross_method = attempt("validation/prediction_cross_method.csv",
+                                           lambda p: _read_table(p, CROSS_METHOD_COLUMNS,
+                                                                 allow_empty=True))
+    data.prediction_selection = attempt("validation/prediction_selection.csv",
+                                        lambda p: _read_table(p, SELECTION_COLUMNS))
+    data.circuit_guided = attempt("validation/circuit_guided.csv",
+                                  lambda p: _read_table(p, CIRCUIT_GUIDED_COLUMNS))
+    data.depth_ablation = attempt("validation/depth_ablation.csv",
+                                  lambda p: _read_table(p, DEPTH_COLUMNS))
+    data.claims = attempt("validation/claims.csv", lambda p: _read_table(p, CLAIM_COLUMNS))
     data.anchors = attempt(f"anchors/{ANCHORS_FILE}", read_anchors)
     unlearn = root / "unlearn"
     for folder in sorted(p for p in unlearn.iterdir() if p.is_dir()) if unlearn.is_dir() else []:

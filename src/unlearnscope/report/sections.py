@@ -45,10 +45,11 @@ def commands(run_dir: Path) -> dict[str, str]:
         "anchors": (f"unlearnscope anchors --method vote --k K --outcomes "
                     f"{d}/unlearn/*/outcomes.parquet --out {d}/anchors"),
         "circuits": f"unlearnscope circuits --model M --data D --out {d}",
+        "predict": f"unlearnscope predict --run {d}",
     }
 
 
-def _absent(data: RunData, what: str, command: str, *files: str) -> str:
+def absent(data: RunData, what: str, command: str, *files: str) -> str:
     """'not computed' for an absent artefact, or the reason an existing one was unusable."""
     reason = data.problem(*files)
     return m.problem(reason) if reason else m.not_computed(what, commands(data.run_dir)[command])
@@ -100,7 +101,7 @@ def configuration(data: RunData) -> str:
                                m.preformatted(json.dumps(data.config, indent=2,
                                                          sort_keys=True, default=str))))
     else:
-        parts.append(_absent(data, "run configuration (config.json)", "demo", "config.json"))
+        parts.append(absent(data, "run configuration (config.json)", "demo", "config.json"))
     return "".join(parts)
 
 
@@ -131,7 +132,7 @@ def _best_scorer(correlations: pd.DataFrame) -> pd.Series | None:
 def distributions(data: RunData) -> str:
     """Summary statistics and a histogram of each scorer's raw value."""
     if data.scores is None:
-        return _absent(data, "scores", "score", "scores.parquet")
+        return absent(data, "scores", "score", "scores.parquet")
     stats = (data.scores.groupby("scorer")["value"]
              .agg(["count", "mean", "std", "min", "median", "max"]).reset_index())
     note = m.paragraph("Raw values (the value column); the difficulty used in the comparisons "
@@ -150,7 +151,7 @@ def versus_measured(data: RunData) -> str:
                                                   held_out=data.anchors is not None)))
     measured = measured_difficulty(data.methods, exclude_ids=_fit_ids(data))
     if data.scores is None:
-        parts.append(_absent(data, "scores", "score", "scores.parquet"))
+        parts.append(absent(data, "scores", "score", "scores.parquet"))
     elif measured is None:
         parts.append(m.not_computed("measured difficulty (per-sample unlearning outcomes)",
                                     commands(data.run_dir)["unlearn"]))
@@ -168,7 +169,7 @@ def versus_measured(data: RunData) -> str:
         if pairs:
             parts.append(m.image(difficulty_scatters(pairs, titles), "difficulty scatters"))
     if data.correlations is None:
-        parts.append(_absent(data, "correlations with measured difficulty", "validate",
+        parts.append(absent(data, "correlations with measured difficulty", "validate",
                              "validation/correlations.csv"))
     else:
         parts.append("<h3>Correlations with measured difficulty (95% bootstrap CI)</h3>")
@@ -204,7 +205,7 @@ def easy_hard_sets(data: RunData) -> str:
     difference to random sets, over methods (the file's `mean` rows, else the mean of the
     methods' rows), then the whole table."""
     if data.sets is None:
-        return _absent(data, "easy/hard set experiment", "sets", "validation/sets.csv")
+        return absent(data, "easy/hard set experiment", "sets", "validation/sets.csv")
     sets = data.sets.sort_values(["scorer", "method", "set"], kind="stable")
     summary, random = _sets_over_methods(sets)
     parts = [m.lead(leads.sets(summary)), "<h3>Over methods</h3>",
@@ -239,7 +240,7 @@ def circuit_signatures(data: RunData, top_n: float = DEFAULT_TOP_N) -> str:
     else:
         measured = measured_difficulty(data.methods)
         if measured is None:
-            return (_absent(data, "reference anchors", "anchors", "anchors/anchors.json")
+            return (absent(data, "reference anchors", "anchors", "anchors/anchors.json")
                     + m.not_computed("measured difficulty", commands(data.run_dir)["unlearn"]))
         order = measured.sort_values(kind="stable")
         quarter = max(1, len(order) // 4)
@@ -299,7 +300,7 @@ def scorer_correlations(data: RunData) -> str:
     matrix, note = data.scorer_correlations, ""
     if matrix is None:
         if data.scores is None:
-            return _absent(data, "scorer correlations", "validate",
+            return absent(data, "scorer correlations", "validate",
                            "validation/scorer_correlations.csv")
         matrix = (data.scores.pivot_table(index="sample_id", columns="scorer",
                                           values="difficulty")
@@ -322,7 +323,7 @@ def scorer_correlations(data: RunData) -> str:
 def schedules(data: RunData) -> str:
     """Uniform vs weighted vs curriculum schedules at the same step budget."""
     if data.schedules is None:
-        return _absent(data, "schedule experiment", "schedules", "validation/schedules.csv")
+        return absent(data, "schedule experiment", "schedules", "validation/schedules.csv")
     frame = data.schedules.sort_values(["method", "schedule"], kind="stable")
     labelled = frame.assign(schedule=[
         s if pd.isna(c) or c in ("", "-", "none") else f"{s} ({c})"
@@ -372,7 +373,7 @@ def _tofu_metrics(data: RunData) -> str:
     with_metrics = {name: run.metrics for name, run in data.methods.items() if run.metrics}
     if not with_metrics:
         files = [f"unlearn/{name}/metrics.json" for name in data.methods]
-        return _absent(data, "TOFU metrics", "evaluate", *files)
+        return absent(data, "TOFU metrics", "evaluate", *files)
     rows, reasons = [], []
     for name, metrics in with_metrics.items():
         keys = [*TOFU_METRICS, *sorted(k for k in metrics if k.startswith("mia_"))]
@@ -389,14 +390,14 @@ def samples(data: RunData) -> str:
     """Every sample: its question, each scorer's difficulty and each method's measured efficacy
     (the seed mean where seeds exist), sortable by clicking a header."""
     if data.scores is None and not any(r.outcomes is not None for r in data.methods.values()):
-        return _absent(data, "per-sample table (scores and outcomes)", "score",
+        return absent(data, "per-sample table (scores and outcomes)", "score",
                        "scores.parquet")
     frame = sample_frame(data)
     efficacy = [c for c in frame.columns if c.startswith("efficacy: ")]
     n_scorers = 0 if data.scores is None else data.scores["scorer"].nunique()
     parts = [m.lead(leads.samples(frame, n_scorers, efficacy))]
     if data.samples is None:
-        parts.append(_absent(data, "sample questions (samples.parquet)", "demo",
+        parts.append(absent(data, "sample questions (samples.parquet)", "demo",
                              "samples.parquet"))
     if not efficacy:
         parts.append(m.not_computed("measured efficacy (per-sample unlearning outcomes)",
