@@ -13,6 +13,7 @@ from unlearnscope.circuits.graph import GraphLayout
 from unlearnscope.circuits.selection import edge_matrix
 from unlearnscope.circuits.store import CircuitStore, ShardWriter, write_header, write_index
 from unlearnscope.runs import write_json, write_parquet
+from unlearnscope.scoring.cud import anchor_aggregate, cud_from_aggregates
 
 LAYOUT = GraphLayout(2, 2)
 
@@ -50,3 +51,11 @@ def write_run(root: Path, store_scores: torch.Tensor, ids: list[str],
             write_parquet(folder / "outcomes.parquet", table)
             write_json(folder / "summary.json", {"method": method, "settings": {"seed": seed}})
     return root
+
+
+def cud_scores(sample_edge_scores: torch.Tensor, easy_edge_scores: torch.Tensor,
+               hard_edge_scores: torch.Tensor, **options) -> torch.Tensor:
+    """CUD `[n]` of samples' edge scores `[n, E]` given the easy and hard anchor samples' edge
+    scores `[n_e, E]`, `[n_h, E]`, each set aggregated by its mean (one method's anchors)."""
+    return cud_from_aggregates(sample_edge_scores, anchor_aggregate([easy_edge_scores]),
+                               anchor_aggregate([hard_edge_scores]), **options)

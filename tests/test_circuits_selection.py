@@ -7,15 +7,14 @@ import torch
 
 from unlearnscope.circuits.graph import GraphLayout
 from unlearnscope.circuits.selection import (
-    aggregate_scores,
     circuit_nodes,
     circuit_vector,
+    edge_count,
     edge_matrix,
     edge_names,
     edge_vector,
     prune,
     reader_owner,
-    resolve_n,
     select,
     select_greedy,
     select_threshold,
@@ -239,19 +238,12 @@ def test_circuit_vector_binary_and_weighted() -> None:
     assert weighted[names.index("input->logits")] == 0.0
 
 
-def test_aggregate_is_the_mean_over_samples() -> None:
-    scores = torch.stack([torch.full((SMALL.n_forward, SMALL.n_backward), v) for v in (1., 4.)])
-    assert torch.allclose(aggregate_scores(scores), torch.full_like(scores[0], 2.5))
-    with pytest.raises(DataError):
-        aggregate_scores(scores[:0])
-
-
-def test_resolve_n_counts_and_fractions() -> None:
+def test_edge_count_counts_and_fractions() -> None:
     layout = GraphLayout(2, 4)
     assert layout.n_edges == 110
-    assert resolve_n("20", layout) == 20 and resolve_n(20, layout) == 20
-    assert resolve_n("0.1", layout) == 11
-    assert resolve_n(0.001, layout) == 1
+    assert edge_count("20", layout.n_edges) == 20 and edge_count(20, layout.n_edges) == 20
+    assert edge_count("0.1", layout.n_edges) == 11
+    assert edge_count(0.001, layout.n_edges) == 1
     for bad in ("0", "-3", "2.5", "111", "many"):
         with pytest.raises(DataError, match="top_n"):
-            resolve_n(bad, layout)
+            edge_count(bad, layout.n_edges)

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from circuit_models import FAMILIES, padded_batch, tiny
+from cud_runs import cud_scores
 from test_circuits_attr_reference import _batch, _tiny, reference_scores
 from unlearnscope.anchors import AnchorSets, write_anchors
 from unlearnscope.anchors.gradients import GradientSketch
@@ -21,7 +22,7 @@ from unlearnscope.circuits.store import CircuitStore, ShardWriter, write_header,
 from unlearnscope.data.tokenize import collate, encode_samples, pad_id
 from unlearnscope.errors import DataError, UnknownNameError
 from unlearnscope.scoring import get_scorer
-from unlearnscope.scoring.cud import CUD_PROXIES, cud_from_aggregates, cud_scores
+from unlearnscope.scoring.cud import CUD_PROXIES, cud_from_aggregates
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))

@@ -8,7 +8,7 @@ import pytest
 import torch
 from scipy import stats
 
-from cud_runs import LAYOUT, outcome, write_run
+from cud_runs import LAYOUT, cud_scores, outcome, write_run
 from unlearnscope.circuits.analysis import (
     circuit_statistics,
     compare_frequency_distributions,
@@ -19,7 +19,6 @@ from unlearnscope.circuits.selection import edge_names
 from unlearnscope.circuits.store import CircuitStore
 from unlearnscope.evaluation.depth_ablation import DEPTH_COLUMNS, reader_bands, write_depth_ablation
 from unlearnscope.report.signatures import CLAIM_COLUMNS, compare_easy_hard, write_claims
-from unlearnscope.scoring.cud import cud_scores
 
 
 def test_reader_bands_follow_the_reader_names():

@@ -9,11 +9,12 @@ import pandas as pd
 import pytest
 import torch
 
+from cud_runs import cud_scores
 from unlearnscope.anchors import AnchorSets, write_anchors
 from unlearnscope.circuits import attribute, graph_layout
 from unlearnscope.circuits.compute import ATTRIBUTION_PRESETS, compute_circuits
 from unlearnscope.circuits.graph import GraphLayout
-from unlearnscope.circuits.selection import edge_matrix, edge_vector
+from unlearnscope.circuits.selection import edge_count, edge_matrix, edge_vector
 from unlearnscope.circuits.store import CircuitStore, ShardWriter, write_header, write_index
 from unlearnscope.data.tokenize import collate, encode_samples, pad_id
 from unlearnscope.errors import DataError, UnknownNameError
@@ -25,8 +26,6 @@ from unlearnscope.scoring.cud import (
     cud,
     cud_from_aggregates,
     cud_from_similarities,
-    cud_scores,
-    edge_count,
     similarity,
 )
 

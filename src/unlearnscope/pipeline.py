@@ -47,6 +47,7 @@ from unlearnscope.evaluation.experiments import (
     DEFAULT_SCHEDULES,
     Unlearner,
     easy_hard_sets,
+    method_settings,
     schedule_comparison,
     to_markdown,
 )
@@ -185,14 +186,16 @@ class DemoConfig:
 
     def unlearner(self, target, tokenizer, retain) -> Unlearner:
         """Runs each method from a fresh copy of `target` with `unlearn_settings(method)`."""
-        return Unlearner(target, tokenizer, retain,
-                         {**self.unlearn, "seed": self.seed, "precision": self.precision},
+        return Unlearner(target, tokenizer, retain, self._run_settings(self.seed),
                          per_method=self.method_settings)
 
     def unlearn_settings(self, method: str, seed: int | None = None) -> dict:
         """Run settings of `method` (under `seed`, default `self.seed`)."""
-        return {**self.unlearn, "seed": self.seed if seed is None else seed,
-                "precision": self.precision, **self.method_settings.get(method, {})}
+        return method_settings(self._run_settings(self.seed if seed is None else seed),
+                               self.method_settings, method)
+
+    def _run_settings(self, seed: int) -> dict:
+        return {**self.unlearn, "seed": seed, "precision": self.precision}
 
     def method_seeds(self, method: str) -> tuple[int, ...]:
         """The seeds `method` is unlearned with, in order (the first one's model is evaluated)."""

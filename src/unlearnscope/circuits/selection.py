@@ -270,21 +270,21 @@ def select(scores: torch.Tensor, layout: GraphLayout, method: str = "topn", *,
     return SELECTORS[method](scores, layout, n, absolute=absolute, prune_nodes=prune_nodes)
 
 
-def resolve_n(top_n: float | str, layout: GraphLayout) -> int:
-    """A number of edges from a count, or from a fraction (below 1) of the graph's real edges
-    (rounded, at least 1)."""
+def edge_count(top_n: float | str, n_edges: int) -> int:
+    """A circuit's number of edges from a count, or from a fraction (below 1) of the graph's
+    `n_edges` real edges (rounded, at least 1)."""
     try:
         number = float(top_n)
     except ValueError:
         raise DataError(f"not a number: {top_n!r}", field="top_n") from None
     if 0 < number < 1:
-        n = max(1, round(number * layout.n_edges))
+        n = max(1, round(number * n_edges))
     elif number >= 1 and number.is_integer():
         n = int(number)
     else:
         n = 0
-    if not 1 <= n <= layout.n_edges:
-        raise DataError(f"top-n {top_n} must be a count in 1..{layout.n_edges} or a fraction "
+    if not 1 <= n <= n_edges:
+        raise DataError(f"top-n {top_n} must be a count in 1..{n_edges} or a fraction "
                         "in (0, 1)", field="top_n")
     return n
 
@@ -298,10 +298,3 @@ def circuit_vector(in_graph: torch.Tensor, layout: GraphLayout,
         vector = vector * edge_vector(scores, layout).float()
     return vector
 
-
-def aggregate_scores(scores: torch.Tensor) -> torch.Tensor:
-    """A set's scores: the mean over its samples, `[n, n_forward, n_backward]` ->
-    `[n_forward, n_backward]` (float32)."""
-    if len(scores) == 0:
-        raise DataError("cannot aggregate the circuits of an empty set of samples")
-    return scores.float().mean(dim=0)

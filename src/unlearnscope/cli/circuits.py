@@ -25,7 +25,7 @@ from unlearnscope.circuits.compute import (
 )
 from unlearnscope.circuits.export import FORMATS, export_from_store
 from unlearnscope.circuits.metrics import METRICS
-from unlearnscope.circuits.selection import SELECTORS, resolve_n, select
+from unlearnscope.circuits.selection import SELECTORS, edge_count, select
 from unlearnscope.circuits.store import HEADER_FILE, CircuitStore
 from unlearnscope.cli._common import (
     add_data_args,
@@ -169,7 +169,7 @@ def run(args: argparse.Namespace) -> int:
     samples = samples_from(args, args.data)
     model, tokenizer = load_model(args.model, dtype=args.dtype,
                                   trust_remote_code=args.trust_remote_code)
-    summary_n = resolve_n(args.top_n, graph_layout(model))
+    summary_n = edge_count(args.top_n, graph_layout(model).n_edges)
     if distributed.is_main():
         write_config(args.out, "circuits", options_of(args))
     store = compute_circuits(
@@ -238,7 +238,7 @@ def run_analyze(args: argparse.Namespace) -> int:
     store = CircuitStore.open(store_dir(args.dir))
     layout = store.layout
     groups = read_groups(args.groups) if args.groups else {"all": store.sample_ids}
-    n = None if args.selection == "threshold" else resolve_n(args.top_n, layout)
+    n = None if args.selection == "threshold" else edge_count(args.top_n, layout.n_edges)
     missing = {name: [i for i in ids if i not in store] for name, ids in groups.items()}
     groups = {name: [i for i in ids if i in store] for name, ids in groups.items()}
     for name, ids in missing.items():
@@ -317,7 +317,7 @@ def run_export(args: argparse.Namespace) -> int:
     ids = None if args.all_mean else [s.strip() for s in args.samples.split(",") if s.strip()]
     if ids is not None and not ids:
         raise DataError("no sample ids given", field="samples")
-    n = None if args.selection == "threshold" else resolve_n(args.top_n, store.layout)
+    n = None if args.selection == "threshold" else edge_count(args.top_n, store.layout.n_edges)
     path = export_from_store(store, args.out, sample_ids=ids, fmt=fmt, selection=args.selection,
                              n=n, threshold=args.threshold)
     what = "all samples' mean" if ids is None else ", ".join(ids)

@@ -23,7 +23,7 @@ from scipy import stats
 
 from unlearnscope.anchors.sets import ANCHORS_FILE, read_anchors
 from unlearnscope.circuits.graph import GraphLayout
-from unlearnscope.circuits.selection import edge_index
+from unlearnscope.circuits.selection import edge_count, edge_index
 from unlearnscope.evaluation.anchored_cud import open_run_store, read_run_outcomes
 from unlearnscope.evaluation.experiments import to_markdown
 from unlearnscope.evaluation.validation import (
@@ -32,7 +32,7 @@ from unlearnscope.evaluation.validation import (
     measured_difficulty,
 )
 from unlearnscope.runs import write_text
-from unlearnscope.scoring.cud import anchor_aggregate, circuit_vectors, cud, edge_count
+from unlearnscope.scoring.cud import anchor_aggregate, circuit_vectors, cud
 
 BANDS = ("first", "middle", "last")
 DEPTH_COLUMNS = ["band", "reader_layers", "n_edges", "circuit_edges", "spearman",

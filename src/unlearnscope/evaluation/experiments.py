@@ -39,6 +39,11 @@ DEFAULT_SCHEDULES = (("uniform", None), ("weighted", "mrd"), ("easy-to-hard", "c
                      ("hard-to-easy", "cud"), ("easy-to-hard", "mrd"), ("hard-to-easy", "mrd"))
 
 
+def method_settings(settings: dict, per_method: dict, method: str) -> dict:
+    """The run settings of `method`: `settings` with its `per_method[method]` overrides."""
+    return {**settings, **per_method.get(method, {})}
+
+
 @dataclass
 class Unlearner:
     """Unlearns a sample set from a fresh copy of the target model, with fixed settings.
@@ -56,8 +61,8 @@ class Unlearner:
     per_method: dict = field(default_factory=dict)
 
     def settings_for(self, method: str) -> dict:
-        """The run settings of `method`: `settings` with its `per_method` overrides."""
-        return {**self.settings, **self.per_method.get(method, {})}
+        """The run settings of `method` (`method_settings`)."""
+        return method_settings(self.settings, self.per_method, method)
 
     def __post_init__(self) -> None:
         self._cache: dict[tuple, object] = {}

@@ -51,7 +51,7 @@ from sklearn.preprocessing import StandardScaler
 
 from unlearnscope.anchors.sets import ANCHORS_FILE, read_anchors
 from unlearnscope.circuits.analysis import circuit_statistics
-from unlearnscope.circuits.selection import resolve_n
+from unlearnscope.circuits.selection import edge_count
 from unlearnscope.circuits.store import HEADER_FILE, CircuitStore
 from unlearnscope.errors import DataError
 from unlearnscope.evaluation.experiments import to_markdown
@@ -210,7 +210,7 @@ def circuit_features(store_dir: str | Path, sample_ids: Sequence[str], *,
     get NaN rows."""
     store = CircuitStore.open(store_dir)
     stored = [i for i in sample_ids if i in store]
-    masks = store.circuits(stored, "topn", n=resolve_n(top_n, store.layout))
+    masks = store.circuits(stored, "topn", n=edge_count(top_n, store.layout.n_edges))
     table = circuit_statistics(masks, store.layout, stored).set_index("sample_id")
     return table.add_prefix(CIRCUIT_PREFIX).reindex(list(sample_ids))
 

@@ -165,12 +165,6 @@ def answer_losses(model, tokenizer, samples: Sequence[Sample], *,
     return losses
 
 
-def answer_probability(model, tokenizer, samples: Sequence[Sample], *, batch_size: int = 16
-                       ) -> torch.Tensor:
-    """exp(-mean answer NLL) per sample: `[n]` float32 (open-unlearning's `probability`)."""
-    return torch.exp(-answer_losses(model, tokenizer, samples, batch_size=batch_size))
-
-
 def _perturbed_options(sample: Sample) -> list[str]:
     options = sample.get(PERTURBED)
     if isinstance(options, str):

@@ -23,7 +23,7 @@ from unlearnscope.circuits.analysis import (
     plot_edge_frequencies,
     plot_layer_histograms,
 )
-from unlearnscope.circuits.selection import resolve_n
+from unlearnscope.circuits.selection import edge_count
 from unlearnscope.circuits.store import CircuitStore
 from unlearnscope.errors import DataError
 from unlearnscope.evaluation.anchored_cud import read_run_outcomes
@@ -66,7 +66,7 @@ def compare_easy_hard(store_dir: str | Path, easy: list[str], hard: list[str], *
     are listed in `not_stored` and left out). Raises `DataError` when a set has none."""
     store = CircuitStore.open(store_dir)
     layout = store.layout
-    n = resolve_n(top_n, layout)
+    n = edge_count(top_n, layout.n_edges)
     wanted = {"easy": easy, "hard": hard}
     ids = {name: [i for i in group if i in store] for name, group in wanted.items()}
     not_stored = {name: [i for i in group if i not in store] for name, group in wanted.items()}

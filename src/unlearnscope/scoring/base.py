@@ -68,7 +68,8 @@ class Scorer(ABC):
     def config(self) -> dict[str, Any]:
         return {"name": self.name, "higher_is_harder": self.higher_is_harder, **self.options}
 
-    def difficulty(self, values: torch.Tensor) -> torch.Tensor:
+    def difficulty(self, values: float | torch.Tensor) -> float | torch.Tensor:
+        """Raw values (a number or a tensor) -> difficulty: higher is harder."""
         return values if self.higher_is_harder else -values
 
     @abstractmethod

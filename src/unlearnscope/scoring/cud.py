@@ -51,7 +51,13 @@ from unlearnscope.circuits.compute import ATTRIBUTION_DEFAULTS, ATTRIBUTION_PRES
 from unlearnscope.circuits.graph import GraphLayout
 from unlearnscope.circuits.metrics import get_metric
 from unlearnscope.circuits.nodes import node_scores_from_edges
-from unlearnscope.circuits.selection import circuit_vector, edge_matrix, edge_vector, select
+from unlearnscope.circuits.selection import (
+    circuit_vector,
+    edge_count,
+    edge_matrix,
+    edge_vector,
+    select,
+)
 from unlearnscope.circuits.store import (
     ATTRIBUTION_KEYS,
     HEADER_FILE,
@@ -132,19 +138,6 @@ def cud(vectors: torch.Tensor, easy_vector: torch.Tensor, hard_vector: torch.Ten
                                  similarity(vectors, hard_vector, kind))
 
 
-def edge_count(top_n: float, n_edges: int) -> int:
-    """Circuit size in edges: an integer count, or a fraction of the edges when below 1."""
-    top_n = float(top_n)
-    if 0 < top_n < 1:
-        n = max(1, round(top_n * n_edges))
-    else:
-        n = int(top_n) if float(top_n).is_integer() else 0
-    if not 1 <= n <= n_edges:
-        raise DataError(f"top_n {top_n} must be a count in 1..{n_edges} or a fraction in (0, 1)",
-                        field="top_n")
-    return n
-
-
 def circuit_vectors(edge_scores: torch.Tensor, top_n: float, *, vector: str = "binary",
                     layout: GraphLayout | None = None, selection: str = "topn",
                     prune: bool = True) -> torch.Tensor:
@@ -202,19 +195,6 @@ def cud_from_aggregates(sample_edge_scores: torch.Tensor, easy_aggregate: torch.
         sketch = GradientSketch(int(sketch_dim), seed=sketch_seed)
         anchors, samples = sketch.project([anchors]), sketch.project([samples])
     return cud(samples, anchors[0], anchors[1], similarity)
-
-
-def cud_scores(sample_edge_scores: torch.Tensor, easy_edge_scores: torch.Tensor,
-               hard_edge_scores: torch.Tensor, *, top_n: float = 0.05,
-               similarity: str = "cosine", vector: str = "binary",
-               layout: GraphLayout | None = None, selection: str = "topn",
-               prune: bool = True) -> torch.Tensor:
-    """CUD `[n]` float64 of samples' edge scores `[n, E]` given the easy and hard anchor
-    samples' edge scores `[n_e, E]`, `[n_h, E]` (each set aggregated by its mean)."""
-    return cud_from_aggregates(sample_edge_scores, anchor_aggregate([easy_edge_scores]),
-                               anchor_aggregate([hard_edge_scores]), top_n=top_n,
-                               similarity=similarity, vector=vector, layout=layout,
-                               selection=selection, prune=prune)
 
 
 def _open_store(path: str | Path) -> CircuitStore:

@@ -218,8 +218,7 @@ def score_samples(model, tokenizer, samples: Sequence[Sample], scorers: Sequence
     for scorer in scorers:
         for sample in samples:
             value = done[(sample.id, scorer.name, digests[scorer.name])]
-            difficulty = value if scorer.higher_is_harder else -value
-            rows.append((sample.id, scorer.name, value, difficulty))
+            rows.append((sample.id, scorer.name, value, scorer.difficulty(value)))
     table = pd.DataFrame(rows, columns=SCORE_COLUMNS)
     configs = {s.name: s.config() for s in scorers}
     existing = out / "scores.parquet"

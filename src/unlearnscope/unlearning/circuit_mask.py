@@ -38,7 +38,7 @@ from transformers.pytorch_utils import Conv1D
 
 from unlearnscope.anchors.sets import ANCHORS_FILE, read_anchors
 from unlearnscope.circuits.graph import GraphLayout
-from unlearnscope.circuits.selection import circuit_nodes, resolve_n
+from unlearnscope.circuits.selection import circuit_nodes, edge_count
 from unlearnscope.circuits.store import HEADER_FILE, CircuitStore
 from unlearnscope.circuits.ungroup import repeat_kv_heads
 from unlearnscope.errors import DataError, UnknownNameError
@@ -239,7 +239,7 @@ def build_circuit_mask(kind: str, circuits: str | Path, model: nn.Module, *,
         raise DataError(f"the circuits have {layout.n_layers} layers x {layout.n_heads} heads, "
                         f"the model {parts.n_layers} x {parts.n_heads}",
                         source=str(store.directory / HEADER_FILE))
-    n = resolve_n(top_n, layout)
+    n = edge_count(top_n, layout.n_edges)
     details = {"kind": kind, "circuits": str(store.directory), "top_n": n}
     if kind == "batch":
         per_sample = sample_components(store.circuits(list(forget_ids), "topn", n=n), layout)
