@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -384,107 +384,152 @@ def evaluate_tofu(model, tokenizer, *, forget: Sequence[Sample],
     """
     if not forget:
         raise DataError("the forget set is empty")
-    metrics: dict[str, float | None] = {}
-    missing: dict[str, str] = {}
-    tables = []
+    run = _TofuRun(model, tokenizer, batch_size=batch_size, max_new_tokens=max_new_tokens, k=k)
+    stats, forget_table = run.forget_split(forget)
+    run.tables.append(forget_table)
+    forget_ratios = run.truth_ratios(forget if forget_perturbed is None else forget_perturbed,
+                                     forget_table if forget_perturbed is None else None)
+    run.forget_quality(forget_ratios, retain_truth_ratios)
+    run.membership(forget, holdout, stats, forget_table, gradnorm=gradnorm,
+                   retain_mia_auc=retain_mia_auc)
+    components = run.utility({"retain": retain_perturbed if retain_perturbed is not None
+                              else retain, "real_authors": real_authors,
+                              "world_facts": world_facts})
+    return {"metrics": run.metrics, "missing": run.missing, "utility_components": components,
+            "forget_truth_ratios": forget_ratios,
+            "per_sample": pd.concat(run.tables, ignore_index=True)}
 
-    stats = answer_statistics(model, tokenizer, forget, batch_size=batch_size, k=k,
-                              desc="forget statistics")
-    generations = greedy_answers(model, tokenizer, forget, batch_size=batch_size,
-                                 max_new_tokens=max_new_tokens, desc="forget generate")
-    rouge = rouge_l_recall([s.answer for s in forget], generations)
-    prob = np.exp(-stats.mean_nll)
-    forget_table = pd.DataFrame({
-        "split": "forget", "sample_id": [s.id for s in forget], "prob": prob, "rouge": rouge,
-        "generation": generations, "exact_memorization": stats.exact_memorization,
-        "extraction_strength": stats.extraction_strength,
-        **{f"mia_{name}": values for name, values in stats.attack_scores.items()},
-    })
-    metrics.update(forget_prob=float(prob.mean()), forget_rouge=float(rouge.mean()),
-                   exact_memorization=float(stats.exact_memorization.mean()),
-                   extraction_strength=float(stats.extraction_strength.mean()))
 
-    tr_samples = forget if forget_perturbed is None else forget_perturbed
-    forget_ratios: dict[str, float] = {}
-    if _has_truth_ratio_fields(tr_samples, PARAPHRASED):
-        ratios = sample_truth_ratios(model, tokenizer, tr_samples, batch_size=batch_size)
-        forget_ratios = {s.id: float(r) for s, r in zip(tr_samples, ratios, strict=True)}
-        metrics["forget_truth_ratio"] = closer_to_1_better(ratios)
-        if forget_perturbed is None:
+@dataclass
+class _TofuRun:
+    """One model's TOFU evaluation in progress: each method computes one group of metrics into
+    `metrics` (None where it cannot, with the reason in `missing`) and its per-sample rows
+    into `tables`."""
+
+    model: object
+    tokenizer: object
+    batch_size: int
+    max_new_tokens: int
+    k: float
+    metrics: dict[str, float | None] = field(default_factory=dict)
+    missing: dict[str, str] = field(default_factory=dict)
+    tables: list[pd.DataFrame] = field(default_factory=list)
+
+    def forget_split(self, forget: Sequence[Sample]) -> tuple[AnswerStatistics, pd.DataFrame]:
+        """Probability, ROUGE, exact memorization, extraction strength and the MIA statistics
+        of the forget samples: their statistics and per-sample table."""
+        stats = answer_statistics(self.model, self.tokenizer, forget, batch_size=self.batch_size,
+                                  k=self.k, desc="forget statistics")
+        generations = greedy_answers(self.model, self.tokenizer, forget,
+                                     batch_size=self.batch_size,
+                                     max_new_tokens=self.max_new_tokens, desc="forget generate")
+        rouge = rouge_l_recall([s.answer for s in forget], generations)
+        prob = np.exp(-stats.mean_nll)
+        table = pd.DataFrame({
+            "split": "forget", "sample_id": [s.id for s in forget], "prob": prob,
+            "rouge": rouge, "generation": generations,
+            "exact_memorization": stats.exact_memorization,
+            "extraction_strength": stats.extraction_strength,
+            **{f"mia_{name}": values for name, values in stats.attack_scores.items()},
+        })
+        self.metrics.update(forget_prob=float(prob.mean()), forget_rouge=float(rouge.mean()),
+                            exact_memorization=float(stats.exact_memorization.mean()),
+                            extraction_strength=float(stats.extraction_strength.mean()))
+        return stats, table
+
+    def truth_ratios(self, samples: Sequence[Sample], forget_table: pd.DataFrame | None
+                     ) -> dict[str, float]:
+        """Per-sample forget truth ratios `{sample_id: R}` (empty without the fields) and
+        `forget_truth_ratio`; written into `forget_table` when the samples are the forget
+        samples themselves, else as their own `forget_perturbed` rows."""
+        if not _has_truth_ratio_fields(samples, PARAPHRASED):
+            self.metrics["forget_truth_ratio"] = None
+            self.missing["forget_truth_ratio"] = (f"the forget samples have no {PARAPHRASED} "
+                                                  f"and {PERTURBED} fields")
+            return {}
+        ratios = sample_truth_ratios(self.model, self.tokenizer, samples,
+                                     batch_size=self.batch_size)
+        by_id = {s.id: float(r) for s, r in zip(samples, ratios, strict=True)}
+        self.metrics["forget_truth_ratio"] = closer_to_1_better(ratios)
+        if forget_table is not None:
             forget_table["truth_ratio"] = ratios.numpy()
         else:
-            tables.append(pd.DataFrame({"split": "forget_perturbed", "sample_id": list(
-                forget_ratios), "truth_ratio": list(forget_ratios.values())}))
-    else:
-        metrics["forget_truth_ratio"] = None
-        missing["forget_truth_ratio"] = (f"the forget samples have no {PARAPHRASED} and "
-                                         f"{PERTURBED} fields")
-    if not forget_ratios:
-        metrics["forget_quality"] = None
-        missing["forget_quality"] = missing["forget_truth_ratio"]
-    elif retain_truth_ratios is None or len(retain_truth_ratios) == 0:
-        metrics["forget_quality"] = None
-        missing["forget_quality"] = ("needs the retain model's per-sample forget truth ratios "
-                                     "(--retain-model or --retain-logs)")
-    else:
-        reference = _aligned_retain_ratios(retain_truth_ratios, list(forget_ratios))
-        metrics["forget_quality"] = forget_quality(list(forget_ratios.values()), reference)
-    tables.insert(0, forget_table)
+            self.tables.append(pd.DataFrame({"split": "forget_perturbed",
+                                             "sample_id": list(by_id),
+                                             "truth_ratio": list(by_id.values())}))
+        return by_id
 
-    if holdout:
-        h_stats = answer_statistics(model, tokenizer, holdout, batch_size=batch_size, k=k,
+    def forget_quality(self, forget_ratios: Mapping[str, float],
+                       retain_truth_ratios: Mapping[str, float] | Sequence[float] | None) -> None:
+        """Forget quality: the KS test of the forget truth ratios against the retain model's."""
+        self.metrics["forget_quality"] = None
+        if not forget_ratios:
+            self.missing["forget_quality"] = self.missing["forget_truth_ratio"]
+        elif retain_truth_ratios is None or len(retain_truth_ratios) == 0:
+            self.missing["forget_quality"] = ("needs the retain model's per-sample forget truth "
+                                              "ratios (--retain-model or --retain-logs)")
+        else:
+            reference = _aligned_retain_ratios(retain_truth_ratios, list(forget_ratios))
+            self.metrics["forget_quality"] = forget_quality(list(forget_ratios.values()),
+                                                            reference)
+
+    def membership(self, forget: Sequence[Sample], holdout: Sequence[Sample] | None,
+                   stats: AnswerStatistics, forget_table: pd.DataFrame, *, gradnorm: bool,
+                   retain_mia_auc: float | None) -> None:
+        """MIA AUCs of forget vs holdout per attack, and privleak against the retain model."""
+        if not holdout:
+            for name in ATTACKS:
+                self.metrics[f"mia_{name}"] = None
+                self.missing[f"mia_{name}"] = "no holdout set"
+            self.metrics["privleak"] = None
+            self.missing["privleak"] = "no holdout set"
+            return
+        h_stats = answer_statistics(self.model, self.tokenizer, holdout,
+                                    batch_size=self.batch_size, k=self.k,
                                     desc="holdout statistics")
         forget_scores, holdout_scores = dict(stats.attack_scores), dict(h_stats.attack_scores)
         if gradnorm:
-            forget_scores["gradnorm"] = gradnorm_attack(model, tokenizer, forget,
-                                                        batch_size=batch_size)
-            holdout_scores["gradnorm"] = gradnorm_attack(model, tokenizer, holdout,
-                                                         batch_size=batch_size)
+            forget_scores["gradnorm"] = gradnorm_attack(self.model, self.tokenizer, forget,
+                                                        batch_size=self.batch_size)
+            holdout_scores["gradnorm"] = gradnorm_attack(self.model, self.tokenizer, holdout,
+                                                         batch_size=self.batch_size)
             forget_table["mia_gradnorm"] = forget_scores["gradnorm"]
         else:
-            missing["mia_gradnorm"] = "gradnorm attack switched off"
+            self.missing["mia_gradnorm"] = "gradnorm attack switched off"
         for name in ATTACKS:
-            if name in forget_scores:
-                metrics[f"mia_{name}"] = mia_auc(forget_scores[name], holdout_scores[name])
-            else:
-                metrics[f"mia_{name}"] = None
-        tables.append(pd.DataFrame({
+            self.metrics[f"mia_{name}"] = (mia_auc(forget_scores[name], holdout_scores[name])
+                                           if name in forget_scores else None)
+        self.tables.append(pd.DataFrame({
             "split": "holdout", "sample_id": [s.id for s in holdout],
             "prob": np.exp(-h_stats.mean_nll),
             **{f"mia_{name}": values for name, values in holdout_scores.items()},
         }))
         if retain_mia_auc is None:
-            metrics["privleak"] = None
-            missing["privleak"] = ("needs the retain model's min-k MIA AUC "
-                                   "(--retain-model or --retain-logs)")
+            self.metrics["privleak"] = None
+            self.missing["privleak"] = ("needs the retain model's min-k MIA AUC "
+                                        "(--retain-model or --retain-logs)")
         else:
-            metrics["privleak"] = privleak(metrics[f"mia_{PRIVLEAK_ATTACK}"], retain_mia_auc)
-    else:
-        for name in ATTACKS:
-            metrics[f"mia_{name}"] = None
-            missing[f"mia_{name}"] = "no holdout set"
-        metrics["privleak"] = None
-        missing["privleak"] = "no holdout set"
+            self.metrics["privleak"] = privleak(self.metrics[f"mia_{PRIVLEAK_ATTACK}"],
+                                                retain_mia_auc)
 
-    utility_sets = {"retain": retain_perturbed if retain_perturbed is not None else retain,
-                    "real_authors": real_authors, "world_facts": world_facts}
-    for name, samples in utility_sets.items():
-        if not samples:
-            continue
-        split_metrics, table = _utility_split(model, tokenizer, name, samples,
-                                              batch_size=batch_size, max_new_tokens=max_new_tokens)
-        metrics.update(split_metrics)
-        tables.append(table)
-    components = _utility_components(metrics)
-    if components:
-        metrics["model_utility"] = harmonic_mean([metrics[c] for c in components])
-    else:
-        metrics["model_utility"] = None
-        missing["model_utility"] = "no retain, real-authors or world-facts set"
-
-    return {"metrics": metrics, "missing": missing, "utility_components": components,
-            "forget_truth_ratios": forget_ratios,
-            "per_sample": pd.concat(tables, ignore_index=True)}
+    def utility(self, sets: Mapping[str, Sequence[Sample] | None]) -> list[str]:
+        """Each present utility split's metrics and `model_utility`, their harmonic mean;
+        returns the components used."""
+        for name, samples in sets.items():
+            if not samples:
+                continue
+            split_metrics, table = _utility_split(self.model, self.tokenizer, name, samples,
+                                                  batch_size=self.batch_size,
+                                                  max_new_tokens=self.max_new_tokens)
+            self.metrics.update(split_metrics)
+            self.tables.append(table)
+        components = _utility_components(self.metrics)
+        if components:
+            self.metrics["model_utility"] = harmonic_mean([self.metrics[c] for c in components])
+        else:
+            self.metrics["model_utility"] = None
+            self.missing["model_utility"] = "no retain, real-authors or world-facts set"
+        return components
 
 
 def metrics_report(evaluation: Mapping, *, benchmark: str, model: str,
