@@ -179,11 +179,12 @@ def bench_model(name: str, args) -> dict:
     for b in singles[:args.activation_samples]:
         act_times.append(_timed(lambda b=b: attribute_batch(b, "EAP-IG-activations"), 1))
         paired.append(_timed(lambda b=b: attribute_batch(b), 1))
-    act_per_sample = statistics.fmean(act_times)
-    act_over_batch1 = act_per_sample / statistics.fmean(paired)
+    # --activation-samples 0 skips the EAP-IG-activations comparison (its ratios are None)
+    act_per_sample = statistics.fmean(act_times) if act_times else None
+    act_over_batch1 = act_per_sample / statistics.fmean(paired) if act_times else None
     for row in rows:
         row["activations_over_inputs_per_sample"] = (
-            act_over_batch1 * row["attribution_speedup_vs_batch1_loop"])
+            act_over_batch1 * row["attribution_speedup_vs_batch1_loop"] if act_times else None)
     return {
         "model": name,
         "data": data_spec,

@@ -8,13 +8,17 @@ import torch
 from circuit_models import FAMILIES, padded_batch
 from circuit_models import tiny as tiny_model
 from unlearnscope.circuits import attribute
-from unlearnscope.circuits.bridge import attribute_bridge, build_bridge, shared_clone
+from unlearnscope.circuits.bridge import build_bridge, shared_clone
 from unlearnscope.errors import UnknownNameError, UnlearnscopeError
 
 # the bridge backend refuses Phi (a test below checks that it says so)
 BRIDGE_FAMILIES = [family for family in FAMILIES if family != "phi-gqa"]
 SETTINGS = [("EAP", "left"), ("EAP-IG-inputs", "left"), ("EAP-IG-inputs", "midpoint"),
             ("EAP-IG-activations", "left")]
+
+
+def on_bridge(model, batch, **options):
+    return attribute(model, batch, backend="bridge", **options)
 
 
 def tiny(family: str):
@@ -35,7 +39,7 @@ def assert_same_scores(actual: torch.Tensor, expected: torch.Tensor) -> None:
 def test_bridge_matches_fast_backend(family, method, rule):
     model, batch = tiny(family), padded_batch()
     fast = attribute(model, batch, method=method, ig_steps=5, baseline="zero", rule=rule)
-    bridged = attribute_bridge(model, batch, method=method, ig_steps=5, baseline="zero", rule=rule)
+    bridged = on_bridge(model, batch, method=method, ig_steps=5, baseline="zero", rule=rule)
     assert bridged.scores.dtype == torch.float32
     assert bridged.scores.shape == fast.scores.shape
     assert bridged.forward_names == fast.forward_names
@@ -54,18 +58,18 @@ def test_bridge_matches_fast_backend_on_baselines_and_metrics(baseline, metric):
         baseline = padded_batch(seed=7)["input_ids"]
     fast = attribute(model, batch, method="EAP-IG-inputs", ig_steps=3, baseline=baseline,
                      rule="midpoint", metric=metric)
-    bridged = attribute_bridge(model, batch, method="EAP-IG-inputs", ig_steps=3,
-                               baseline=baseline, rule="midpoint", metric=metric)
+    bridged = on_bridge(model, batch, method="EAP-IG-inputs", ig_steps=3,
+                        baseline=baseline, rule="midpoint", metric=metric)
     assert_same_scores(bridged.scores, fast.scores)
 
 
 def test_bridge_scores_are_per_sample():
     """Each sample alone (unpadded) scores the same as inside the right-padded batch."""
     model, batch = tiny("llama-gqa"), padded_batch()
-    together = attribute_bridge(model, batch, method="EAP-IG-inputs", rule="midpoint").scores
+    together = on_bridge(model, batch, method="EAP-IG-inputs", rule="midpoint").scores
     for sample, length in enumerate(batch["attention_mask"].sum(dim=1).tolist()):
         alone = {key: value[sample: sample + 1, :length] for key, value in batch.items()}
-        scores = attribute_bridge(model, alone, method="EAP-IG-inputs", rule="midpoint").scores
+        scores = on_bridge(model, alone, method="EAP-IG-inputs", rule="midpoint").scores
         assert_same_scores(together[sample: sample + 1], scores)
 
 
@@ -124,7 +128,7 @@ def test_attribute_bridge_leaves_the_model_as_it_was():
     attn_implementation = model.config._attn_implementation
     with torch.no_grad():
         before = model(**batch).logits
-    attribute_bridge(model, batch, method="EAP")
+    on_bridge(model, batch, method="EAP")
     assert [(name, type(module)) for name, module in model.named_modules()] == modules
     assert model.config._attn_implementation == attn_implementation
     assert model.config.num_key_value_heads == 2
@@ -136,12 +140,12 @@ def test_phi_is_refused_with_the_reason():
     """TransformerLens 4.3's parallel block for Phi (MLP on the shared attention norm) never
     fires `hook_mlp_in`, so the MLP readers' residual-stream gradients are not on the bridge."""
     with pytest.raises(UnlearnscopeError, match=r"never fires the hook points.*hook_mlp_in"):
-        attribute_bridge(tiny("phi-gqa"), padded_batch(), method="EAP")
+        on_bridge(tiny("phi-gqa"), padded_batch(), method="EAP")
 
 
 def test_unknown_method_is_refused():
     with pytest.raises(UnknownNameError, match="EAP-IG-inputs"):
-        attribute_bridge(tiny("gpt2"), padded_batch(), method="IG")
+        on_bridge(tiny("gpt2"), padded_batch(), method="IG")
 
 
 def test_attribute_dispatches_to_the_bridge_backend():

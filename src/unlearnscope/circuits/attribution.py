@@ -50,31 +50,41 @@ chunking changes no result; it keeps memory from growing with the batch, and on 
 the per-layer gradients in cache where a whole batch's would not (`bench/circuits.py` measures
 it). A GPU's budget is a quarter of its free memory, so there a batch stays whole.
 
-Two backends compute the same numbers. `backend="bridge"` runs on TransformerLens 4.x's
-`TransformerBridge` over the HF model's own parameters (see `bridge`), reading the hook points the
-reference library reads. The default `backend="hooks"` computes those same quantities
-(`hook_embed`, `attn.hook_result`, `hook_mlp_out`; `hook_q/k/v_input` and `hook_mlp_in`
-gradients; `hook_resid_post` of the last block) from hooks on the HF modules (see `recorder` and
-`readers`), with grouped-query models ungrouped (`ungroup`): the bridge forces eager attention and
-runs the attention norm and projections once per head copy, so the hooks backend is faster and
-keeps the model's fused attention kernel. The tests check the two backends against each other and against an independent
-per-reader implementation of the definitions. The output-projection bias belongs to no head, as
-in the reference; it cancels in the activation difference anyway.
+Two backends compute the same numbers from one `plan.Plan` (the checked batch, the clean and
+baseline embeddings, the interpolation points); each supplies only its gradient-and-contract step
+(`BACKENDS`, built once per model by `make_backend`). `backend="bridge"` runs on TransformerLens
+4.x's `TransformerBridge` over the HF model's own parameters (see `bridge`), reading the hook
+points the reference library reads. The default `backend="hooks"` computes those same quantities
+(`hook_embed`, `attn.hook_result`, `hook_mlp_out`; `hook_q/k/v_input` and `hook_mlp_in` gradients;
+`hook_resid_post` of the last block) from hooks on the HF modules (see `recorder` and `readers`),
+with grouped-query models ungrouped (`ungroup`): the bridge forces eager attention and runs the
+attention norm and projections once per head copy, so the hooks backend is faster and keeps the
+model's fused attention kernel. The tests check the two backends against each other and against an
+independent per-reader implementation of the definitions. The output-projection bias belongs to no
+head, as in the reference; it cancels in the activation difference anyway.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch import nn
 
-from unlearnscope.circuits.baselines import NAMED_BASELINES, Baseline, baseline_embeddings
+from unlearnscope.circuits.baselines import NAMED_BASELINES, Baseline
 from unlearnscope.circuits.graph import GraphLayout
-from unlearnscope.circuits.metrics import get_metric
 from unlearnscope.circuits.nodes import WriterGradientSum
+from unlearnscope.circuits.plan import (
+    AttributionResult,
+    Plan,
+    check_options,
+    checked_batch,
+    graph_layout,
+    plan_attribution,
+)
 from unlearnscope.circuits.readers import add_layer_reader_gradients
 from unlearnscope.circuits.recorder import GraphRecorder, Writers
 from unlearnscope.data.tokenize import IGNORE_INDEX
@@ -83,12 +93,6 @@ from unlearnscope.models.architecture import ModelParts, model_parts
 from unlearnscope.progress import progress_bar
 from unlearnscope.runs import check_finite
 
-METHODS = ("EAP", "EAP-IG-inputs", "EAP-IG-activations")
-_ZERO_STEP_HINT = (" (the alpha = 0 step runs the model on the baseline itself; with a zero baseline"
-                   " and no positional embedding every norm sees an all-zero residual stream, whose"
-                   " gradient, ~1/sqrt(eps) per layer, overflows in deep models: use"
-                   " rule='midpoint' or another baseline)")
-RULES = ("left", "midpoint")
 ZERO_ACTIVATIONS = "zero-activations"
 BASELINES = (*NAMED_BASELINES, ZERO_ACTIVATIONS)
 LEVELS = ("edges", "nodes")
@@ -97,74 +101,6 @@ POSITIONS = ("all", "answer")
 # module docstring): SmolLM2-135M then attributes one sample at a time, tiny models a
 # whole batch.
 MEMORY_BUDGET = 128 * 2**20
-
-
-@dataclass(frozen=True)
-class AttributionResult:
-    """Per-sample edge scores in the reference layout.
-
-    scores `[batch, n_forward, n_backward]` float32 (0 on non-edges), or `[batch, n_forward]`
-    for `level="nodes"`; metric_clean and metric_baseline `[batch]`: the metric at the clean
-    input and at the baseline input.
-    """
-
-    scores: torch.Tensor
-    layout: GraphLayout
-    metric_clean: torch.Tensor
-    metric_baseline: torch.Tensor
-
-    @property
-    def forward_names(self) -> list[str]:
-        return self.layout.forward_names
-
-    @property
-    def backward_names(self) -> list[str]:
-        return self.layout.backward_names
-
-    @property
-    def real_edge_mask(self) -> torch.Tensor:
-        """`[n_forward, n_backward]` bool."""
-        return self.layout.real_edge_mask
-
-
-def graph_layout(model: nn.Module) -> GraphLayout:
-    """The EAP graph layout of a HF causal LM (grouped-query models ungrouped)."""
-    parts = model_parts(model)
-    return GraphLayout(parts.n_layers, parts.n_heads, parts.parallel_attn_mlp)
-
-
-def interpolation_alphas(method: str, steps: int, rule: str) -> list[float]:
-    """The interpolation coefficients of one node's passes (see the module docstring)."""
-    if method == "EAP":
-        return [1.0]
-    if rule == "midpoint":
-        return [(k + 0.5) / steps for k in range(steps)]
-    if method == "EAP-IG-inputs":
-        return [k / steps for k in range(steps)]
-    return [k / steps for k in range(1, steps + 1)]
-
-
-def checked_batch(batch: dict[str, torch.Tensor], device: torch.device
-                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    for key in ("input_ids", "attention_mask", "labels"):
-        if key not in batch:
-            raise DataError(f"batch has no '{key}'", field=key)
-    input_ids = batch["input_ids"].to(device)
-    attention_mask = batch["attention_mask"].to(device)
-    labels = batch["labels"].to(device)
-    if input_ids.ndim != 2 or attention_mask.shape != input_ids.shape or labels.shape != input_ids.shape:
-        raise DataError("input_ids, attention_mask and labels must share one [batch, pos] shape, "
-                        f"got {tuple(input_ids.shape)}, {tuple(attention_mask.shape)}, "
-                        f"{tuple(labels.shape)}", field="input_ids")
-    real = attention_mask.bool()
-    if bool((real[:, 1:] & ~real[:, :-1]).any()):
-        raise DataError("attribution needs right padding (1s then 0s in each row)",
-                        field="attention_mask")
-    answer_tokens = (labels[:, 1:] != IGNORE_INDEX).sum(dim=1)
-    if bool((answer_tokens == 0).any()):
-        row = int((answer_tokens == 0).nonzero()[0])
-        raise DataError(f"sample {row} of the batch has no answer token to score", field="labels")
-    return input_ids, attention_mask, labels
 
 
 @contextmanager
@@ -237,16 +173,6 @@ def _forward(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Te
     return model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
 
 
-def check_options(method: str, rule: str, ig_steps: int) -> None:
-    """Reject an unknown method or rule, or fewer than one IG step."""
-    if method not in METHODS:
-        raise UnknownNameError("attribution method", method, list(METHODS))
-    if rule not in RULES:
-        raise UnknownNameError("integration rule", rule, list(RULES))
-    if method != "EAP" and ig_steps < 1:
-        raise DataError(f"ig_steps must be at least 1, got {ig_steps}", field="ig_steps")
-
-
 def check_variant(level: str, positions: str, method: str, backend: str) -> None:
     """Reject an unknown level or positions, and node level where it is not implemented."""
     if level not in LEVELS:
@@ -264,38 +190,53 @@ def check_variant(level: str, positions: str, method: str, backend: str) -> None
 
 def attribute(model: nn.Module, batch: dict[str, torch.Tensor], *, method: str = "EAP-IG-inputs",
               ig_steps: int = 5, baseline: Baseline = "zero", rule: str = "left",
-              metric: str = "answer_logprob", backend: str = "hooks", level: str = "edges",
-              positions: str = "all", chunk_size: int | None = None) -> AttributionResult:
+              metric: str = "answer_logprob", backend: str | Backend = "hooks",
+              level: str = "edges", positions: str = "all", chunk_size: int | None = None
+              ) -> AttributionResult:
     """Per-sample EAP / EAP-IG edge scores of a HF causal LM on a right-padded batch.
 
     batch: `input_ids`, `attention_mask`, `labels` `[batch, pos]` (labels -100 outside the
     answer). baseline: `"zero"`, `"pad"`, `"mean"`, corrupted input ids `[batch, pos]`,
     baseline embeddings `[batch, pos, d_model]`, or `"zero-activations"` (every writer at zero,
     EAP-IG-activations with the hooks backend only; see the module docstring). backend:
-    `"hooks"` (hooks on the HF modules) or `"bridge"` (TransformerLens' TransformerBridge); same
-    numbers. level: `"edges"` or `"nodes"` (one score per writer, the sum of its edge scores);
-    positions: `"all"` or `"answer"` (the sum over positions only over the answer's).
-    chunk_size: samples attributed together by the hooks backend (None: `default_chunk_size`).
-    Returns scores `[batch, n_forward, n_backward]` (`[batch, n_forward]` for nodes).
+    `"hooks"` (hooks on the HF modules) or `"bridge"` (TransformerLens' TransformerBridge), same
+    numbers, or a backend `make_backend` built once for many batches. level: `"edges"` or
+    `"nodes"` (one score per writer, the sum of its edge scores); positions: `"all"` or
+    `"answer"` (the sum over positions only over the answer's). chunk_size: samples attributed
+    together by the hooks backend (None: `default_chunk_size`). Returns scores `[batch,
+    n_forward, n_backward]` (`[batch, n_forward]` for nodes).
     """
-    check_variant(level, positions, method, backend)
+    backend_name = backend if isinstance(backend, str) else backend.name
+    check_variant(level, positions, method, backend_name)
+    check_options(method, rule, ig_steps)
+    zero_writers = isinstance(baseline, str) and baseline == ZERO_ACTIVATIONS
+    if zero_writers and (method != "EAP-IG-activations" or backend_name != "hooks"):
+        raise DataError(f"baseline '{ZERO_ACTIVATIONS}' needs method 'EAP-IG-activations' and "
+                        f"backend 'hooks', got '{method}' and '{backend_name}'", field="baseline")
     if chunk_size is not None and chunk_size < 1:
         raise DataError(f"chunk_size must be at least 1, got {chunk_size}", field="chunk_size")
-    options = {"method": method, "ig_steps": ig_steps, "rule": rule, "metric": metric,
-               "backend": backend, "level": level, "positions": positions}
-    if backend != "hooks":
-        return _attribute_batch(model, batch, baseline=baseline, **options)
+    runner = make_backend(model, backend) if isinstance(backend, str) else backend
+    options = {"method": method, "ig_steps": ig_steps, "rule": rule, "metric": metric}
+    variant = {"level": level, "positions": positions, "zero_writers": zero_writers}
+
+    def one_chunk(rows: dict[str, torch.Tensor], rows_baseline: Baseline) -> AttributionResult:
+        plan = plan_attribution(model, rows, baseline="zero" if zero_writers else rows_baseline,
+                                **options)
+        if zero_writers:
+            plan.baseline_name = ZERO_ACTIVATIONS
+        return plan.result(*runner(plan, **variant))
+
+    if runner.name != "hooks":
+        return one_chunk(batch, baseline)
     n_samples, length = checked_batch(batch, model_parts(model).embedding.weight.device)[0].shape
     size = chunk_size or default_chunk_size(model, length, level)
     if size >= n_samples:
-        return _attribute_batch(model, batch, baseline=baseline, **options)
+        return one_chunk(batch, baseline)
     if isinstance(baseline, torch.Tensor) and tuple(baseline.shape[:2]) != (n_samples, length):
         raise DataError(f"the baseline tensor has shape {tuple(baseline.shape)}, expected "
                         f"[{n_samples}, {length}, ...] as input_ids", field="baseline")
-    results = []
-    for start in range(0, n_samples, size):
-        rows, rows_baseline = _chunk(batch, baseline, start, start + size)
-        results.append(_attribute_batch(model, rows, baseline=rows_baseline, **options))
+    results = [one_chunk(*_chunk(batch, baseline, start, start + size))
+               for start in range(0, n_samples, size)]
     return AttributionResult(torch.cat([r.scores for r in results]), results[0].layout,
                              torch.cat([r.metric_clean for r in results]),
                              torch.cat([r.metric_baseline for r in results]))
@@ -304,11 +245,10 @@ def attribute(model: nn.Module, batch: dict[str, torch.Tensor], *, method: str =
 def default_chunk_size(model: nn.Module, length: int, level: str = "edges") -> int:
     """Samples of `length` tokens whose gradient sums and activation differences fit
     `MEMORY_BUDGET` (at least 1); on a GPU, a quarter of its free memory."""
-    parts = model_parts(model)
-    layout = GraphLayout(parts.n_layers, parts.n_heads, parts.parallel_attn_mlp)
+    layout = graph_layout(model)
     rows = layout.n_forward + (layout.n_backward if level == "edges" else layout.n_forward)
     per_sample = 4 * rows * max(length, 1) * int(model.config.hidden_size)  # float32 bytes
-    device = parts.embedding.weight.device
+    device = model_parts(model).embedding.weight.device
     budget = (torch.cuda.mem_get_info(device)[0] // 4 if device.type == "cuda"
               else MEMORY_BUDGET)
     return max(1, budget // per_sample)
@@ -325,78 +265,86 @@ def _chunk(batch: dict[str, torch.Tensor], baseline: Baseline, start: int, stop:
     return rows, baseline
 
 
-def _attribute_batch(model: nn.Module, batch: dict[str, torch.Tensor], *, method: str,
-                     ig_steps: int, baseline: Baseline, rule: str, metric: str, backend: str,
-                     level: str, positions: str) -> AttributionResult:
-    """`attribute` on one chunk, all samples together."""
-    zero_writers = isinstance(baseline, str) and baseline == ZERO_ACTIVATIONS
-    if zero_writers and (method != "EAP-IG-activations" or backend != "hooks"):
-        raise DataError(f"baseline '{ZERO_ACTIVATIONS}' needs method 'EAP-IG-activations' and "
-                        f"backend 'hooks', got '{method}' and '{backend}'", field="baseline")
-    if backend == "bridge":
-        from unlearnscope.circuits.bridge import attribute_bridge  # bridge imports this module
+class Backend(Protocol):
+    """Computes a plan's edge scores: `(plan, level=, positions=, zero_writers=) -> (scores,
+    clean logits, baseline logits)`; `name` is its `BACKENDS` key."""
 
-        return attribute_bridge(model, batch, method=method, ig_steps=ig_steps,
-                                baseline=baseline, rule=rule, metric=metric)
-    if backend != "hooks":
-        raise UnknownNameError("attribution backend", backend, ["hooks", "bridge"])
-    check_options(method, rule, ig_steps)
-    metric_fn = get_metric(metric)
-    parts = model_parts(model)
-    layout = GraphLayout(parts.n_layers, parts.n_heads, parts.parallel_attn_mlp)
-    device = parts.embedding.weight.device
-    input_ids, attention_mask, labels = checked_batch(batch, device)
-    recorder = GraphRecorder(parts)
-    with _eval_mode(model), recorder.installed():
-        with torch.no_grad():
-            clean_embeds = parts.embedding(input_ids)
-        base_embeds = baseline_embeddings("zero" if zero_writers else baseline, parts.embedding,
-                                          clean_embeds, input_ids, model.config)
-        alphas = interpolation_alphas(method, ig_steps, rule)
-        # The gradient pass at the clean input (EAP) or at the baseline (alpha = 0, left rule)
-        # records that run's writers too, which saves one forward pass.
-        shared = {"EAP": "clean", "EAP-IG-inputs": "base" if alphas[0] == 0 else None}.get(method)
-        runs: dict[str, tuple[Writers, torch.Tensor]] = {}
-        for role, embeds in (("clean", clean_embeds), ("base", base_embeds)):
-            if role == "base" and zero_writers:
-                runs[role] = _zero_writer_run(model, parts, recorder, runs["clean"][0],
-                                              input_ids, attention_mask)
-            elif role != shared:
-                with torch.no_grad(), recorder.recording(writers=True, embedding=embeds):
+    name: str
+
+    def __call__(self, plan: Plan, *, level: str, positions: str, zero_writers: bool
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]: ...
+
+
+class HooksBackend:
+    """Hooks on the HF modules (`recorder`, `readers`); see the module docstring."""
+
+    name = "hooks"
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+
+    def __call__(self, plan: Plan, *, level: str, positions: str, zero_writers: bool
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        model, parts, method = self.model, plan.parts, plan.method
+        input_ids, attention_mask = plan.input_ids, plan.attention_mask
+        recorder = GraphRecorder(parts)
+        with _eval_mode(model), recorder.installed():
+            # The gradient pass at the clean input (EAP) or at the baseline (alpha = 0, left
+            # rule) records that run's writers too, which saves one forward pass.
+            shared = {"EAP": "clean",
+                      "EAP-IG-inputs": "base" if plan.alphas[0] == 0 else None}.get(method)
+            runs: dict[str, tuple[Writers, torch.Tensor]] = {}
+            for role, embeds in (("clean", plan.clean_embeds), ("base", plan.base_embeds)):
+                if role == "base" and zero_writers:
+                    runs[role] = _zero_writer_run(model, parts, recorder, runs["clean"][0],
+                                                  input_ids, attention_mask)
+                elif role != shared:
+                    with torch.no_grad(), recorder.recording(writers=True, embedding=embeds):
+                        logits = _forward(model, input_ids, attention_mask)
+                    runs[role] = (recorder.writers, logits)
+            clean_logits = runs["clean"][1] if "clean" in runs else None
+
+            edges = level == "edges"
+            gradient_sum = _GradientSum(parts) if edges else WriterGradientSum(parts)
+            n_nodes = 2 * parts.n_layers + 1 if method == "EAP-IG-activations" else 1
+            passes = _passes(method, parts, plan.clean_embeds, plan.base_embeds, runs,
+                             plan.alphas, shared)
+            for embeds, overrides, role in progress_bar(passes, total=n_nodes * len(plan.alphas),
+                                                        desc=f"{method} passes", leave=False,
+                                                        disable=None):
+                leaf = embeds.detach().requires_grad_(True)
+                with recorder.recording(grads=edges, writer_grads=not edges,
+                                        writers=role is not None, embedding=leaf,
+                                        overrides=overrides):
                     logits = _forward(model, input_ids, attention_mask)
-                runs[role] = (recorder.writers, logits)
-        clean_logits = runs["clean"][1] if "clean" in runs else None
+                    if role == "clean":
+                        clean_logits = logits.detach()
+                    values = plan.metric(logits, plan.labels, clean_logits)
+                    check_finite(values, f"{plan.metric_name} during {method}")
+                    torch.autograd.grad(values.sum(), leaf)
+                    gradient_sum.add(recorder, plan.clean_embeds)
+                    if role is not None:
+                        runs[role] = (recorder.writers, logits.detach())
+            (clean, clean_logits), (base, base_logits) = runs["clean"], runs["base"]
+            delta = writer_differences(parts, base, clean)
+            if positions == "answer":
+                delta = delta * (plan.labels != IGNORE_INDEX)[:, None, :, None]
+            return gradient_sum.contract(delta, plan.layout), clean_logits, base_logits
 
-        edges = level == "edges"
-        gradient_sum = _GradientSum(parts) if edges else WriterGradientSum(parts)
-        n_nodes = 2 * parts.n_layers + 1 if method == "EAP-IG-activations" else 1
-        passes = _passes(method, parts, clean_embeds, base_embeds, runs, alphas, shared)
-        for embeds, overrides, role in progress_bar(passes, total=n_nodes * len(alphas),
-                                                    desc=f"{method} passes", leave=False,
-                                                    disable=None):
-            leaf = embeds.detach().requires_grad_(True)
-            with recorder.recording(grads=edges, writer_grads=not edges,
-                                    writers=role is not None, embedding=leaf,
-                                    overrides=overrides):
-                logits = _forward(model, input_ids, attention_mask)
-                if role == "clean":
-                    clean_logits = logits.detach()
-                values = metric_fn(logits, labels, clean_logits)
-                check_finite(values, f"{metric} during {method}")
-                torch.autograd.grad(values.sum(), leaf)
-                gradient_sum.add(recorder, clean_embeds)
-                if role is not None:
-                    runs[role] = (recorder.writers, logits.detach())
-        (clean, clean_logits), (base, base_logits) = runs["clean"], runs["base"]
-        metric_clean = metric_fn(clean_logits, labels, clean_logits)
-        metric_base = metric_fn(base_logits, labels, clean_logits)
-        check_finite(metric_base, f"{metric} at the '{_describe(baseline)}' baseline")
-        delta = writer_differences(parts, base, clean)
-        if positions == "answer":
-            delta = delta * (labels != IGNORE_INDEX)[:, None, :, None]
-        scores = gradient_sum.contract(delta, layout)
-    check_finite(scores, f"{method} edge scores" + (_ZERO_STEP_HINT if alphas[0] == 0 else ""))
-    return AttributionResult(scores, layout, metric_clean.detach(), metric_base.detach())
+
+# name -> "module:class" of each backend; the bridge's module (and TransformerLens) is imported
+# only when it is asked for.
+BACKENDS = {"hooks": f"{__name__}:HooksBackend",
+            "bridge": "unlearnscope.circuits.bridge:BridgeBackend"}
+
+
+def make_backend(model: nn.Module, name: str) -> Backend:
+    """The backend `name` for `model`, built once (the bridge backend builds its
+    TransformerBridge here) and reusable for every batch of that model."""
+    if name not in BACKENDS:
+        raise UnknownNameError("attribution backend", name, list(BACKENDS))
+    module, _, attribute_name = BACKENDS[name].partition(":")
+    return getattr(importlib.import_module(module), attribute_name)(model)
 
 
 @torch.no_grad()
@@ -417,10 +365,6 @@ def _zero_writer_run(model: nn.Module, parts: ModelParts, recorder: GraphRecorde
     with recorder.recording(embedding=zero.embed, overrides=overrides):
         logits = _forward(model, input_ids, attention_mask)
     return zero, logits
-
-
-def _describe(baseline: Baseline) -> str:
-    return baseline if isinstance(baseline, str) else "given"
 
 
 def _passes(method: str, parts: ModelParts, clean_embeds: torch.Tensor,

@@ -42,15 +42,8 @@ from torch import nn
 from transformer_lens.model_bridge import TransformerBridge
 from transformer_lens.model_bridge.sources import build_bridge_from_module
 
-from unlearnscope.circuits.attribution import (
-    AttributionResult,
-    check_options,
-    checked_batch,
-    interpolation_alphas,
-)
-from unlearnscope.circuits.baselines import Baseline, baseline_embeddings
 from unlearnscope.circuits.graph import GraphLayout
-from unlearnscope.circuits.metrics import get_metric
+from unlearnscope.circuits.plan import Plan, graph_layout
 from unlearnscope.errors import UnlearnscopeError
 from unlearnscope.models.architecture import ModelParts, model_parts
 from unlearnscope.progress import progress_bar
@@ -205,50 +198,45 @@ def _activation_overrides(n_layers: int, clean: dict[str, torch.Tensor],
     return passes
 
 
-def attribute_bridge(model: nn.Module, batch: dict[str, torch.Tensor], *,
-                     method: str = "EAP-IG-inputs", ig_steps: int = 5,
-                     baseline: Baseline = "zero", rule: str = "left",
-                     metric: str = "answer_logprob") -> AttributionResult:
-    """Per-sample EAP / EAP-IG edge scores of a HF causal LM, computed on a TransformerBridge.
+class BridgeBackend:
+    """The `bridge` attribution backend: a TransformerBridge over `model`, built once and used
+    for every batch (`attribution.make_backend`); definitions and result as `attribute`'s."""
 
-    Same arguments, definitions and result as `attribute`: batch `input_ids`, `attention_mask`,
-    `labels` `[batch, pos]` (right padded, labels -100 outside the answer); scores `[batch,
-    n_forward, n_backward]` float32 in the reference layout.
-    """
-    check_options(method, rule, ig_steps)
-    metric_fn = get_metric(metric)
-    parts = model_parts(model)
-    layout = GraphLayout(parts.n_layers, parts.n_heads, parts.parallel_attn_mlp)
-    input_ids, attention_mask, labels = checked_batch(batch, parts.embedding.weight.device)
-    with torch.no_grad():
-        clean_embeds = parts.embedding(input_ids)
-    base_embeds = baseline_embeddings(baseline, parts.embedding, clean_embeds, input_ids,
-                                      model.config)
-    graph = _BridgeGraph(build_bridge(model), layout)
-    clean, clean_logits, clean_outputs = graph.writers(input_ids, attention_mask, clean_embeds)
-    base, base_logits, base_outputs = graph.writers(input_ids, attention_mask, base_embeds)
+    name = "bridge"
 
-    alphas = interpolation_alphas(method, ig_steps, rule)
-    passes = [(clean_embeds if alpha == 1 else base_embeds + alpha * (clean_embeds - base_embeds),
-               {}) for alpha in alphas]
-    if method == "EAP-IG-activations":
-        passes += [(clean_embeds, overrides) for overrides in
-                   _activation_overrides(parts.n_layers, clean_outputs, base_outputs, alphas)]
+    def __init__(self, model: nn.Module) -> None:
+        self.graph = _BridgeGraph(build_bridge(model), graph_layout(model))
 
-    gradient_sum = clean_embeds.new_zeros(len(input_ids), layout.n_backward,
-                                          *clean_embeds.shape[1:], dtype=torch.float32)
-    for embeds, overrides in progress_bar(passes, desc=f"{method} passes (bridge)", leave=False,
-                                          disable=None):
-        leaf = embeds.detach().requires_grad_(True)
-        gradient_sum += graph.reader_gradients(
-            input_ids, attention_mask, leaf, overrides,
-            lambda logits: metric_fn(logits, labels, clean_logits), f"{metric} during {method}")
+    def __call__(self, plan: Plan, *, level: str, positions: str, zero_writers: bool
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Edge scores `[batch, n_forward, n_backward]` and the clean and baseline logits
+        (`level`, `positions`, `zero_writers`: only the defaults, which `attribute` checks)."""
+        graph, layout, method = self.graph, plan.layout, plan.method
+        input_ids, attention_mask = plan.input_ids, plan.attention_mask
+        clean, clean_logits, clean_outputs = graph.writers(input_ids, attention_mask,
+                                                           plan.clean_embeds)
+        base, base_logits, base_outputs = graph.writers(input_ids, attention_mask,
+                                                        plan.base_embeds)
+        difference = plan.clean_embeds - plan.base_embeds
+        passes = [(plan.clean_embeds if alpha == 1 else plan.base_embeds + alpha * difference,
+                   {}) for alpha in plan.alphas]
+        if method == "EAP-IG-activations":
+            passes += [(plan.clean_embeds, overrides) for overrides in
+                       _activation_overrides(layout.n_layers, clean_outputs, base_outputs,
+                                             plan.alphas)]
 
-    real = attention_mask[:, None, :, None].float()
-    delta = ((base - clean) * real).flatten(2)
-    scores = torch.bmm(delta, gradient_sum.flatten(2).transpose(1, 2)) / len(passes)
-    scores = scores * layout.real_edge_mask.to(scores.device)
-    check_finite(scores, f"{method} edge scores (bridge)")
-    metric_clean = metric_fn(clean_logits, labels, clean_logits)
-    metric_base = metric_fn(base_logits, labels, clean_logits)
-    return AttributionResult(scores, layout, metric_clean.detach(), metric_base.detach())
+        gradient_sum = plan.clean_embeds.new_zeros(len(input_ids), layout.n_backward,
+                                                   *plan.clean_embeds.shape[1:],
+                                                   dtype=torch.float32)
+        for embeds, overrides in progress_bar(passes, desc=f"{method} passes (bridge)",
+                                              leave=False, disable=None):
+            leaf = embeds.detach().requires_grad_(True)
+            gradient_sum += graph.reader_gradients(
+                input_ids, attention_mask, leaf, overrides,
+                lambda logits: plan.metric(logits, plan.labels, clean_logits),
+                f"{plan.metric_name} during {method}")
+
+        real = attention_mask[:, None, :, None].float()
+        delta = ((base - clean) * real).flatten(2)
+        scores = torch.bmm(delta, gradient_sum.flatten(2).transpose(1, 2)) / len(passes)
+        return scores * layout.real_edge_mask.to(scores.device), clean_logits, base_logits

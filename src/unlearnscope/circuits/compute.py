@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from unlearnscope import distributed
-from unlearnscope.circuits.attribution import attribute, graph_layout
+from unlearnscope.circuits.attribution import attribute, make_backend
+from unlearnscope.circuits.plan import graph_layout
 from unlearnscope.circuits.store import (
     HEADER_FILE,
     CircuitStore,
@@ -85,9 +86,10 @@ def compute_circuits(model, tokenizer, samples: Sequence[Sample], directory: str
     writer = ShardWriter(directory, layout, rank=distributed.rank(), shard_size=shard_size)
     bar = progress_bar(total=len(encoded), desc=f"circuits ({method})", unit="sample",
                        disable=not distributed.is_main())
+    runner = make_backend(model, backend)  # built once: the bridge backend builds its bridge
     for rows, batch in iter_batches(encoded, batch_size, pad_id(tokenizer)):
         result = attribute(model, batch, method=method, ig_steps=ig_steps, baseline=baseline,
-                           rule=rule, metric=metric, backend=backend)
+                           rule=rule, metric=metric, backend=runner)
         writer.add([encoded[i].sample_id for i in rows], result.scores)
         bar.update(len(rows))
     writer.close()

@@ -17,7 +17,7 @@ import pandas as pd
 
 from unlearnscope import distributed
 from unlearnscope.circuits import graph_layout
-from unlearnscope.circuits.attribution import BASELINES, METHODS, RULES
+from unlearnscope.circuits.attribution import BASELINES
 from unlearnscope.circuits.compute import (
     ATTRIBUTION_DEFAULTS,
     ATTRIBUTION_PRESETS,
@@ -25,6 +25,7 @@ from unlearnscope.circuits.compute import (
 )
 from unlearnscope.circuits.export import FORMATS, export_from_store
 from unlearnscope.circuits.metrics import METRICS
+from unlearnscope.circuits.plan import METHODS, RULES
 from unlearnscope.circuits.selection import SELECTORS, edge_count, select
 from unlearnscope.circuits.store import HEADER_FILE, CircuitStore
 from unlearnscope.cli._common import (

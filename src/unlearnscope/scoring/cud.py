@@ -46,11 +46,12 @@ import torch
 from unlearnscope.anchors.gradients import GradientSketch
 from unlearnscope.anchors.sets import read_anchors
 from unlearnscope.circuits import attribute, graph_layout
-from unlearnscope.circuits.attribution import check_options, check_variant
+from unlearnscope.circuits.attribution import check_variant
 from unlearnscope.circuits.compute import ATTRIBUTION_DEFAULTS, ATTRIBUTION_PRESETS
 from unlearnscope.circuits.graph import GraphLayout
 from unlearnscope.circuits.metrics import get_metric
 from unlearnscope.circuits.nodes import node_scores_from_edges
+from unlearnscope.circuits.plan import check_options
 from unlearnscope.circuits.selection import (
     circuit_vector,
     edge_count,
