@@ -44,6 +44,7 @@ from transformer_lens.model_bridge.sources import build_bridge_from_module
 
 from unlearnscope.circuits.graph import GraphLayout
 from unlearnscope.circuits.plan import Plan, graph_layout
+from unlearnscope.circuits.ungroup import repeat_kv_heads
 from unlearnscope.errors import UnlearnscopeError
 from unlearnscope.models.architecture import ModelParts, model_parts
 from unlearnscope.progress import progress_bar
@@ -51,10 +52,10 @@ from unlearnscope.runs import check_finite
 
 
 def _expanded_linear(linear: nn.Linear, n_kv_heads: int, groups: int) -> nn.Linear:
-    """A K or V projection `[n_kv_heads * head_dim, d_model]` repeated to one per query head."""
+    """A K or V projection `[n_kv_heads * head_dim, d_model]` repeated to one per query head
+    (the weight rows and bias entries repeated as `ungroup.repeat_kv_heads` repeats outputs)."""
     def repeat(tensor: torch.Tensor) -> torch.Tensor:
-        heads = tensor.detach().reshape(n_kv_heads, -1, *tensor.shape[1:])
-        return heads.repeat_interleave(groups, dim=0).reshape(-1, *tensor.shape[1:])
+        return repeat_kv_heads(tensor.detach().movedim(0, -1), n_kv_heads, groups).movedim(-1, 0)
 
     expanded = nn.Linear(linear.in_features, linear.out_features * groups,
                          bias=linear.bias is not None, device=linear.weight.device,
