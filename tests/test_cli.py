@@ -49,7 +49,19 @@ def test_user_errors_exit_2_with_a_message(tmp_path, capsys):
     assert not (tmp_path / "o" / "scores.parquet").exists()
 
 
-def test_finetune_tiny_then_resume_is_a_no_op(tmp_path, capsys):
+def test_finetune_tiny_then_resume_is_a_no_op(tmp_path, capsys, monkeypatch):
+    """Rerunning a finished fine-tuning with --resume trains nothing and leaves its model,
+    finetune.json and training log as they were; with other settings it is refused."""
+    from unlearnscope.models import finetune as finetune_module
+
+    training_losses = []
+    real_loss = finetune_module.mean_answer_nll
+
+    def counted_loss(logits, labels):
+        training_losses.append(len(labels))
+        return real_loss(logits, labels)
+
+    monkeypatch.setattr(finetune_module, "mean_answer_nll", counted_loss)
     out = tmp_path / "ft"
     args = ["finetune", "--model", "tiny", "--data", DATA, "--out", str(out), "--epochs", "2",
             "--lr", "3e-3", "--batch-size", "4"]
@@ -59,6 +71,26 @@ def test_finetune_tiny_then_resume_is_a_no_op(tmp_path, capsys):
     report = json.loads((out / "finetune.json").read_text())
     assert report["epochs_trained"] == 2 and 0 < report["mean_answer_prob"] < 1
     assert "mean answer probability on the training data" in capsys.readouterr().out
+    assert training_losses == [4, 4, 4] * 2  # 12 samples, batches of 4, two epochs
+    products = ["model/model.safetensors", "finetune.json", "training.parquet"]
+    before = {name: ((out / name).read_bytes(), (out / name).stat().st_mtime_ns)
+              for name in products}
+
+    training_losses.clear()
+    assert main([*args, "--resume"]) == 0
+    assert training_losses == []
+    assert "already finished" in capsys.readouterr().out
+    for name, (content, mtime) in before.items():
+        assert (out / name).read_bytes() == content, name
+        assert (out / name).stat().st_mtime_ns == mtime, f"{name} was rewritten"
+
+    products.append("config.json")
+    before = {name: (out / name).read_bytes() for name in products}
+    more_epochs = [*args, "--resume", "--epochs", "3"]
+    assert main(more_epochs) == 2
+    assert "'epochs' 2, now 3" in capsys.readouterr().err
+    assert training_losses == []
+    assert {name: (out / name).read_bytes() for name in products} == before
 
 
 def test_finetune_resumes_from_an_epoch_checkpoint(tmp_path, monkeypatch, small_config):
