@@ -1,4 +1,5 @@
 import json
+import math
 
 import pandas as pd
 import pytest
@@ -130,13 +131,50 @@ def test_finetune_resumes_from_an_epoch_checkpoint(tmp_path, monkeypatch, small_
     assert json.loads((tmp_path / "resumed" / "finetune.json").read_text())["epochs_trained"] == 3
 
 
+def _min_k_by_hand(model, tokenizer, samples, k: float) -> dict[str, float]:
+    """Min-K% of each sample from its own unpadded forward: the mean of the floor(n k) (at
+    least one) lowest log-probs of its n answer tokens (closing EOS included)."""
+    import torch
+
+    from unlearnscope.data.tokenize import encode_samples
+
+    values = {}
+    for encoded in encode_samples(tokenizer, samples).samples:
+        ids = torch.tensor(encoded.input_ids)
+        with torch.no_grad():
+            logits = model(input_ids=ids[None]).logits[0].double()
+        logprobs = torch.log_softmax(logits[:-1], dim=-1).gather(1, ids[1:, None])[:, 0]
+        answer = logprobs[len(encoded.prompt_ids) - 1:].tolist()
+        assert len(answer) == len(encoded.answer_ids)
+        lowest = sorted(answer)[:max(1, math.floor(len(answer) * k))]
+        values[encoded.sample_id] = sum(lowest) / len(lowest)
+    return values
+
+
 def test_scorer_options_reach_the_scorer(tiny_model_dir, tmp_path):
-    out = tmp_path / "run"
-    assert main(["score", "--model", str(tiny_model_dir), "--data", DATA, "--out", str(out),
-                 "--scorers", "min_k", "--scorer-option", "min_k.k=0.2"]) == 0
-    config = json.loads((out / "config.json").read_text())
-    assert config["options"]["scorer_configs"] == [
-        {"name": "min_k", "higher_is_harder": True, "k": 0.2}]
+    """`--scorer-option min_k.k=...` changes the Min-K% values to the hand computation at
+    that k (0.25 and 0.75: n k is exact in binary, so the floor cannot round differently)."""
+    from unlearnscope.data import load_samples
+    from unlearnscope.models import load_model
+
+    model, tokenizer = load_model(str(tiny_model_dir), device="cpu")
+    samples = load_samples(DATA)
+    found = {}
+    for k in (0.25, 0.75):
+        out = tmp_path / f"run{k}"
+        assert main(["score", "--model", str(tiny_model_dir), "--data", DATA, "--out", str(out),
+                     "--scorers", "min_k", "--scorer-option", f"min_k.k={k}"]) == 0
+        config = json.loads((out / "config.json").read_text())
+        assert config["options"]["scorer_configs"] == [
+            {"name": "min_k", "higher_is_harder": True, "k": k}]
+        table = pd.read_parquet(out / "scores.parquet").set_index("sample_id")
+        found[k] = table["value"].to_dict()
+        expected = _min_k_by_hand(model, tokenizer, samples, k)
+        assert sorted(found[k]) == sorted(expected)
+        for sample_id, value in expected.items():
+            assert found[k][sample_id] == pytest.approx(value, rel=1e-5, abs=1e-6), sample_id
+    # the lowest quarter of the log-probs is below the mean of the lowest three quarters
+    assert all(found[0.25][s] < found[0.75][s] for s in found[0.25])
 
 
 def test_bad_scorer_option_is_a_clean_error(capsys, tmp_path):
