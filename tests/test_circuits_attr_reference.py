@@ -165,9 +165,10 @@ def reference_scores(model, batch, *, method, steps, baseline_embeds=None, zero_
 
     `zero_writers`: every writer's baseline activation is zero (instead of its activation on
     the baseline embeddings); `metric(logits, labels, clean_logits)`, default the mean answer
-    log-probability; `alphas`: the input interpolation coefficients of EAP / EAP-IG-inputs
-    (default: EAP's 1, the left rule's k/steps); `positions` `[batch, pos]` bool: the positions
-    the sum runs over (default: all)."""
+    log-probability; `alphas`: the interpolation coefficients, of the input embedding (EAP /
+    EAP-IG-inputs) or of each node group's output (EAP-IG-activations), default EAP's 1 and the
+    reference's k/steps, k = 0..steps-1 for inputs and 1..steps for activations; `positions`
+    `[batch, pos]` bool: the positions the sum runs over (default: all)."""
     ref = HandWrittenModel(model)
     ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
     clean = ref.embed(ids).detach()
@@ -185,15 +186,16 @@ def reference_scores(model, batch, *, method, steps, baseline_embeds=None, zero_
     layout = ref.layout
     if method == "EAP-IG-activations":
         # Each node group in turn (input, all heads of a layer, an MLP) is set to
-        # alpha * clean + (1 - alpha) * baseline, alpha = k/m for k = 1..m.
+        # alpha * clean + (1 - alpha) * baseline for each alpha.
+        if alphas is None:
+            alphas = [k / steps for k in range(1, steps + 1)]
         groups = [[0]]
         for layer in range(layout.n_layers):
             groups.append([layout.head_forward_index(layer, h) for h in range(layout.n_heads)])
             groups.append([layout.mlp_forward_index(layer)])
         passes = []
         for group in groups:
-            for k in range(1, steps + 1):
-                alpha = k / steps
+            for alpha in alphas:
                 mixed = {u: alpha * writers_clean[:, u] + (1 - alpha) * writers_base[:, u]
                          for u in group}
                 passes.append((mixed[0] if group == [0] else clean, {} if group == [0] else mixed))
@@ -275,6 +277,28 @@ def test_attribute_matches_reference_definition(kind, method):
     largest = expected.abs().max().item()
     assert largest > 1e-3
     assert (result.scores.double() - expected).abs().max().item() <= 1e-4 * largest
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama", "gqa"])
+@pytest.mark.parametrize(("method", "steps"), [("EAP-IG-inputs", 4), ("EAP-IG-activations", 3)])
+def test_midpoint_rule_matches_reference_definition(kind, method, steps):
+    """`rule="midpoint"`: the gradients are averaged at alpha = (k + 1/2)/m, k = 0..m-1
+    (DESIGN 5.5), by the definition above: one autograd pass per interpolation point (per node
+    group for activations), contracted edge by edge."""
+    model = _tiny(kind)
+    batch = _batch()
+    midpoints = [(k + 0.5) / steps for k in range(steps)]
+    expected, _ = reference_scores(model, batch, method=method, steps=steps, alphas=midpoints)
+    result = attribute(model, batch, method=method, ig_steps=steps, baseline="zero",
+                       rule="midpoint")
+    assert result.scores.shape == expected.shape
+    largest = expected.abs().max().item()
+    assert largest > 1e-3
+    # float32 rounding stays below 1e-6 of the largest score here
+    assert (result.scores.double() - expected).abs().max().item() <= 1e-5 * largest
+    # the points matter: the left rule's scores are far outside that tolerance
+    left = attribute(model, batch, method=method, ig_steps=steps, baseline="zero", rule="left")
+    assert (left.scores.double() - expected).abs().max().item() > 1e-2 * largest
 
 
 @pytest.mark.parametrize("kind", ["gpt2", "llama", "gqa"])
