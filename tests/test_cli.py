@@ -94,18 +94,19 @@ def test_finetune_tiny_then_resume_is_a_no_op(tmp_path, capsys, monkeypatch):
     assert {name: (out / name).read_bytes() for name in products} == before
 
 
-def test_finetune_resumes_from_an_epoch_checkpoint(tmp_path, monkeypatch, small_config):
+def test_finetune_resumes_from_an_epoch_checkpoint(tmp_path, monkeypatch):
     """A run killed after epoch 1 of 3 and resumed ends with the same weights as a straight run."""
     import torch
 
+    from tiny_models import tiny_llama
     from unlearnscope.data import load_samples
     from unlearnscope.models import finetune as finetune_module
     from unlearnscope.models import load_model
-    from unlearnscope.models.finetune import FinetuneConfig, build_tiny, finetune
+    from unlearnscope.models.finetune import FinetuneConfig, finetune
 
     samples = load_samples(DATA)
     config = FinetuneConfig(epochs=3, lr=3e-3, batch_size=4, seed=1)
-    model, tok = build_tiny(samples, seed=1, config=small_config)
+    model, tok = tiny_llama(samples, seed=1)
     finetune(model, tok, samples, tmp_path / "straight", config)
 
     real_checkpoint = finetune_module._checkpoint
@@ -115,12 +116,12 @@ def test_finetune_resumes_from_an_epoch_checkpoint(tmp_path, monkeypatch, small_
         raise KeyboardInterrupt
 
     monkeypatch.setattr(finetune_module, "_checkpoint", checkpoint_then_die)
-    model, tok = build_tiny(samples, seed=1, config=small_config)
+    model, tok = tiny_llama(samples, seed=1)
     with pytest.raises(KeyboardInterrupt):
         finetune(model, tok, samples, tmp_path / "resumed", config)
     assert not (tmp_path / "resumed" / "model").exists()
     monkeypatch.setattr(finetune_module, "_checkpoint", real_checkpoint)
-    model, tok = build_tiny(samples, seed=1, config=small_config)
+    model, tok = tiny_llama(samples, seed=1)
     finetune(model, tok, samples, tmp_path / "resumed", config, resume=True)
 
     straight, _ = load_model(str(tmp_path / "straight"), device="cpu")
