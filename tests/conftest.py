@@ -8,13 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from tiny_models import tiny_llama
 from unlearnscope.data import load_samples
-from unlearnscope.models.finetune import build_tiny
 from unlearnscope.models.loading import MODEL_SUBDIR
-from unlearnscope.models.tiny import TinyConfig
 
-SMALL = TinyConfig(vocab_size=400, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
 SHARED_TOFU = Path(__file__).resolve().parents[2] / "shared" / "data" / "tofu"
 
 
@@ -38,11 +35,6 @@ def one_thread():
 
 
 @pytest.fixture(scope="session")
-def small_config() -> TinyConfig:
-    return SMALL
-
-
-@pytest.fixture(scope="session")
 def small_samples():
     return load_samples("synthetic:authors?n_authors=4&questions_per_author=3")
 
@@ -51,7 +43,7 @@ def small_samples():
 def tiny_lm(small_samples):
     """(model, tokenizer): a randomly initialized 2-layer GQA Llama with its own tokenizer."""
     torch.manual_seed(0)
-    model, tokenizer = build_tiny(small_samples, seed=0, config=SMALL)
+    model, tokenizer = tiny_llama(small_samples, seed=0)
     model.eval()
     return model, tokenizer
 

@@ -9,6 +9,7 @@ import zlib
 import pytest
 import torch
 
+from tiny_models import tiny_llama
 from unlearnscope.data.tokenize import IGNORE_INDEX, collate, encode_sample, pad_id
 from unlearnscope.evaluation.tofu import answer_statistics
 from unlearnscope.models.answer_stats import (
@@ -20,7 +21,6 @@ from unlearnscope.models.answer_stats import (
     token_stats,
     zlib_ratio,
 )
-from unlearnscope.models.finetune import build_tiny
 from unlearnscope.scoring import get_scorer
 from unlearnscope.scoring.base import run_logit_scorers
 
@@ -155,11 +155,11 @@ def test_zlib_ratio_divides_by_the_compressed_size():
 
 
 @pytest.fixture(scope="module")
-def trained_lm(small_samples, small_config):
+def trained_lm(small_samples):
     """A tiny model trained until it predicts many answer tokens: exact memorization and
     extraction strength are neither all 0 nor all 1."""
     torch.manual_seed(0)
-    model, tokenizer = build_tiny(small_samples, seed=0, config=small_config)
+    model, tokenizer = tiny_llama(small_samples, seed=0)
     encoded = [encode_sample(tokenizer, s) for s in small_samples]
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     model.train()

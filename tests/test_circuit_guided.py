@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 
 from test_circuit_mask import _run_folder
-from test_unlearning_support import tiny_model, tiny_tokenizer, toy_samples
+from tiny_models import toy_llama, toy_tokenizer
+from unlearning_support import toy_samples
 from unlearnscope.evaluation.circuit_guided import (
     CIRCUIT_GUIDED_COLUMNS,
     hardest_held_out,
@@ -40,8 +41,8 @@ def test_hardest_held_out_ignores_fit_samples():
 
 
 def test_write_circuit_guided_runs_every_arm_at_one_budget(tmp_path):
-    tokenizer = tiny_tokenizer()
-    target = tiny_model(tokenizer)
+    tokenizer = toy_tokenizer()
+    target = toy_llama(tokenizer)
     ids = [s.id for s in FORGET]
     run = _run_folder(tmp_path / "run", target, ids, hard=ids[:2])
     write_json(run / "anchors" / "anchors.json", {

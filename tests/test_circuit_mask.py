@@ -10,8 +10,8 @@ import pytest
 import torch
 from transformers.pytorch_utils import Conv1D
 
-from circuit_models import padded_batch, tiny
-from test_unlearning_support import tiny_model, tiny_tokenizer, toy_samples
+from tiny_models import family_model, padded_batch, toy_llama, toy_tokenizer
+from unlearning_support import toy_samples
 from unlearnscope.circuits.graph import GraphLayout
 from unlearnscope.circuits.selection import edge_matrix
 from unlearnscope.circuits.store import ShardWriter, write_header, write_index
@@ -65,7 +65,7 @@ def test_masks_cover_exactly_the_components(family):
     """q/k/v features from the gradient of each selected head's attention output (an
     independent route: autograd, not the architecture's layout), o_proj columns and MLPs by
     hand, and nothing else."""
-    model = tiny(family).float()
+    model = family_model(family).float()
     parts = model_parts(model)
     chosen = {1: [2, 3], 0: [1]}
     components = _components(parts.n_layers, parts.n_heads,
@@ -116,7 +116,7 @@ def test_masks_cover_exactly_the_components(family):
 
 @pytest.mark.parametrize("family", ["llama", "llama-gqa", "gpt2"])
 def test_random_control_has_the_same_parameter_count(family):
-    model = tiny(family)
+    model = family_model(family)
     parts = model_parts(model)
     like = _components(parts.n_layers, parts.n_heads, [(0, 0), (0, 1), (1, 3)], [0])
     count = parameter_count(parameter_masks(model, like))
@@ -152,8 +152,8 @@ def _run_folder(root, model, ids, hard, seed=0):
 def test_masked_parameters_never_change(kind, method, tmp_path):
     """Several AdamW steps with weight decay: every masked entry is bit-exact unchanged, the
     updated entries moved."""
-    tokenizer = tiny_tokenizer()
-    model = tiny_model(tokenizer)
+    tokenizer = toy_tokenizer()
+    model = toy_llama(tokenizer)
     start = copy.deepcopy(model)
     ids = [s.id for s in FORGET]
     run = _run_folder(tmp_path / "run", model, ids, hard=ids[:2])
@@ -179,8 +179,8 @@ def test_masked_parameters_never_change(kind, method, tmp_path):
 
 
 def test_circuit_mask_needs_a_store_and_anchors(tmp_path):
-    tokenizer = tiny_tokenizer()
-    model = tiny_model(tokenizer)
+    tokenizer = toy_tokenizer()
+    model = toy_llama(tokenizer)
     with pytest.raises(DataError, match="needs a circuit store"):
         run_unlearning(model, tokenizer, FORGET, RETAIN, "grad_diff", max_steps=1,
                        circuit_mask="hard-anchors")
@@ -192,8 +192,8 @@ def test_circuit_mask_needs_a_store_and_anchors(tmp_path):
 def test_unlearn_cli_circuit_mask(tmp_path):
     """`unlearn --circuit-mask hard-anchors --circuits RUN_DIR`: the saved model keeps every
     entry outside the hard anchors' circuit."""
-    tokenizer = tiny_tokenizer()
-    model = tiny_model(tokenizer)
+    tokenizer = toy_tokenizer()
+    model = toy_llama(tokenizer)
     model.save_pretrained(tmp_path / "model")
     tokenizer.save_pretrained(tmp_path / "model")
     for name, part in (("forget", FORGET), ("retain", RETAIN)):

@@ -12,6 +12,7 @@ import torch
 from scipy import stats
 
 from unlearnscope.circuits.analysis import (
+    SCALAR_STATISTICS,
     circuit_statistics,
     compare_edge_frequencies,
     compare_groups,
@@ -159,17 +160,124 @@ def test_edge_frequency_comparison_counts_and_fisher() -> None:
     assert summary["consensus_jaccard"] == pytest.approx(1 / 3)
 
 
+def statistics_by_hand(mask: torch.Tensor, layout: GraphLayout) -> dict[str, float]:
+    """The module docstring's statistics of one circuit `[n_forward, n_backward]`, read off
+    its edge names (`a1.h0` -> `m1<...>`) with plain Python, no tensor code of the module."""
+
+    def layer(name: str) -> int:
+        if name == "input":
+            return -1
+        if name == "logits":
+            return layout.n_layers
+        return int(name[1:].split(".")[0].split("<")[0])
+
+    def owner(reader: str) -> str:
+        return reader.split("<")[0]
+
+    edges = [(layout.forward_names[u], layout.backward_names[v])
+             for u, v in mask.nonzero().tolist()]
+    writers = {w for w, _ in edges}
+    fed = {owner(r) for _, r in edges}
+    nodes = {w for w in writers if w != "input" and w in fed}
+    mlp = {n for n in nodes if n.startswith("m")}
+    spans = [layer(r) - layer(w) for w, r in edges]
+    successors = {w: {owner(r) for u, r in edges if u == w} for w in writers}
+
+    def components_to_logits(node: str) -> float:
+        best = -math.inf
+        for nxt in successors.get(node, ()):
+            best = max(best, 0.0 if nxt == "logits" else 1.0 + components_to_logits(nxt))
+        return best
+
+    depth = components_to_logits("input")
+    last_third = math.ceil(2 * layout.n_layers / 3)
+    n = len(edges)
+    return {
+        "n_edges": n, "n_nodes": len(nodes), "n_attention_nodes": len(nodes - mlp),
+        "n_mlp_nodes": len(mlp),
+        "attention_fraction": len(nodes - mlp) / len(nodes) if nodes else math.nan,
+        "mean_depth": sum(spans) / n if n else math.nan,
+        "max_edge_span": max(spans) if n else math.nan,
+        "max_depth": depth if math.isfinite(depth) else math.nan,
+        "last_third_fraction": sum(layer(r) >= last_third for _, r in edges) / n if n else math.nan,
+    }
+
+
+def exact_permutation_p(a: list[float], b: list[float]) -> float:
+    """Two-sided permutation p-value of mean(a) - mean(b) over every split of the pooled values
+    into groups of the two sizes: twice the smaller tail, at most 1 (scipy's definition)."""
+    pooled = a + b
+    observed = np.mean(a) - np.mean(b)
+    differences = []
+    for chosen in combinations(range(len(pooled)), len(a)):
+        rest = [pooled[i] for i in range(len(pooled)) if i not in chosen]
+        differences.append(np.mean([pooled[i] for i in chosen]) - np.mean(rest))
+    differences = np.array(differences)
+    tolerance = 1e-12 * max(1.0, abs(observed))
+    upper = np.mean(differences >= observed - tolerance)
+    lower = np.mean(differences <= observed + tolerance)
+    return min(1.0, 2 * min(upper, lower))
+
+
 def test_compare_groups_and_plots(tmp_path) -> None:
     torch.manual_seed(0)
     layout = GraphLayout(3, 2)
     masks = {"easy": torch.rand(5, layout.n_forward, layout.n_backward) < 0.3,
              "hard": torch.rand(4, layout.n_forward, layout.n_backward) < 0.3}
     masks = {k: v & layout.real_edge_mask for k, v in masks.items()}
-    result = compare_groups(masks, layout, n_resamples=99)
+    # 126 splits of 5 + 4 circuits <= n_resamples: the permutation test is exact
+    result = compare_groups(masks, layout, n_resamples=999)
     assert list(result) == ["easy_vs_hard"]
-    by_stat = {r["statistic"]: r for r in result["easy_vs_hard"]["statistics"]}
-    assert by_stat["n_edges"]["mannwhitney_p"] == stats.mannwhitneyu(
-        masks["easy"].sum(dim=(1, 2)).numpy(), masks["hard"].sum(dim=(1, 2)).numpy()).pvalue
+    comparison = result["easy_vs_hard"]
+    assert (comparison["a"], comparison["b"]) == ("easy", "hard")
+    by_stat = {r["statistic"]: r for r in comparison["statistics"]}
+    assert sorted(by_stat) == sorted(SCALAR_STATISTICS)
+    hand = {group: [statistics_by_hand(m, layout) for m in group_masks]
+            for group, group_masks in masks.items()}
+    assert hand["easy"][0]["max_depth"] > 0  # paths through components, not only input->logits
+    for name, row in by_stat.items():
+        a = [s[name] for s in hand["easy"] if not math.isnan(s[name])]
+        b = [s[name] for s in hand["hard"] if not math.isnan(s[name])]
+        assert (row["n_a"], row["n_b"]) == (len(a), len(b)), name
+        assert row["mean_a"] == pytest.approx(sum(a) / len(a)), name
+        assert row["mean_b"] == pytest.approx(sum(b) / len(b)), name
+        assert row["median_a"] == pytest.approx(np.median(a)), name
+        assert row["median_b"] == pytest.approx(np.median(b)), name
+        test = stats.mannwhitneyu(a, b, alternative="two-sided")
+        assert row["mannwhitney_u"] == pytest.approx(test.statistic), name
+        assert row["mannwhitney_p"] == pytest.approx(test.pvalue, nan_ok=True), name
+        assert row["rank_biserial"] == pytest.approx(2 * test.statistic / (len(a) * len(b)) - 1)
+        assert row["permutation_p"] == pytest.approx(exact_permutation_p(a, b)), name
+    assert by_stat["n_edges"]["mean_a"] != pytest.approx(by_stat["n_edges"]["mean_b"])
+
+    # edge frequencies, counted by name
+    counts = {group: {} for group in masks}
+    for group, group_masks in masks.items():
+        for m in group_masks:
+            for u, v in m.nonzero().tolist():
+                edge = f"{layout.forward_names[u]}->{layout.backward_names[v]}"
+                counts[group][edge] = counts[group].get(edge, 0) + 1
+    easy, hard = counts["easy"], counts["hard"]
+    summary = comparison["edges"]
+    assert summary["n_edges_in_any"] == len(easy.keys() | hard.keys())
+    assert summary["n_edges_only_a"] == len(easy.keys() - hard.keys())
+    assert summary["n_edges_only_b"] == len(hard.keys() - easy.keys())
+    consensus_a = {e for e, c in easy.items() if c / 5 >= 0.5}
+    consensus_b = {e for e, c in hard.items() if c / 4 >= 0.5}
+    assert summary["consensus_jaccard"] == pytest.approx(
+        len(consensus_a & consensus_b) / len(consensus_a | consensus_b))
+    differences = []
+    for row in comparison["top_edges"]:
+        count_a, count_b = easy.get(row["edge"], 0), hard.get(row["edge"], 0)
+        assert (row["count_a"], row["count_b"]) == (count_a, count_b), row["edge"]
+        assert row["difference"] == pytest.approx(count_a / 5 - count_b / 4)
+        assert row["p_value"] == pytest.approx(
+            stats.fisher_exact([[count_a, 5 - count_a], [count_b, 4 - count_b]]).pvalue)
+        differences.append(abs(row["difference"]))
+    assert len(differences) == 20 and differences == sorted(differences, reverse=True)
+    largest = max(abs(easy.get(e, 0) / 5 - hard.get(e, 0) / 4) for e in easy.keys() | hard.keys())
+    assert differences[0] == pytest.approx(largest)
+
     tables = {k: circuit_statistics(v, layout) for k, v in masks.items()}
     paths = [plot_layer_histograms(masks, layout, tmp_path / "layers.png"),
              plot_depth_distributions(tables, tmp_path / "depth.png"),

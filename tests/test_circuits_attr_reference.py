@@ -16,8 +16,8 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
+from tiny_models import family_model
 from unlearnscope.circuits import attribute
 from unlearnscope.circuits.graph import GraphLayout
 from unlearnscope.errors import DataError
@@ -165,9 +165,10 @@ def reference_scores(model, batch, *, method, steps, baseline_embeds=None, zero_
 
     `zero_writers`: every writer's baseline activation is zero (instead of its activation on
     the baseline embeddings); `metric(logits, labels, clean_logits)`, default the mean answer
-    log-probability; `alphas`: the input interpolation coefficients of EAP / EAP-IG-inputs
-    (default: EAP's 1, the left rule's k/steps); `positions` `[batch, pos]` bool: the positions
-    the sum runs over (default: all)."""
+    log-probability; `alphas`: the interpolation coefficients, of the input embedding (EAP /
+    EAP-IG-inputs) or of each node group's output (EAP-IG-activations), default EAP's 1 and the
+    reference's k/steps, k = 0..steps-1 for inputs and 1..steps for activations; `positions`
+    `[batch, pos]` bool: the positions the sum runs over (default: all)."""
     ref = HandWrittenModel(model)
     ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
     clean = ref.embed(ids).detach()
@@ -185,15 +186,16 @@ def reference_scores(model, batch, *, method, steps, baseline_embeds=None, zero_
     layout = ref.layout
     if method == "EAP-IG-activations":
         # Each node group in turn (input, all heads of a layer, an MLP) is set to
-        # alpha * clean + (1 - alpha) * baseline, alpha = k/m for k = 1..m.
+        # alpha * clean + (1 - alpha) * baseline for each alpha.
+        if alphas is None:
+            alphas = [k / steps for k in range(1, steps + 1)]
         groups = [[0]]
         for layer in range(layout.n_layers):
             groups.append([layout.head_forward_index(layer, h) for h in range(layout.n_heads)])
             groups.append([layout.mlp_forward_index(layer)])
         passes = []
         for group in groups:
-            for k in range(1, steps + 1):
-                alpha = k / steps
+            for alpha in alphas:
                 mixed = {u: alpha * writers_clean[:, u] + (1 - alpha) * writers_base[:, u]
                          for u in group}
                 passes.append((mixed[0] if group == [0] else clean, {} if group == [0] else mixed))
@@ -220,23 +222,6 @@ def reference_scores(model, batch, *, method, steps, baseline_embeds=None, zero_
     return scores, ref
 
 
-def _tiny(kind):
-    torch.manual_seed(0)
-    if kind == "gpt2":
-        model = GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=2, n_head=4, vocab_size=61,
-                                           n_positions=32, bos_token_id=0, eos_token_id=0))
-    else:
-        model = LlamaForCausalLM(LlamaConfig(
-            hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
-            num_key_value_heads=2 if kind == "gqa" else 4, vocab_size=61, bos_token_id=0,
-            eos_token_id=0, pad_token_id=0, max_position_embeddings=32))
-    with torch.no_grad():  # larger weights than the init, so that scores are far from zero
-        for param in model.parameters():
-            if param.ndim == 2:
-                param.mul_(3.0)
-    return model.eval()
-
-
 def _batch():
     torch.manual_seed(1)
     ids = torch.randint(1, 61, (3, 9))
@@ -248,9 +233,9 @@ def _batch():
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
-@pytest.mark.parametrize("kind", ["gpt2", "llama", "gqa"])
+@pytest.mark.parametrize("kind", ["gpt2", "llama", "llama-gqa"])
 def test_hand_written_forward_matches_hf(kind):
-    model = _tiny(kind)
+    model = family_model(kind)
     batch = _batch()
     ref = HandWrittenModel(model)
     zeros = [torch.zeros(3, 9, 32) for _ in range(ref.layout.n_backward)]
@@ -262,10 +247,10 @@ def test_hand_written_forward_matches_hf(kind):
     torch.testing.assert_close(logits[real], expected[real], atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("kind", ["gpt2", "llama", "gqa"])
+@pytest.mark.parametrize("kind", ["gpt2", "llama", "llama-gqa"])
 @pytest.mark.parametrize("method", ["EAP", "EAP-IG-inputs", "EAP-IG-activations"])
 def test_attribute_matches_reference_definition(kind, method):
-    model = _tiny(kind)
+    model = family_model(kind)
     batch = _batch()
     steps = 2 if method == "EAP-IG-activations" else 5
     expected, _ = reference_scores(model, batch, method=method, steps=steps)
@@ -277,11 +262,33 @@ def test_attribute_matches_reference_definition(kind, method):
     assert (result.scores.double() - expected).abs().max().item() <= 1e-4 * largest
 
 
-@pytest.mark.parametrize("kind", ["gpt2", "llama", "gqa"])
+@pytest.mark.parametrize("kind", ["gpt2", "llama", "llama-gqa"])
+@pytest.mark.parametrize(("method", "steps"), [("EAP-IG-inputs", 4), ("EAP-IG-activations", 3)])
+def test_midpoint_rule_matches_reference_definition(kind, method, steps):
+    """`rule="midpoint"`: the gradients are averaged at alpha = (k + 1/2)/m, k = 0..m-1
+    (DESIGN 5.5), by the definition above: one autograd pass per interpolation point (per node
+    group for activations), contracted edge by edge."""
+    model = family_model(kind)
+    batch = _batch()
+    midpoints = [(k + 0.5) / steps for k in range(steps)]
+    expected, _ = reference_scores(model, batch, method=method, steps=steps, alphas=midpoints)
+    result = attribute(model, batch, method=method, ig_steps=steps, baseline="zero",
+                       rule="midpoint")
+    assert result.scores.shape == expected.shape
+    largest = expected.abs().max().item()
+    assert largest > 1e-3
+    # float32 rounding stays below 1e-6 of the largest score here
+    assert (result.scores.double() - expected).abs().max().item() <= 1e-5 * largest
+    # the points matter: the left rule's scores are far outside that tolerance
+    left = attribute(model, batch, method=method, ig_steps=steps, baseline="zero", rule="left")
+    assert (left.scores.double() - expected).abs().max().item() > 1e-2 * largest
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama", "llama-gqa"])
 def test_zero_activations_baseline_with_the_paper_metric_matches_reference(kind):
     """The CUD authors' attribution: each node interpolated from zero to its clean output,
     activation differences -a_u(clean), their metric."""
-    model = _tiny(kind)
+    model = family_model(kind)
     batch = _batch()
     expected, _ = reference_scores(model, batch, method="EAP-IG-activations", steps=2,
                                    zero_writers=True, metric=_paper_prob_diff)
@@ -301,7 +308,7 @@ def test_zero_activations_baseline_with_the_paper_metric_matches_reference(kind)
 
 
 def test_zero_activations_baseline_needs_activation_interpolation():
-    model = _tiny("llama")
+    model = family_model("llama")
     for method, backend in (("EAP", "hooks"), ("EAP-IG-inputs", "hooks"),
                             ("EAP-IG-activations", "bridge")):
         with pytest.raises(DataError, match="zero-activations"):
@@ -311,7 +318,7 @@ def test_zero_activations_baseline_needs_activation_interpolation():
 
 def test_eap_matches_exact_patching_of_single_edges():
     """For a small corruption, EAP predicts the metric change of patching one edge."""
-    model = _tiny("gpt2")
+    model = family_model("gpt2")
     batch = _batch()
     ref = HandWrittenModel(model)
     ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]

@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
-from circuit_models import FAMILIES, SMALL, VOCAB, padded_batch, tiny
+from tiny_models import FAMILIES, FAMILY_CONFIG, VOCAB, family_model, padded_batch
 from unlearnscope.circuits import GraphLayout, attribute, graph_layout
 from unlearnscope.circuits.metrics import answer_logprob, paper_prob_diff
 from unlearnscope.circuits.readers import (
@@ -30,15 +30,15 @@ def test_gpt2_small_edge_count():
 
 
 def test_parallel_models_have_no_head_to_own_mlp_edges():
-    layout = graph_layout(tiny("neox-parallel"))
+    layout = graph_layout(family_model("neox-parallel"))
     assert layout.n_edges == GraphLayout(2, 4).n_edges - 2 * 4
     assert not layout.real_edge_mask[layout.head_forward_index(1, 2), layout.mlp_backward_index(1)]
-    assert graph_layout(tiny("neox-sequential")).n_edges == GraphLayout(2, 4).n_edges
+    assert graph_layout(family_model("neox-sequential")).n_edges == GraphLayout(2, 4).n_edges
 
 
 @pytest.mark.parametrize("family", ["llama-gqa", "qwen2-gqa", "phi-gqa"])
 def test_ungrouped_model_computes_the_same_logits(family):
-    model = tiny(family)
+    model = family_model(family)
     parts = model_parts(model)
     batch = padded_batch()
     inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
@@ -62,7 +62,7 @@ def test_ungrouped_model_computes_the_same_logits(family):
 
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_writer_gradient_is_the_sum_of_its_readers_gradients(family):
-    model = tiny(family)
+    model = family_model(family)
     parts = model_parts(model)
     layout = graph_layout(model)
     batch = padded_batch()
@@ -103,7 +103,7 @@ def test_writer_gradient_is_the_sum_of_its_readers_gradients(family):
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_input_scores_complete_to_the_metric_difference(family):
     """IG completeness: sum over the input's edges = m(baseline) - m(clean), for many steps."""
-    model = tiny(family)
+    model = family_model(family)
     batch = padded_batch()
     # Llama-type models are scale-invariant after RMSNorm with no positional embedding, so the
     # zero baseline is a discontinuity there; a corrupted-text baseline integrates smoothly.
@@ -121,7 +121,7 @@ def test_input_scores_complete_to_the_metric_difference(family):
 @pytest.mark.parametrize("family", ["gpt2", "llama-gqa", "neox-parallel", "phi-gqa"])
 @pytest.mark.parametrize("method", ["EAP", "EAP-IG-inputs", "EAP-IG-activations"])
 def test_sample_scores_do_not_depend_on_the_batch(family, method):
-    model = tiny(family)
+    model = family_model(family)
     batch = padded_batch()
     together = attribute(model, batch, method=method, ig_steps=3)
     lengths = batch["attention_mask"].sum(dim=1).tolist()
@@ -139,7 +139,7 @@ def test_sample_scores_do_not_depend_on_the_batch(family, method):
 
 @pytest.mark.parametrize("family", ["gpt2", "qwen2-gqa", "neox-sequential"])
 def test_result_layout_and_non_edges(family):
-    model = tiny(family)
+    model = family_model(family)
     result = attribute(model, padded_batch(), method="EAP-IG-inputs")
     layout = graph_layout(model)
     assert result.scores.shape == (3, layout.n_forward, layout.n_backward)
@@ -154,7 +154,7 @@ def test_result_layout_and_non_edges(family):
 
 def test_zero_baseline_on_rmsnorm_stays_finite():
     """At alpha = 0 the whole residual stream of a Llama is 0; the norm's gradient is ~1/sqrt(eps)."""
-    model = tiny("llama-gqa")
+    model = family_model("llama-gqa")
     result = attribute(model, padded_batch(), method="EAP-IG-inputs", ig_steps=5, rule="left")
     assert torch.isfinite(result.scores).all()
     midpoint = attribute(model, padded_batch(), method="EAP-IG-inputs", ig_steps=5,
@@ -163,7 +163,7 @@ def test_zero_baseline_on_rmsnorm_stays_finite():
 
 
 def test_answer_prob_is_the_chain_rule_of_answer_logprob_for_eap():
-    model = tiny("gpt2")
+    model = family_model("gpt2")
     batch = padded_batch()
     logprob = attribute(model, batch, method="EAP", metric="answer_logprob")
     prob = attribute(model, batch, method="EAP", metric="answer_prob")
@@ -201,7 +201,7 @@ def test_paper_metric_by_hand():
 
 
 def test_kl_metric_has_no_gradient_at_the_clean_input():
-    model = tiny("gpt2")
+    model = family_model("gpt2")
     batch = padded_batch()
     eap = attribute(model, batch, method="EAP", metric="kl")
     assert eap.scores.abs().max() < 1e-6
@@ -212,7 +212,7 @@ def test_kl_metric_has_no_gradient_at_the_clean_input():
 
 
 def test_named_baselines_are_the_token_embeddings_they_name():
-    model = tiny("llama-gqa")
+    model = family_model("llama-gqa")
     batch = padded_batch()
     pad = attribute(model, batch, method="EAP", baseline="pad")
     pad_ids = torch.full_like(batch["input_ids"], model.config.pad_token_id)
@@ -226,7 +226,7 @@ def test_named_baselines_are_the_token_embeddings_they_name():
 
 
 def test_bad_inputs_raise_clear_errors():
-    model = tiny("gpt2")
+    model = family_model("gpt2")
     batch = padded_batch()
     with pytest.raises(UnknownNameError):
         attribute(model, batch, method="ACDC")
@@ -247,7 +247,7 @@ def test_bad_inputs_raise_clear_errors():
 
 
 def test_model_is_left_as_it_was():
-    model = tiny("llama-gqa")
+    model = family_model("llama-gqa")
     model.train()
     hooks_before = sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
     attribute(model, padded_batch(), method="EAP-IG-activations", ig_steps=2)
@@ -258,7 +258,7 @@ def test_model_is_left_as_it_was():
 
 @pytest.mark.parametrize("family", ["gpt2", "llama-gqa", "neox-parallel", "phi-gqa"])
 def test_closed_form_norm_vjp_equals_autograd(family):
-    model = tiny(family)
+    model = family_model(family)
     block = model_parts(model).blocks[1]
     torch.manual_seed(4)
     with torch.no_grad():
@@ -273,7 +273,7 @@ def test_closed_form_norm_vjp_equals_autograd(family):
 def test_overflowing_zero_step_names_the_cause():
     """Deep RMSNorm models overflow at alpha = 0 with a zero baseline (as the reference does)."""
     torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(**{**SMALL, "num_hidden_layers": 12},
+    model = LlamaForCausalLM(LlamaConfig(**{**FAMILY_CONFIG, "num_hidden_layers": 12},
                                          rms_norm_eps=1e-12)).eval()
     batch = padded_batch()
     with pytest.raises(NonFiniteError, match="midpoint"):
@@ -285,7 +285,7 @@ def test_overflowing_zero_step_names_the_cause():
 @pytest.mark.parametrize("family", ["gpt2", "llama-gqa"])
 @pytest.mark.parametrize("method", ["EAP-IG-inputs", "EAP-IG-activations"])
 def test_chunked_attribution_equals_the_whole_batch(family, method):
-    model = tiny(family)
+    model = family_model(family)
     batch = padded_batch()
     whole = attribute(model, batch, method=method, ig_steps=2, chunk_size=len(batch["input_ids"]))
     for size in (1, 2):
@@ -298,7 +298,7 @@ def test_chunked_attribution_equals_the_whole_batch(family, method):
 
 
 def test_chunks_take_their_rows_of_a_tensor_baseline():
-    model = tiny("llama-gqa")
+    model = family_model("llama-gqa")
     batch = padded_batch()
     corrupted = torch.randint(0, VOCAB, batch["input_ids"].shape, generator=torch.Generator()
                               .manual_seed(3))
@@ -315,7 +315,7 @@ def test_chunks_take_their_rows_of_a_tensor_baseline():
 def test_default_chunk_size_follows_the_memory_budget(monkeypatch):
     from unlearnscope.circuits import attribution
 
-    model = tiny("llama-gqa")
+    model = family_model("llama-gqa")
     layout = graph_layout(model)
     per_sample = 4 * (layout.n_forward + layout.n_backward) * 10 * model.config.hidden_size
     monkeypatch.setattr(attribution, "MEMORY_BUDGET", 3 * per_sample + 1)

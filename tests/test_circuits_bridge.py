@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from circuit_models import FAMILIES, padded_batch
-from circuit_models import tiny as tiny_model
+from tiny_models import FAMILIES, family_model, padded_batch
 from unlearnscope.circuits import attribute
 from unlearnscope.circuits.bridge import build_bridge, shared_clone
 from unlearnscope.errors import UnknownNameError, UnlearnscopeError
@@ -22,7 +21,7 @@ def on_bridge(model, batch, **options):
 
 
 def tiny(family: str):
-    return tiny_model(family, perturb_vectors=True)
+    return family_model(family, perturb_vectors=True)
 
 
 def assert_same_scores(actual: torch.Tensor, expected: torch.Tensor) -> None:

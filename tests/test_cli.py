@@ -1,4 +1,5 @@
 import json
+import math
 
 import pandas as pd
 import pytest
@@ -49,7 +50,19 @@ def test_user_errors_exit_2_with_a_message(tmp_path, capsys):
     assert not (tmp_path / "o" / "scores.parquet").exists()
 
 
-def test_finetune_tiny_then_resume_is_a_no_op(tmp_path, capsys):
+def test_finetune_tiny_then_resume_is_a_no_op(tmp_path, capsys, monkeypatch):
+    """Rerunning a finished fine-tuning with --resume trains nothing and leaves its model,
+    finetune.json and training log as they were; with other settings it is refused."""
+    from unlearnscope.models import finetune as finetune_module
+
+    training_losses = []
+    real_loss = finetune_module.mean_answer_nll
+
+    def counted_loss(logits, labels):
+        training_losses.append(len(labels))
+        return real_loss(logits, labels)
+
+    monkeypatch.setattr(finetune_module, "mean_answer_nll", counted_loss)
     out = tmp_path / "ft"
     args = ["finetune", "--model", "tiny", "--data", DATA, "--out", str(out), "--epochs", "2",
             "--lr", "3e-3", "--batch-size", "4"]
@@ -59,20 +72,41 @@ def test_finetune_tiny_then_resume_is_a_no_op(tmp_path, capsys):
     report = json.loads((out / "finetune.json").read_text())
     assert report["epochs_trained"] == 2 and 0 < report["mean_answer_prob"] < 1
     assert "mean answer probability on the training data" in capsys.readouterr().out
+    assert training_losses == [4, 4, 4] * 2  # 12 samples, batches of 4, two epochs
+    products = ["model/model.safetensors", "finetune.json", "training.parquet"]
+    before = {name: ((out / name).read_bytes(), (out / name).stat().st_mtime_ns)
+              for name in products}
+
+    training_losses.clear()
+    assert main([*args, "--resume"]) == 0
+    assert training_losses == []
+    assert "already finished" in capsys.readouterr().out
+    for name, (content, mtime) in before.items():
+        assert (out / name).read_bytes() == content, name
+        assert (out / name).stat().st_mtime_ns == mtime, f"{name} was rewritten"
+
+    products.append("config.json")
+    before = {name: (out / name).read_bytes() for name in products}
+    more_epochs = [*args, "--resume", "--epochs", "3"]
+    assert main(more_epochs) == 2
+    assert "'epochs' 2, now 3" in capsys.readouterr().err
+    assert training_losses == []
+    assert {name: (out / name).read_bytes() for name in products} == before
 
 
-def test_finetune_resumes_from_an_epoch_checkpoint(tmp_path, monkeypatch, small_config):
+def test_finetune_resumes_from_an_epoch_checkpoint(tmp_path, monkeypatch):
     """A run killed after epoch 1 of 3 and resumed ends with the same weights as a straight run."""
     import torch
 
+    from tiny_models import tiny_llama
     from unlearnscope.data import load_samples
     from unlearnscope.models import finetune as finetune_module
     from unlearnscope.models import load_model
-    from unlearnscope.models.finetune import FinetuneConfig, build_tiny, finetune
+    from unlearnscope.models.finetune import FinetuneConfig, finetune
 
     samples = load_samples(DATA)
     config = FinetuneConfig(epochs=3, lr=3e-3, batch_size=4, seed=1)
-    model, tok = build_tiny(samples, seed=1, config=small_config)
+    model, tok = tiny_llama(samples, seed=1)
     finetune(model, tok, samples, tmp_path / "straight", config)
 
     real_checkpoint = finetune_module._checkpoint
@@ -82,12 +116,12 @@ def test_finetune_resumes_from_an_epoch_checkpoint(tmp_path, monkeypatch, small_
         raise KeyboardInterrupt
 
     monkeypatch.setattr(finetune_module, "_checkpoint", checkpoint_then_die)
-    model, tok = build_tiny(samples, seed=1, config=small_config)
+    model, tok = tiny_llama(samples, seed=1)
     with pytest.raises(KeyboardInterrupt):
         finetune(model, tok, samples, tmp_path / "resumed", config)
     assert not (tmp_path / "resumed" / "model").exists()
     monkeypatch.setattr(finetune_module, "_checkpoint", real_checkpoint)
-    model, tok = build_tiny(samples, seed=1, config=small_config)
+    model, tok = tiny_llama(samples, seed=1)
     finetune(model, tok, samples, tmp_path / "resumed", config, resume=True)
 
     straight, _ = load_model(str(tmp_path / "straight"), device="cpu")
@@ -98,13 +132,50 @@ def test_finetune_resumes_from_an_epoch_checkpoint(tmp_path, monkeypatch, small_
     assert json.loads((tmp_path / "resumed" / "finetune.json").read_text())["epochs_trained"] == 3
 
 
+def _min_k_by_hand(model, tokenizer, samples, k: float) -> dict[str, float]:
+    """Min-K% of each sample from its own unpadded forward: the mean of the floor(n k) (at
+    least one) lowest log-probs of its n answer tokens (closing EOS included)."""
+    import torch
+
+    from unlearnscope.data.tokenize import encode_samples
+
+    values = {}
+    for encoded in encode_samples(tokenizer, samples).samples:
+        ids = torch.tensor(encoded.input_ids)
+        with torch.no_grad():
+            logits = model(input_ids=ids[None]).logits[0].double()
+        logprobs = torch.log_softmax(logits[:-1], dim=-1).gather(1, ids[1:, None])[:, 0]
+        answer = logprobs[len(encoded.prompt_ids) - 1:].tolist()
+        assert len(answer) == len(encoded.answer_ids)
+        lowest = sorted(answer)[:max(1, math.floor(len(answer) * k))]
+        values[encoded.sample_id] = sum(lowest) / len(lowest)
+    return values
+
+
 def test_scorer_options_reach_the_scorer(tiny_model_dir, tmp_path):
-    out = tmp_path / "run"
-    assert main(["score", "--model", str(tiny_model_dir), "--data", DATA, "--out", str(out),
-                 "--scorers", "min_k", "--scorer-option", "min_k.k=0.2"]) == 0
-    config = json.loads((out / "config.json").read_text())
-    assert config["options"]["scorer_configs"] == [
-        {"name": "min_k", "higher_is_harder": True, "k": 0.2}]
+    """`--scorer-option min_k.k=...` changes the Min-K% values to the hand computation at
+    that k (0.25 and 0.75: n k is exact in binary, so the floor cannot round differently)."""
+    from unlearnscope.data import load_samples
+    from unlearnscope.models import load_model
+
+    model, tokenizer = load_model(str(tiny_model_dir), device="cpu")
+    samples = load_samples(DATA)
+    found = {}
+    for k in (0.25, 0.75):
+        out = tmp_path / f"run{k}"
+        assert main(["score", "--model", str(tiny_model_dir), "--data", DATA, "--out", str(out),
+                     "--scorers", "min_k", "--scorer-option", f"min_k.k={k}"]) == 0
+        config = json.loads((out / "config.json").read_text())
+        assert config["options"]["scorer_configs"] == [
+            {"name": "min_k", "higher_is_harder": True, "k": k}]
+        table = pd.read_parquet(out / "scores.parquet").set_index("sample_id")
+        found[k] = table["value"].to_dict()
+        expected = _min_k_by_hand(model, tokenizer, samples, k)
+        assert sorted(found[k]) == sorted(expected)
+        for sample_id, value in expected.items():
+            assert found[k][sample_id] == pytest.approx(value, rel=1e-5, abs=1e-6), sample_id
+    # the lowest quarter of the log-probs is below the mean of the lowest three quarters
+    assert all(found[0.25][s] < found[0.75][s] for s in found[0.25])
 
 
 def test_bad_scorer_option_is_a_clean_error(capsys, tmp_path):

@@ -10,9 +10,9 @@ import math
 import pytest
 import torch
 
-from circuit_models import FAMILIES, padded_batch, tiny
 from cud_runs import cud_scores
-from test_circuits_attr_reference import _batch, _tiny, reference_scores
+from test_circuits_attr_reference import _batch, reference_scores
+from tiny_models import FAMILIES, family_model, padded_batch
 from unlearnscope.anchors import AnchorSets, write_anchors
 from unlearnscope.anchors.gradients import GradientSketch
 from unlearnscope.circuits import attribute, graph_layout
@@ -28,7 +28,7 @@ from unlearnscope.scoring.cud import CUD_PROXIES, cud_from_aggregates
 @pytest.mark.parametrize("family", list(FAMILIES))
 @pytest.mark.parametrize("method", ["EAP", "EAP-IG-inputs"])
 def test_node_scores_are_the_sum_of_each_writers_edge_scores(family, method):
-    model = tiny(family)
+    model = family_model(family)
     batch = padded_batch()
     layout = graph_layout(model)
     edges = attribute(model, batch, method=method, ig_steps=3, rule="midpoint")
@@ -42,7 +42,7 @@ def test_node_scores_are_the_sum_of_each_writers_edge_scores(family, method):
 
 
 def test_node_scores_by_hand_from_an_edge_matrix():
-    layout = graph_layout(tiny("llama"))
+    layout = graph_layout(family_model("llama"))
     torch.manual_seed(0)
     matrix = torch.randn(2, layout.n_forward, layout.n_backward)
     expected = (matrix * layout.real_edge_mask).sum(dim=-1)
@@ -50,10 +50,10 @@ def test_node_scores_by_hand_from_an_edge_matrix():
     torch.testing.assert_close(found, expected)
 
 
-@pytest.mark.parametrize("kind", ["gpt2", "gqa"])
+@pytest.mark.parametrize("kind", ["gpt2", "llama-gqa"])
 @pytest.mark.parametrize("method", ["EAP", "EAP-IG-inputs"])
 def test_answer_positions_are_the_definition_with_other_positions_masked(kind, method):
-    model = _tiny(kind)
+    model = family_model(kind)
     batch = _batch()
     answer = batch["labels"] != -100
     expected, _ = reference_scores(model, batch, method=method, steps=3, positions=answer)
@@ -76,7 +76,7 @@ def test_one_midpoint_step_is_the_gradient_halfway_and_eap_the_gradient_at_clean
     """EAP-IG-inputs with 1 step: the left rule takes the gradient at the baseline, the midpoint
     rule halfway between baseline and clean; EAP at the clean input. Same activation
     difference, so the three differ only by where the gradient is taken."""
-    model = _tiny(kind)
+    model = family_model(kind)
     batch = _batch()
     found = {rule: attribute(model, batch, method="EAP-IG-inputs", ig_steps=1, rule=rule).scores
              for rule in ("left", "midpoint")}
@@ -124,7 +124,7 @@ def test_sketched_cud_approaches_cud_and_needs_cosine():
 
 
 def test_node_level_needs_the_hooks_backend_and_input_interpolation():
-    model = _tiny("llama")
+    model = family_model("llama")
     batch = _batch()
     with pytest.raises(DataError, match="EAP-IG-activations"):
         attribute(model, batch, method="EAP-IG-activations", ig_steps=1, level="nodes")

@@ -4,7 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from test_unlearning_support import tiny_model, tiny_tokenizer, toy_samples
+from tiny_models import toy_llama, toy_tokenizer
+from unlearning_support import toy_samples
 from unlearnscope.data import Sample
 from unlearnscope.evaluation.experiments import (
     DEFAULT_SCHEDULES,
@@ -199,7 +200,7 @@ def test_validate_sets_and_schedules_cli_on_a_tiny_model(tiny_model_dir, tmp_pat
 
 def test_every_arm_draws_equal_slots_and_reaches_every_sample():
     # The experiment-arms check (DESIGN 5.9): real unlearning runs of a tiny model.
-    tokenizer = tiny_tokenizer()
+    tokenizer = toy_tokenizer()
     facts = toy_samples("f")
     forget = [Sample(f"f{i}", facts[i % 8].question, facts[i % 8].answer) for i in range(10)]
     ids = [s.id for s in forget]
@@ -207,7 +208,7 @@ def test_every_arm_draws_equal_slots_and_reaches_every_sample():
     cud = np.random.default_rng(0).permutation(10) / 10
     scores = pd.DataFrame({"sample_id": ids * 2, "scorer": ["mrd"] * 10 + ["cud"] * 10,
                            "value": [*value, *cud], "difficulty": [*-value, *cud]})
-    unlearner = Unlearner(tiny_model(tokenizer), tokenizer, [],
+    unlearner = Unlearner(toy_llama(tokenizer), tokenizer, [],
                           {"epochs": 3, "lr": 1e-3, "batch_size": 4, "grad_accum": 1,
                            "warmup_epochs": 0.0})
     # 4 steps of 4 slots: 16 >= 10 samples, not a multiple of them.

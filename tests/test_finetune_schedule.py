@@ -12,10 +12,11 @@ import sys
 import pandas as pd
 import pytest
 
+from tiny_models import tiny_llama
 from unlearnscope.cli import main
 from unlearnscope.data import load_samples
 from unlearnscope.models import finetune as finetune_module
-from unlearnscope.models.finetune import FinetuneConfig, build_tiny, finetune
+from unlearnscope.models.finetune import FinetuneConfig, finetune
 
 DATA = "synthetic:authors?n_authors=4&questions_per_author=3"  # 12 samples
 LR = 3e-3
@@ -68,11 +69,11 @@ def test_two_process_lr_per_update_equals_one_process(tmp_path):
     assert min(two["lr"].iloc[2:]) > 0  # the decay reaches 0 only after the last update
 
 
-def test_resumed_run_continues_the_schedule(tmp_path, monkeypatch, small_config):
+def test_resumed_run_continues_the_schedule(tmp_path, monkeypatch):
     """Killed after epoch 1 of 3 and resumed, the log (and its LR) equals a straight run's."""
     samples = load_samples(DATA)
     config = FinetuneConfig(epochs=3, lr=LR, batch_size=4, warmup_ratio=0.25, seed=1)
-    model, tok = build_tiny(samples, seed=1, config=small_config)
+    model, tok = tiny_llama(samples, seed=1)
     finetune(model, tok, samples, tmp_path / "straight", config, save=False)
 
     real_checkpoint = finetune_module._checkpoint
@@ -82,11 +83,11 @@ def test_resumed_run_continues_the_schedule(tmp_path, monkeypatch, small_config)
         raise KeyboardInterrupt
 
     monkeypatch.setattr(finetune_module, "_checkpoint", checkpoint_then_die)
-    model, tok = build_tiny(samples, seed=1, config=small_config)
+    model, tok = tiny_llama(samples, seed=1)
     with pytest.raises(KeyboardInterrupt):
         finetune(model, tok, samples, tmp_path / "resumed", config, save=False)
     monkeypatch.setattr(finetune_module, "_checkpoint", real_checkpoint)
-    model, tok = build_tiny(samples, seed=1, config=small_config)
+    model, tok = tiny_llama(samples, seed=1)
     finetune(model, tok, samples, tmp_path / "resumed", config, resume=True, save=False)
 
     straight = pd.read_parquet(tmp_path / "straight" / "training.parquet")

@@ -11,10 +11,11 @@ import pandas as pd
 import pytest
 import torch
 
-from test_unlearning_support import tiny_model, tiny_tokenizer, toy_samples
+from tiny_models import tiny_llama, toy_llama, toy_tokenizer
+from unlearning_support import toy_samples
 from unlearnscope.cli import main
 from unlearnscope.errors import DataError, UnknownNameError
-from unlearnscope.models.finetune import FinetuneConfig, build_tiny, finetune
+from unlearnscope.models.finetune import FinetuneConfig, finetune
 from unlearnscope.models.precision import (
     PRECISIONS,
     check_precision,
@@ -32,8 +33,8 @@ def output_dtypes(module: torch.nn.Module) -> tuple[list[torch.dtype], object]:
 
 
 def test_training_autocast_is_nothing_for_float32_and_bf16_with_float32_weights():
-    tokenizer = tiny_tokenizer()
-    model = tiny_model(tokenizer)
+    tokenizer = toy_tokenizer()
+    model = toy_llama(tokenizer)
     ids = torch.tensor([[1, 5, 7, 9]])
     assert PRECISIONS == ("float32", "bf16-autocast")
     with training_autocast("float32", model):
@@ -53,9 +54,9 @@ def test_training_autocast_is_nothing_for_float32_and_bf16_with_float32_weights(
 
 
 @pytest.fixture(scope="module")
-def fresh(small_samples, small_config):
+def fresh(small_samples):
     def build():
-        return build_tiny(small_samples, seed=1, config=small_config)
+        return tiny_llama(small_samples, seed=1)
     return build
 
 
@@ -99,8 +100,8 @@ def test_finetune_float32_is_the_default_and_never_autocasts(fresh, small_sample
 
 @pytest.mark.parametrize("method", ["grad_diff", "npo"])
 def test_unlearning_bf16_autocast_lowers_the_loss_and_records_the_precision(method, tmp_path):
-    tokenizer = tiny_tokenizer()
-    model = tiny_model(tokenizer)
+    tokenizer = toy_tokenizer()
+    model = toy_llama(tokenizer)
     seen, handle = output_dtypes(model.lm_head)
     result = run_unlearning(model, tokenizer, toy_samples("f")[:4], toy_samples("r")[4:], method,
                             epochs=6, lr=5e-3, batch_size=2, grad_accum=1, warmup_epochs=0.0,
@@ -148,7 +149,7 @@ def test_bf16_autocast_warns_on_a_cpu_that_emulates_bfloat16(monkeypatch, avx512
                                                              warns):
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
-    model = tiny_model(tiny_tokenizer())
+    model = toy_llama(toy_tokenizer())
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         with training_autocast("bf16-autocast", model):

@@ -12,7 +12,8 @@ import sys
 import pandas as pd
 import pytest
 
-from test_unlearning_support import tiny_model, tiny_tokenizer, toy_samples
+from tiny_models import toy_llama, toy_tokenizer
+from unlearning_support import toy_samples
 from unlearnscope.cli import main
 from unlearnscope.cli import unlearn as unlearn_cli
 from unlearnscope.cli._common import key_values, named_key_values
@@ -30,8 +31,8 @@ from unlearnscope.unlearning.methods import (
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli")
-    tokenizer = tiny_tokenizer()
-    model = tiny_model(tokenizer)
+    tokenizer = toy_tokenizer()
+    model = toy_llama(tokenizer)
     model.save_pretrained(root / "model")
     tokenizer.save_pretrained(root / "model")
     samples = toy_samples()

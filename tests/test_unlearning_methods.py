@@ -11,8 +11,8 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from circuit_models import SMALL, padded_batch, tiny
-from test_unlearning_support import tiny_model, tiny_tokenizer, toy_samples
+from tiny_models import FAMILY_CONFIG, family_model, padded_batch, toy_llama, toy_tokenizer
+from unlearning_support import toy_samples
 from unlearnscope.data.tokenize import collate, encode_samples, pad_id
 from unlearnscope.errors import DataError, UnknownNameError
 from unlearnscope.models.architecture import decoder_layers
@@ -24,9 +24,9 @@ from unlearnscope.unlearning.trainer import run_unlearning
 
 @pytest.fixture(scope="module")
 def setup():
-    tokenizer = tiny_tokenizer()
-    model = tiny_model(tokenizer, seed=0)
-    reference = tiny_model(tokenizer, seed=1).requires_grad_(False)
+    tokenizer = toy_tokenizer()
+    model = toy_llama(tokenizer, seed=0)
+    reference = toy_llama(tokenizer, seed=1).requires_grad_(False)
     encoded = encode_samples(tokenizer, toy_samples()).samples
     return tokenizer, model, reference, encoded
 
@@ -75,7 +75,7 @@ def answer_tokens(batch) -> list[int]:
 
 def test_grad_ascent_is_negative_answer_nll_and_one_step_raises_forget_loss(setup):
     tokenizer, _, _, encoded = setup
-    model = tiny_model(tokenizer, seed=0)
+    model = toy_llama(tokenizer, seed=0)
     batch = batch_of(encoded, tokenizer, [0, 1, 2])
     counts = answer_tokens(batch)
     assert len(set(counts)) > 1  # answers of different lengths
@@ -177,7 +177,7 @@ def test_other_forget_terms_stay_plain_means_of_per_sample_values(name, weightin
 
 def test_rmu_hand_value_trainable_layers_and_zero_retain_at_reference(setup):
     tokenizer, _, _, encoded = setup
-    model = tiny_model(tokenizer, seed=0, layers=3)
+    model = toy_llama(tokenizer, seed=0, layers=3)
     reference = copy.deepcopy(model).requires_grad_(False)
     method = get_method("rmu", setting="small-model", layer=1, steering_coeff=5.0, seed=3)
     method.prepare(model)
@@ -204,7 +204,7 @@ def test_rmu_small_model_setting_scales_the_layer_and_options_show_it(setup):
     method = get_method("rmu", setting="small-model")
     assert [method.resolved_layer(n) for n in (16, 30, 4, 2, 1)] == [7, 14, 1, 0, 0]
     assert get_method("rmu", layer=9).resolved_layer(4) == 3
-    model = tiny_model(tokenizer, layers=4)
+    model = toy_llama(tokenizer, layers=4)
     method.prepare(model)
     assert method.options == {
         "setting": "small-model", "gamma": 1.0, "alpha": 1000.0, "retain_loss": "hidden_mse",
@@ -223,7 +223,7 @@ def test_rmu_reference_setting_is_open_unlearnings_config_and_trains_everything(
     tokenizer = setup[0]
     assert get_method("rmu").setting == "reference"
     method = get_method("rmu")
-    model = tiny_model(tokenizer, layers=8)
+    model = toy_llama(tokenizer, layers=8)
     method.prepare(model)
     assert method.options == {
         "setting": "reference", "gamma": 1.0, "alpha": 1.0, "retain_loss": "hidden_mse",
@@ -262,7 +262,7 @@ def full_forward_block_output(model, batch, block: int) -> torch.Tensor:
 def test_rmu_forward_stops_at_the_steered_block_with_the_full_forwards_loss_and_gradients(family):
     """Loss and every gradient equal those of a full forward; no block above the steered one,
     and no LM head, runs (for the model or the frozen reference)."""
-    model = tiny(family)
+    model = family_model(family)
     reference = copy.deepcopy(model).requires_grad_(False)
     forget, retain = padded_batch(1), padded_batch(2)
     method = get_method("rmu", layer=0, steering_coeff=5.0, alpha=3.0)
@@ -301,25 +301,25 @@ def test_rmu_forward_stops_at_the_steered_block_with_the_full_forwards_loss_and_
 
 def test_rmu_prepare_freezes_what_the_steered_block_does_not_reach(setup):
     tokenizer = setup[0]
-    model = tiny_model(tokenizer, layers=3)
+    model = toy_llama(tokenizer, layers=3)
     get_method("rmu", layer=1).prepare(model)
     frozen = sorted(n for n, p in model.named_parameters() if not p.requires_grad)
     assert frozen == sorted(["lm_head.weight", "model.norm.weight",
                              *(n for n, _ in model.named_parameters()
                                if n.startswith("model.layers.2."))])
     # a retain term on the logits runs the whole model: nothing is frozen
-    model = tiny_model(tokenizer, layers=3)
+    model = toy_llama(tokenizer, layers=3)
     get_method("rmu", layer=1, retain_loss="nll").prepare(model)
     assert all(p.requires_grad for p in model.parameters())
     # tied embeddings: the LM head's weight is the embedding, which block 0 reads
     torch.manual_seed(0)
-    tied = LlamaForCausalLM(LlamaConfig(**{**SMALL, "tie_word_embeddings": True}))
+    tied = LlamaForCausalLM(LlamaConfig(**{**FAMILY_CONFIG, "tie_word_embeddings": True}))
     get_method("rmu", layer=0).prepare(tied)
     assert tied.lm_head.weight is tied.model.embed_tokens.weight and tied.lm_head.weight.requires_grad
     assert not any(p.requires_grad for p in tied.model.layers[1].parameters())
     with pytest.raises(ValueError, match="reaches the output of block 0"):
         get_method("rmu", layer=0, trainable_layers=[1], trainable_params=".*").prepare(
-            tiny_model(tokenizer, layers=3))
+            toy_llama(tokenizer, layers=3))
 
 
 def test_rmu_run_leaves_the_parameters_above_the_steered_block_exactly_as_they_were(setup):
@@ -327,7 +327,7 @@ def test_rmu_run_leaves_the_parameters_above_the_steered_block_exactly_as_they_w
     the final norm and the LM head are neither updated nor decayed (as before the forward
     stopped early: their gradient was None, and AdamW skips those)."""
     tokenizer = setup[0]
-    start = tiny_model(tokenizer, layers=3)
+    start = toy_llama(tokenizer, layers=3)
     result = run_unlearning(copy.deepcopy(start), tokenizer, toy_samples("f")[:4],
                             toy_samples("r")[4:], "rmu", epochs=2, lr=5e-3, batch_size=2,
                             grad_accum=1, warmup_epochs=0.0, weight_decay=0.5,
@@ -353,7 +353,7 @@ def hand_mean_norm(model, batches, layer: int) -> float:
 
 def test_rmu_auto_steering_coeff_is_scale_times_the_measured_hidden_norm(setup):
     tokenizer, _, _, encoded = setup
-    model = tiny_model(tokenizer, seed=2, layers=3)
+    model = toy_llama(tokenizer, seed=2, layers=3)
     forget = encoded[:5]
     batches = [batch_of(encoded, tokenizer, [i]) for i in range(5)]  # one at a time: no padding
     norm = hand_mean_norm(model, batches, layer=1)
@@ -380,10 +380,10 @@ def test_rmu_auto_steering_coeff_is_recorded_and_stable_across_resume(setup, tmp
                 "checkpoint_every": 1, "save": False,
                 "method_options": {"setting": "small-model", "steering_coeff": "auto",
                                    "steering_scale": 2.0, "layer": 1, "alpha": 1.0}}
-    straight = run_unlearning(tiny_model(tokenizer, layers=3), tokenizer, forget, retain, "rmu",
+    straight = run_unlearning(toy_llama(tokenizer, layers=3), tokenizer, forget, retain, "rmu",
                               out_dir=tmp_path / "straight", **settings)
     encoded = encode_samples(tokenizer, forget).samples
-    norm = hand_mean_norm(tiny_model(tokenizer, layers=3),
+    norm = hand_mean_norm(toy_llama(tokenizer, layers=3),
                           [batch_of(encoded, tokenizer, [i]) for i in range(4)], layer=1)
     recorded = json.loads((tmp_path / "straight" / "config.json").read_text())
     options = recorded["options"]["method_options"]
@@ -400,10 +400,10 @@ def test_rmu_auto_steering_coeff_is_recorded_and_stable_across_resume(setup, tmp
 
     monkeypatch.setattr(trainer, "_train_step", killed_at_step_three)
     with pytest.raises(KeyboardInterrupt):
-        run_unlearning(tiny_model(tokenizer, layers=3), tokenizer, forget, retain, "rmu",
+        run_unlearning(toy_llama(tokenizer, layers=3), tokenizer, forget, retain, "rmu",
                        out_dir=tmp_path / "resumed", **settings)
     monkeypatch.setattr(trainer, "_train_step", real_step)
-    resumed = run_unlearning(tiny_model(tokenizer, layers=3), tokenizer, forget, retain, "rmu",
+    resumed = run_unlearning(toy_llama(tokenizer, layers=3), tokenizer, forget, retain, "rmu",
                              out_dir=tmp_path / "resumed", resume=True, **settings)
     again = json.loads((tmp_path / "resumed" / "config.json").read_text())
     assert again["options"]["method_options"] == options

@@ -11,7 +11,8 @@ import pandas as pd
 import pytest
 import torch
 
-from test_unlearning_support import tiny_model, tiny_tokenizer, toy_samples
+from tiny_models import toy_llama, toy_tokenizer
+from unlearning_support import toy_samples
 from unlearnscope.data.tokenize import collate, encode_samples, pad_id
 from unlearnscope.models.logprobs import mean_answer_nll
 from unlearnscope.unlearning.methods import get_method
@@ -24,7 +25,7 @@ stf = importlib.import_module("unlearnscope.unlearning.steps_to_forget")
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    return tiny_tokenizer()
+    return toy_tokenizer()
 
 
 def plain_steps(model, tokenizer, samples, config: StepsToForgetConfig
@@ -64,10 +65,10 @@ def plain_steps(model, tokenizer, samples, config: StepsToForgetConfig
 
 @pytest.mark.parametrize("method", ["grad_ascent", "npo"])
 def test_vmapped_copies_match_a_plain_loop_per_sample(tokenizer, method):
-    model = tiny_model(tokenizer)
+    model = toy_llama(tokenizer)
     config = StepsToForgetConfig(method=method, lr=2e-3, max_steps=12, copies=4)
     table = steps_to_forget(model, tokenizer, SAMPLES, config=config)
-    expected = plain_steps(tiny_model(tokenizer), tokenizer, SAMPLES, config)
+    expected = plain_steps(toy_llama(tokenizer), tokenizer, SAMPLES, config)
     assert table["steps_to_forget"].tolist() == [s for s, _, _ in expected]
     assert table["loss_final"].tolist() == pytest.approx([v for _, v, _ in expected], rel=1e-4)
     assert table["interpolated_steps"].tolist() == pytest.approx([t for _, _, t in expected],
@@ -85,7 +86,7 @@ def test_interpolated_steps_rank_samples_the_count_ties(tokenizer):
     """At this learning rate every sample is forgotten at the same step: the count ties them
     all, the interpolated step does not."""
     config = StepsToForgetConfig(method="grad_ascent", lr=2e-3, max_steps=12, copies=4)
-    table = steps_to_forget(tiny_model(tokenizer), tokenizer, SAMPLES, config=config)
+    table = steps_to_forget(toy_llama(tokenizer), tokenizer, SAMPLES, config=config)
     assert table["steps_to_forget"].nunique() == 1 and not table["capped"].any()
     assert table["interpolated_steps"].nunique() == len(SAMPLES)
     assert (table["interpolated_steps"] >= table["steps_to_forget"] - 1).all()
@@ -93,28 +94,28 @@ def test_interpolated_steps_rank_samples_the_count_ties(tokenizer):
 
 def test_chunking_does_not_change_any_sample(tokenizer):
     config = StepsToForgetConfig(method="grad_ascent", lr=2e-3, max_steps=6, copies=1)
-    one = steps_to_forget(tiny_model(tokenizer), tokenizer, SAMPLES, config=config)
+    one = steps_to_forget(toy_llama(tokenizer), tokenizer, SAMPLES, config=config)
     config.copies = 3
-    three = steps_to_forget(tiny_model(tokenizer), tokenizer, SAMPLES, config=config)
+    three = steps_to_forget(toy_llama(tokenizer), tokenizer, SAMPLES, config=config)
     pd.testing.assert_frame_equal(one, three, rtol=1e-5)
 
 
 def test_capped_samples_report_the_cap(tokenizer):
     config = StepsToForgetConfig(method="grad_ascent", lr=1e-7, max_steps=3, copies=4)
-    table = steps_to_forget(tiny_model(tokenizer), tokenizer, SAMPLES, config=config)
+    table = steps_to_forget(toy_llama(tokenizer), tokenizer, SAMPLES, config=config)
     assert table["capped"].all() and (table["steps_to_forget"] == 3).all()
     assert (table["interpolated_steps"] == 3.0).all()
     assert table["loss_final"].tolist() == pytest.approx(table["loss_before"].tolist(), rel=1e-3)
 
 
 def test_rmu_with_retain_samples_trains_only_its_layers(tokenizer):
-    model = tiny_model(tokenizer)
+    model = toy_llama(tokenizer)
     config = StepsToForgetConfig(method="rmu", method_options={"layer": 0, "steering_coeff": 5.0},
                                  lr=1e-2, max_steps=2, copies=2)
     table = steps_to_forget(model, tokenizer, SAMPLES[:2], retain_samples=toy_samples()[4:],
                             config=config)
     assert (table["loss_final"] != table["loss_before"]).all()
-    fresh = tiny_model(tokenizer)
+    fresh = toy_llama(tokenizer)
     for a, b in zip(model.parameters(), fresh.parameters(), strict=True):
         torch.testing.assert_close(a, b)  # the copies train; the model itself is untouched
 
@@ -124,11 +125,11 @@ def test_rmu_auto_steering_coeff_is_measured_on_the_samples(tokenizer, tmp_path)
     tokens, measured before any copy trains, and recorded in config.json."""
     config = StepsToForgetConfig(method="rmu", lr=1e-2, max_steps=2, copies=2, method_options={
         "layer": 0, "steering_coeff": "auto", "steering_scale": 3.0})
-    table = steps_to_forget(tiny_model(tokenizer), tokenizer, SAMPLES[:2], config=config,
+    table = steps_to_forget(toy_llama(tokenizer), tokenizer, SAMPLES[:2], config=config,
                             out_dir=tmp_path)
     assert (table["loss_final"] != table["loss_before"]).all()
     norms = []
-    model = tiny_model(tokenizer)
+    model = toy_llama(tokenizer)
     with torch.no_grad():
         for encoded in encode_samples(tokenizer, SAMPLES[:2]).samples:
             batch = collate([encoded], pad_id(tokenizer))
@@ -141,8 +142,8 @@ def test_rmu_auto_steering_coeff_is_measured_on_the_samples(tokenizer, tmp_path)
 
 def test_resume_skips_finished_samples(tokenizer, tmp_path, monkeypatch):
     config = StepsToForgetConfig(method="grad_ascent", lr=2e-3, max_steps=6, copies=2)
-    full = steps_to_forget(tiny_model(tokenizer), tokenizer, SAMPLES, config=config)
-    steps_to_forget(tiny_model(tokenizer), tokenizer, SAMPLES[:2], config=config, out_dir=tmp_path)
+    full = steps_to_forget(toy_llama(tokenizer), tokenizer, SAMPLES, config=config)
+    steps_to_forget(toy_llama(tokenizer), tokenizer, SAMPLES[:2], config=config, out_dir=tmp_path)
     seen = []
     real_chunk = stf._run_chunk
 
@@ -151,7 +152,7 @@ def test_resume_skips_finished_samples(tokenizer, tmp_path, monkeypatch):
         return real_chunk(model, unlearner, reference, encoded, *args)
 
     monkeypatch.setattr(stf, "_run_chunk", counting)
-    resumed = steps_to_forget(tiny_model(tokenizer), tokenizer, SAMPLES, config=config,
+    resumed = steps_to_forget(toy_llama(tokenizer), tokenizer, SAMPLES, config=config,
                               out_dir=tmp_path, resume=True)
     assert seen == [s.id for s in SAMPLES[2:]]
     pd.testing.assert_frame_equal(resumed, full, rtol=1e-5)

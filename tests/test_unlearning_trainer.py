@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 import torch
 
-from test_unlearning_support import tiny_model, tiny_tokenizer, toy_samples
+from tiny_models import toy_llama, toy_tokenizer
+from unlearning_support import toy_samples
 from unlearnscope.data.sample import Sample
 from unlearnscope.data.tokenize import encode_samples, pad_id
 from unlearnscope.errors import DataError
@@ -27,7 +28,7 @@ FAST = {"epochs": 2, "lr": 5e-3, "batch_size": 2, "grad_accum": 1, "warmup_epoch
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    return tiny_tokenizer()
+    return toy_tokenizer()
 
 
 def test_plan_counts_steps_per_epoch_over_the_global_batch():
@@ -57,7 +58,7 @@ def test_rouge_l_recall_by_hand():
 
 
 def test_batched_greedy_answers_equal_one_at_a_time(tokenizer):
-    model = tiny_model(tokenizer, seed=2)
+    model = toy_llama(tokenizer, seed=2)
     samples = toy_samples()[:3]
     batched = greedy_answers(model, tokenizer, samples, batch_size=3, max_new_tokens=6)
     alone = [greedy_answers(model, tokenizer, [s], max_new_tokens=6)[0] for s in samples]
@@ -65,7 +66,7 @@ def test_batched_greedy_answers_equal_one_at_a_time(tokenizer):
 
 
 def test_run_writes_outcomes_summary_trajectory_and_model(tokenizer, tmp_path):
-    model = tiny_model(tokenizer)
+    model = toy_llama(tokenizer)
     encoded = encode_samples(tokenizer, FORGET).samples
     before = answer_nll(model, encoded, pad_id(tokenizer)).numpy()
     result = run_unlearning(model, tokenizer, FORGET, RETAIN, "grad_ascent", track_every=1,
@@ -95,12 +96,12 @@ def test_run_writes_outcomes_summary_trajectory_and_model(tokenizer, tmp_path):
 
 def test_methods_with_a_retain_term_need_retain_samples(tokenizer):
     with pytest.raises(DataError, match="give retain samples"):
-        run_unlearning(tiny_model(tokenizer), tokenizer, FORGET, None, "npo", **FAST)
+        run_unlearning(toy_llama(tokenizer), tokenizer, FORGET, None, "npo", **FAST)
 
 
 def test_resume_after_a_kill_reaches_the_same_final_model(tokenizer, tmp_path, monkeypatch):
     settings = {**FAST, "epochs": 3, "checkpoint_every": 2, "track_every": 1, "save": False}
-    straight = run_unlearning(tiny_model(tokenizer), tokenizer, FORGET, RETAIN, "npo",
+    straight = run_unlearning(toy_llama(tokenizer), tokenizer, FORGET, RETAIN, "npo",
                               out_dir=tmp_path / "straight", **settings)
 
     real_step = trainer._train_step
@@ -112,11 +113,11 @@ def test_resume_after_a_kill_reaches_the_same_final_model(tokenizer, tmp_path, m
 
     monkeypatch.setattr(trainer, "_train_step", killed_at_step_four)
     with pytest.raises(KeyboardInterrupt):
-        run_unlearning(tiny_model(tokenizer), tokenizer, FORGET, RETAIN, "npo",
+        run_unlearning(toy_llama(tokenizer), tokenizer, FORGET, RETAIN, "npo",
                        out_dir=tmp_path / "resumed", **settings)
     assert (tmp_path / "resumed" / "checkpoint" / "latest" / "progress.json").is_file()
     monkeypatch.setattr(trainer, "_train_step", real_step)
-    resumed = run_unlearning(tiny_model(tokenizer), tokenizer, FORGET, RETAIN, "npo",
+    resumed = run_unlearning(toy_llama(tokenizer), tokenizer, FORGET, RETAIN, "npo",
                              out_dir=tmp_path / "resumed", resume=True, **settings)
     for a, b in zip(straight.model.parameters(), resumed.model.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
@@ -129,13 +130,13 @@ def test_resume_after_a_kill_reaches_the_same_final_model(tokenizer, tmp_path, m
 def test_difficulty_schedules_train_from_a_score_table(tokenizer, tmp_path, schedule):
     scores = pd.DataFrame({"sample_id": [s.id for s in FORGET], "scorer": "mrd",
                            "value": [0.4, 0.1, 0.3, 0.2], "difficulty": [-0.4, -0.1, -0.3, -0.2]})
-    result = run_unlearning(tiny_model(tokenizer), tokenizer, FORGET, RETAIN, "grad_diff",
+    result = run_unlearning(toy_llama(tokenizer), tokenizer, FORGET, RETAIN, "grad_diff",
                             schedule=schedule, difficulty=scores, out_dir=tmp_path, save=False,
                             **FAST)
     assert result.summary["settings"]["schedule"] == schedule
     assert len(result.training) == 4
     with pytest.raises(DataError, match="needs difficulty"):
-        run_unlearning(tiny_model(tokenizer), tokenizer, FORGET, RETAIN, "grad_diff",
+        run_unlearning(toy_llama(tokenizer), tokenizer, FORGET, RETAIN, "grad_diff",
                        schedule=schedule, **FAST)
 
 
@@ -160,7 +161,7 @@ def test_every_schedule_under_a_budget_has_the_same_slots_and_reaches_its_pool(
         return build_stream(*args, **kwargs)
 
     monkeypatch.setattr(trainer, "build_stream", spy)
-    result = run_unlearning(tiny_model(tokenizer), tokenizer, forget, None, "grad_ascent",
+    result = run_unlearning(toy_llama(tokenizer), tokenizer, forget, None, "grad_ascent",
                             schedule=schedule, difficulty=scores, epochs=3, batch_size=8,
                             grad_accum=1, max_steps=10, lr=1e-3, warmup_epochs=0.0)
     summary = result.summary
@@ -178,7 +179,7 @@ def test_slots_follow_steps_when_n_is_not_a_multiple_of_the_global_batch(tokeniz
     difficulty = np.arange(10, dtype=float)
     scores = pd.DataFrame({"sample_id": [s.id for s in forget], "scorer": "loss",
                            "value": difficulty, "difficulty": difficulty})
-    result = run_unlearning(tiny_model(tokenizer), tokenizer, forget, None, "grad_ascent",
+    result = run_unlearning(toy_llama(tokenizer), tokenizer, forget, None, "grad_ascent",
                             schedule="easy-to-hard", difficulty=scores, epochs=3, batch_size=4,
                             grad_accum=1, lr=1e-3, warmup_epochs=0.0)
     assert result.summary["steps"] == 9 and result.summary["forget_slots"] == 36
@@ -190,7 +191,7 @@ def test_distinct_forget_samples_count_the_run_before_a_resume(tokenizer, tmp_pa
     # 8 samples, batch 2, 6 steps: the first 4 steps draw all 8, the last 2 only 4 of them.
     forget = toy_samples("f")
     settings = {**FAST, "max_steps": 6, "checkpoint_every": 4, "save": False}
-    straight = run_unlearning(tiny_model(tokenizer), tokenizer, forget, None, "grad_ascent",
+    straight = run_unlearning(toy_llama(tokenizer), tokenizer, forget, None, "grad_ascent",
                               out_dir=tmp_path / "straight", **settings)
     assert straight.summary["distinct_forget_samples_drawn"] == 8
     real_step = trainer._train_step
@@ -203,7 +204,7 @@ def test_distinct_forget_samples_count_the_run_before_a_resume(tokenizer, tmp_pa
 
     monkeypatch.setattr(trainer, "_train_step", killed_at_step_five)
     with pytest.raises(KeyboardInterrupt):
-        run_unlearning(tiny_model(tokenizer), tokenizer, forget, None, "grad_ascent",
+        run_unlearning(toy_llama(tokenizer), tokenizer, forget, None, "grad_ascent",
                        out_dir=tmp_path / "resumed", **settings)
     progress_file = tmp_path / "resumed" / "checkpoint" / "latest" / "progress.json"
     progress = json.loads(progress_file.read_text())
@@ -213,7 +214,7 @@ def test_distinct_forget_samples_count_the_run_before_a_resume(tokenizer, tmp_pa
                                          if k != "forget_drawn"}))
     monkeypatch.setattr(trainer, "_train_step", real_step)
     with pytest.raises(DataError, match="forget_drawn"):
-        run_unlearning(tiny_model(tokenizer), tokenizer, forget, None, "grad_ascent",
+        run_unlearning(toy_llama(tokenizer), tokenizer, forget, None, "grad_ascent",
                        out_dir=tmp_path / "resumed", resume=True, **settings)
     progress_file.write_text(json.dumps(progress))
 
@@ -222,7 +223,7 @@ def test_distinct_forget_samples_count_the_run_before_a_resume(tokenizer, tmp_pa
         return real_step(*args, **kwargs)
 
     monkeypatch.setattr(trainer, "_train_step", recorded)
-    resumed = run_unlearning(tiny_model(tokenizer), tokenizer, forget, None, "grad_ascent",
+    resumed = run_unlearning(toy_llama(tokenizer), tokenizer, forget, None, "grad_ascent",
                              out_dir=tmp_path / "resumed", resume=True, **settings)
     assert len(after_resume) == 4 and len(set(after_resume)) < 8
     assert resumed.summary["distinct_forget_samples_drawn"] == 8

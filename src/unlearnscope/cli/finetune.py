@@ -16,7 +16,7 @@ from unlearnscope.cli._common import (
 from unlearnscope.data import load_samples
 from unlearnscope.errors import UnlearnscopeError
 from unlearnscope.models import load_model
-from unlearnscope.models.finetune import FinetuneConfig, build_tiny, finetune
+from unlearnscope.models.finetune import FinetuneConfig, build_tiny, finetune, finished_run
 from unlearnscope.models.precision import PRECISIONS
 from unlearnscope.models.tiny import TinyConfig
 from unlearnscope.runs import write_config
@@ -80,6 +80,8 @@ def run(args: argparse.Namespace) -> int:
                             weight_decay=args.weight_decay, seed=args.seed,
                             checkpoint_every=args.checkpoint_every, target_prob=args.target_prob,
                             max_length=args.max_length, precision=args.precision)
+    if args.resume:  # a finished run with other settings is refused before anything is written
+        finished_run(args.out, config, len(samples), len(target or samples))
     Path(args.out).mkdir(parents=True, exist_ok=True)
     write_config(args.out, "finetune", options_of(args))
     if args.model == "tiny":

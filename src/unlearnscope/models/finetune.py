@@ -32,7 +32,8 @@ from unlearnscope.data.tokenize import (
     model_max_length,
     pad_id,
 )
-from unlearnscope.models.loading import MODEL_SUBDIR
+from unlearnscope.errors import UnlearnscopeError
+from unlearnscope.models.loading import MODEL_SUBDIR, load_model
 from unlearnscope.models.logprobs import answer_nll, mean_answer_nll
 from unlearnscope.models.precision import check_precision, training_autocast
 from unlearnscope.models.tiny import TinyConfig, build_tiny_model
@@ -126,9 +127,16 @@ def finetune(model, tokenizer, samples: Sequence[Sample], out_dir: str | Path,
     saved model's) and their number (`n_target_samples`), and `out_dir/training.parquet`, one
     row per optimizer update: `update` (1, 2, ...), `epoch`, `lr` (the rate that update used)
     and `loss` (the main process's mean micro-batch loss over the update).
+
+    `resume` on a finished run (its `finetune.json` and model, no checkpoint left) trains
+    nothing and rewrites nothing: it returns the saved model, and refuses when the run was
+    made with other settings.
     """
     out = Path(out_dir)
     check_precision(config.precision)
+    target = list(target_samples or samples)
+    if resume and (recorded := finished_run(out, config, len(samples), len(target))):
+        return _saved_model(model, out, recorded)
     accelerator = Accelerator(gradient_accumulation_steps=config.grad_accum,
                               cpu=not torch.cuda.is_available())
     set_seed(config.seed)
@@ -149,7 +157,6 @@ def finetune(model, tokenizer, samples: Sequence[Sample], out_dir: str | Path,
     # Accelerate step it once per process.
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     accelerator.register_for_checkpointing(scheduler)
-    target = list(target_samples or samples)
     progress = {"epoch": 0, "batch": 0, "done": False, "history": [], "target_probs": []}
     epochs_trained = 0
     if resume and _state_path(out).is_file():
@@ -226,6 +233,43 @@ def finetune(model, tokenizer, samples: Sequence[Sample], out_dir: str | Path,
     accelerator.wait_for_everyone()
     print(f"mean answer probability on the training data: {final_prob:.4f}")
     return model
+
+
+def finished_run(out_dir: str | Path, config: FinetuneConfig, n_samples: int,
+                 n_target: int) -> dict | None:
+    """`out_dir`'s `finetune.json` when the folder holds a finished fine-tuning (that file and
+    the model, no checkpoint left) made with `config` on `n_samples` samples (and `n_target`
+    target samples with `target_prob`); None when it holds no finished run. A finished run
+    with other settings cannot be resumed: `UnlearnscopeError` naming the fields that differ.
+    """
+    out = Path(out_dir)
+    if _state_path(out).is_file() or not (out / "finetune.json").is_file() or not (
+            out / MODEL_SUBDIR / "config.json").is_file():
+        return None
+    recorded = json.loads((out / "finetune.json").read_text())
+    wanted = {**asdict(config), "n_samples": n_samples}
+    if config.target_prob is not None:
+        wanted["n_target_samples"] = n_target
+    changed = [f"'{key}' {recorded.get(key)!r}, now {value!r}" for key, value in wanted.items()
+               if recorded.get(key) != value]
+    if changed:
+        raise UnlearnscopeError(
+            f"--resume: {out / 'finetune.json'} is a finished fine-tuning with other settings "
+            f"({'; '.join(changed)}); use another output folder, or run without --resume to "
+            "train afresh")
+    return recorded
+
+
+def _saved_model(model, out: Path, recorded: dict):
+    """The model a finished run saved in `out`, on `model`'s device and dtype."""
+    log.info("fine-tuning in %s already finished (%d epochs): nothing to train", out,
+             recorded["epochs_trained"])
+    print(f"fine-tuning in {out} already finished ({recorded['epochs_trained']} epochs), "
+          f"nothing to train; mean answer probability on the training data: "
+          f"{recorded['mean_answer_prob']:.4f}")
+    parameter = next(model.parameters())
+    saved, _ = load_model(str(out), dtype=parameter.dtype, device=parameter.device)
+    return saved
 
 
 def _checkpoint(accelerator: Accelerator, out: Path, progress: dict) -> None:
