@@ -9,7 +9,7 @@ import torch
 
 from unlearnscope.circuits.export import export_from_store, reference_dict, save_circuit
 from unlearnscope.circuits.graph import GraphLayout
-from unlearnscope.circuits.selection import aggregate_scores, edge_names, select_topn
+from unlearnscope.circuits.selection import edge_names, select_topn
 from unlearnscope.circuits.store import (
     INDEX_FILE,
     CircuitStore,
@@ -204,7 +204,7 @@ def test_export_from_store_aggregates_a_set(tmp_path) -> None:
     store = CircuitStore.open(tmp_path)
     out = export_from_store(store, tmp_path / "set.pt", sample_ids=["x", "z"], n=5)
     data = torch.load(out, weights_only=True)
-    expected = aggregate_scores(store.scores(["x", "z"]))
+    expected = store.scores(["x", "z"]).float().mean(dim=0)
     assert torch.allclose(data["edges_scores"], expected)
     assert torch.equal(data["edges_in_graph"], select_topn(expected, LAYOUT, 5))
     assert torch.allclose(store.mean_scores(["x", "z"], chunk_size=1), expected)
