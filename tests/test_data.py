@@ -91,9 +91,13 @@ def test_tofu_local_folder_layout(tmp_path):
                   "paraphrased_question": "PQ?"} for r in rows]
     _write(tmp_path / "forget01_perturbed.json", [json.dumps(r) for r in perturbed])
     samples = load_samples("tofu:forget01", data_dir=str(tmp_path))
-    assert [s.id for s in samples] == ["forget01-00000", "forget01-00001", "forget01-00002"]
+    # one id per question: the plain file's rows are named like its _perturbed twin's
+    assert [s.id for s in samples] == ["forget01_perturbed-00000", "forget01_perturbed-00001",
+                                       "forget01_perturbed-00002"]
     assert samples[0].get("author") == 198  # forget01 = the last 2 of 200 authors
     pert = load_samples("tofu:forget01_perturbed", data_dir=str(tmp_path))
+    assert [s.id for s in pert] == [s.id for s in samples]
+    assert [s.question for s in pert] == [s.question for s in samples]
     assert pert[2].get("perturbed_answer") == ["X.", "Y."]
     with pytest.raises(DataError, match="unknown TOFU split"):
         load_samples("tofu:forget02", data_dir=str(tmp_path))
@@ -177,3 +181,23 @@ def test_real_tofu_folder_has_all_splits(real_tofu_dir):
     full = load_samples("tofu:full", data_dir=str(folder))
     assert forget10[0].question == full[3600].question
     assert forget10[0].get("author") == 180
+    assert full[3600].id == "full-03600"
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("split", ["forget01", "forget05", "forget10", "real_authors",
+                                   "world_facts"])
+def test_real_tofu_twins_give_a_question_one_id(real_tofu_dir, split):
+    """A split and its _perturbed twin list the same questions in the same order; both readers
+    give each question the twin's id (the spelling of the demo and the committed study)."""
+    plain = load_samples(f"tofu:{split}", data_dir=str(real_tofu_dir))
+    twin = load_samples(f"tofu:{split}_perturbed", data_dir=str(real_tofu_dir))
+    assert [(s.id, s.question, s.answer) for s in plain] == \
+        [(s.id, s.question, s.answer) for s in twin]
+    assert plain[3].id == f"{split}_perturbed-00003"
+
+
+def test_tofu_ids_of_other_splits_keep_their_name(tmp_path):
+    for split in ("retain90", "holdout01", "retain_perturbed", "full"):
+        _write(tmp_path / f"{split}.json", [json.dumps({"question": "Q?", "answer": "A."})])
+        assert load_samples(f"tofu:{split}", data_dir=str(tmp_path))[0].id == f"{split}-00000"

@@ -115,11 +115,13 @@ def test_tofu_split_is_inferred_from_the_number_of_rows(tmp_path):
     before = _eval_log(tmp_path / "b.json", probs)
     after = _eval_log(tmp_path / "a.json", [p / 2 for p in probs])
     table = import_outcomes(before, after)
-    assert table["sample_id"].iloc[0] == "forget01-00000"
-    assert table["sample_id"].iloc[-1] == "forget01-00039"
+    # the ids tofu:forget01 and tofu:forget01_perturbed give these questions
+    assert table["sample_id"].iloc[0] == "forget01_perturbed-00000"
+    assert table["sample_id"].iloc[-1] == "forget01_perturbed-00039"
     np.testing.assert_allclose(table["efficacy"], 0.5)
-    assert import_outcomes(before, after, id_prefix="forget01_perturbed")[
-        "sample_id"].iloc[3] == "forget01_perturbed-00003"
+    for named in ("forget01", "forget01_perturbed"):
+        assert import_outcomes(before, after, id_prefix=named)[
+            "sample_id"].iloc[3] == "forget01_perturbed-00003"
     for wrong in ("forget10", "forget05_perturbed"):
         with pytest.raises(DataError, match=rf"b\.json, field 'id_prefix': 40 rows .* {wrong} has"):
             import_outcomes(before, after, id_prefix=wrong)
@@ -267,8 +269,23 @@ def test_ids_of_two_splits_or_another_prefix_are_refused(tmp_path):
     with pytest.raises(DataError, match=r"field 'sample_id': sample ids come from forget01, "
                                         r"forget05, expected one split"):
         weight_table(path, "loss")
-    with pytest.raises(DataError, match=r"expected 'forget10'"):
+    with pytest.raises(DataError, match=r"expected 'forget10_perturbed'"):
         weight_table(_scores(tmp_path / "t.parquet"), "loss", id_prefix="forget10")
+
+
+def test_weights_of_the_twin_spellings(tmp_path):
+    """`--id-prefix forget01` takes the ids tofu:forget01 gives (`forget01_perturbed-<row>`) and
+    those of a table written before they took that spelling (`forget01-<row>`)."""
+    old = _scores(tmp_path / "old.parquet")
+    table, prefix = weight_table(old, "loss", id_prefix="forget01")
+    assert prefix == "forget01" and table["index"].tolist() == [0, 1, 2]
+    frame = pd.read_parquet(old)
+    frame["sample_id"] = frame["sample_id"].str.replace("forget01-", "forget01_perturbed-")
+    frame.to_parquet(tmp_path / "new.parquet")
+    for named in ("forget01", "forget01_perturbed"):
+        renamed, prefix = weight_table(tmp_path / "new.parquet", "loss", id_prefix=named)
+        assert prefix == "forget01_perturbed"
+        np.testing.assert_allclose(renamed["weight"], table["weight"])
 
 
 def test_unknown_scorer_and_missing_file(tmp_path):

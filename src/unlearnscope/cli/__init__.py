@@ -47,6 +47,27 @@ def _add_threads_to_commands(parser: argparse.ArgumentParser) -> None:
                 _add_threads_to_commands(command)
 
 
+def _shows_default(action: argparse.Action) -> bool:
+    """Whether `action`'s help should name its default: an option whose default is a value
+    (not None, a flag's False, an empty list or text, or suppressed)."""
+    default = action.default
+    return (bool(action.option_strings) and action.help is not argparse.SUPPRESS
+            and default is not None and default is not argparse.SUPPRESS
+            and not isinstance(default, bool) and default not in ([], ""))
+
+
+def _add_defaults_to_help(parser: argparse.ArgumentParser) -> None:
+    """Append `(default: VALUE)` to the help of every option, in every (sub)command, whose
+    default is a value and whose help does not already name it (tests/test_cli_help.py checks
+    that every option has help)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for command in action.choices.values():
+                _add_defaults_to_help(command)
+        elif action.help and _shows_default(action) and "default" not in action.help:
+            action.help = f"{action.help} (default: %(default)s)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="unlearnscope",
@@ -64,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
         if hasattr(module, "register"):
             module.register(subparsers)
     _add_threads_to_commands(parser)
+    _add_defaults_to_help(parser)
     return parser
 
 

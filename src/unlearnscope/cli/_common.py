@@ -43,7 +43,9 @@ def add_model_args(parser: argparse.ArgumentParser, *, required: bool = True) ->
 
 
 def add_data_args(parser: argparse.ArgumentParser, *, flag: str = "--data",
-                  required: bool = True) -> None:
+                  required: bool = True, max_samples_help: str | None = None) -> None:
+    """`flag` (a dataset spec), `--data-dir` and `--max-samples` (added once per parser, with
+    `max_samples_help`, default: the first N samples of `flag`; say which specs it cuts)."""
     parser.add_argument(flag, required=required,
                         help="dataset spec: tofu:<split>, synthetic:authors[/forget|/retain], "
                              "jsonl:<file>, movielens:<folder>?split=forget")
@@ -52,7 +54,7 @@ def add_data_args(parser: argparse.ArgumentParser, *, flag: str = "--data",
                             help="local TOFU folder (else $UNLEARNSCOPE_TOFU_DIR, else the hub)")
     if not any(a.dest == "max_samples" for a in parser._actions):
         parser.add_argument("--max-samples", type=positive_int, default=None,
-                            help="use only the first N samples")
+                            help=max_samples_help or f"use only the first N samples of {flag}")
 
 
 def add_run_args(parser: argparse.ArgumentParser) -> None:

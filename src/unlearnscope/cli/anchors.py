@@ -42,12 +42,14 @@ def register(subparsers) -> None:
                     "rank. bilevel: sample weights optimized through T unrolled unlearning "
                     "steps, or for T = 1 through the Gram-matrix closed form (sketched with "
                     "--sketch-dim for large models).")
-    parser.add_argument("--method", required=True, choices=("vote", "bilevel"))
+    parser.add_argument("--method", required=True, choices=("vote", "bilevel"),
+                        help="vote over unlearning outcomes, or bilevel optimization on the "
+                             "model")
     parser.add_argument("--k", type=int, required=True, help="samples per anchor set")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--fit-fraction", type=float, default=1.0,
                         help="discover anchors on this seeded fraction of the forget samples; "
-                             "the rest is held out for validation (default 1: all)")
+                             "the rest is held out for validation (default: %(default)s, all)")
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the fit split and the gradient sketch")
     vote = parser.add_argument_group("vote")
@@ -71,7 +73,8 @@ def register(subparsers) -> None:
                          help="outer penalty on the retain loss increase")
     bilevel.add_argument("--sparsity-penalty", type=float, default=DEFAULTS.sparsity_penalty,
                          help="outer penalty sum w(1-w) pushing weights to 0 or 1")
-    bilevel.add_argument("--outer-steps", type=int, default=DEFAULTS.outer_steps)
+    bilevel.add_argument("--outer-steps", type=int, default=DEFAULTS.outer_steps,
+                         help="projected-gradient steps on the sample weights")
     bilevel.add_argument("--outer-lr", type=float, default=DEFAULTS.outer_lr,
                          help="largest weight change per projected-gradient step")
     bilevel.add_argument("--solver", choices=SOLVERS, default="auto",

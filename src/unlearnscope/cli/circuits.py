@@ -98,8 +98,9 @@ def register(subparsers) -> None:
                              "graph's edges when below 1 (default 0.05)")
     parser.set_defaults(func=run)
 
+    # prog given: argparse would derive it from the custom two-line usage above
     actions = parser.add_subparsers(dest="circuits_action", metavar="ACTION",
-                                    title="actions (optional)")
+                                    title="actions (optional)", prog=parser.prog)
     analyze = actions.add_parser(
         "analyze", help="circuit statistics, easy/hard comparison and plots",
         description="Select each stored sample's circuit and write DIR/analysis/summary.json "
@@ -113,7 +114,8 @@ def register(subparsers) -> None:
     add_selection_args(analyze)
     analyze.add_argument("--n-resamples", type=int, default=9999,
                          help="permutations of the permutation tests")
-    analyze.add_argument("--seed", type=int, default=0)
+    analyze.add_argument("--seed", type=int, default=0,
+                         help="seed of the permutation tests (default: %(default)s)")
     analyze.set_defaults(func=run_analyze)
 
     export = actions.add_parser(

@@ -22,7 +22,7 @@ def register(subparsers) -> None:
                     "easy/hard set and schedule experiments, report.html. Stages already "
                     "finished in OUT are skipped; the options make it larger.",
     )
-    parser.add_argument("--out", default="runs/demo")
+    parser.add_argument("--out", default="runs/demo", help="run folder")
     parser.add_argument("--config", default=None, metavar="FILE",
                         help="a JSON object of the run's settings (DemoConfig fields, e.g. a "
                              "study's run.json); combines only with --out and --tofu-dir")
@@ -35,14 +35,15 @@ def register(subparsers) -> None:
                         help="TOFU forget split (forget01, forget05, forget10)")
     parser.add_argument("--retain-authors", type=int, default=defaults.retain_authors,
                         help="TOFU retain authors (20 questions each) to train and keep")
-    parser.add_argument("--lr", type=positive_float, default=defaults.lr, help="fine-tuning lr")
+    parser.add_argument("--lr", type=positive_float, default=defaults.lr, help="fine-tuning peak learning rate")
     parser.add_argument("--max-epochs", type=positive_int, default=defaults.max_epochs,
                         help="fine-tuning epochs at most (stops at --target-prob)")
     parser.add_argument("--batch-size", type=positive_int, default=defaults.batch_size,
                         help="samples per batch (default: %(default)s)")
     parser.add_argument("--unlearn-lr", type=positive_float, default=defaults.unlearn["lr"],
                         help="unlearning learning rate (default: %(default)s)")
-    parser.add_argument("--unlearn-epochs", type=int, default=defaults.unlearn["epochs"])
+    parser.add_argument("--unlearn-epochs", type=int, default=defaults.unlearn["epochs"],
+                        help="unlearning epochs of every method")
     parser.add_argument("--methods", default=",".join(defaults.methods),
                         help="unlearning methods run on the whole forget set")
     parser.add_argument("--seeds", action="append", default=[], metavar="METHOD=S,S,...",
@@ -65,14 +66,22 @@ def register(subparsers) -> None:
                              f"{', '.join(defaults.unlearn)}) or any method option, e.g. "
                              "simnpo.lr=5e-4, rmu.steering_coeff=20 (the tiny model's defaults: "
                              f"{defaults.method_settings})")
-    parser.add_argument("--n-authors", type=int, default=defaults.n_authors)
-    parser.add_argument("--questions-per-author", type=int, default=defaults.questions_per_author)
-    parser.add_argument("--forget-fraction", type=float, default=defaults.forget_fraction)
-    parser.add_argument("--seed", type=int, default=defaults.seed)
-    parser.add_argument("--target-prob", type=float, default=defaults.target_prob)
+    parser.add_argument("--n-authors", type=int, default=defaults.n_authors,
+                        help="synthetic authors to generate")
+    parser.add_argument("--questions-per-author", type=int, default=defaults.questions_per_author,
+                        help="questions per synthetic author")
+    parser.add_argument("--forget-fraction", type=float, default=defaults.forget_fraction,
+                        help="fraction of the synthetic authors in the forget set")
+    parser.add_argument("--seed", type=int, default=defaults.seed,
+                        help="seed of the synthetic data, fine-tuning, unlearning (methods "
+                             "without --seeds) and the anchor fit split")
+    parser.add_argument("--target-prob", type=float, default=defaults.target_prob,
+                        help="fine-tuning stops after the first epoch where the forget "
+                             "answers' mean probability reaches this")
     parser.add_argument("--mrd-draws", type=int, default=defaults.mrd_draws,
                         help="Monte Carlo noise draws K of the mrd scorer")
-    parser.add_argument("--ig-steps", type=int, default=defaults.ig_steps)
+    parser.add_argument("--ig-steps", type=int, default=defaults.ig_steps,
+                        help="EAP-IG integration steps of the circuits")
     parser.add_argument("--set-k", type=int, default=defaults.set_k,
                         help="size of the easy/hard/random sets")
     parser.add_argument("--schedule-budget", type=int, default=defaults.schedule_budget,

@@ -29,7 +29,9 @@ def register(subparsers) -> None:
                     "--model tiny builds a small Llama with its own tokenizer trained on the data.",
     )
     add_model_args(parser)
-    add_data_args(parser)
+    add_data_args(parser, max_samples_help="use only the first N training samples: those of "
+                                           "--data, then of each --extra-data, in that order "
+                                           "(not --target-data)")
     parser.add_argument("--extra-data", action="append", default=[],
                         help="more dataset specs to train on (e.g. the retain split)")
     add_run_args(parser)
@@ -41,8 +43,10 @@ def register(subparsers) -> None:
                         help="samples per batch (default: %(default)s)")
     parser.add_argument("--grad-accum", type=positive_int, default=1,
                         help="micro-batches per optimizer step (default: %(default)s)")
-    parser.add_argument("--warmup-ratio", type=float, default=0.1)
-    parser.add_argument("--weight-decay", type=float, default=0.01)
+    parser.add_argument("--warmup-ratio", type=float, default=0.1,
+                        help="fraction of the optimizer updates in linear warm-up (then linear "
+                             "decay to 0)")
+    parser.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay")
     parser.add_argument("--checkpoint-every", type=int, default=0,
                         help="also checkpoint every N batches (every epoch always ends with a "
                              "checkpoint; --resume continues from the last one)")
@@ -54,7 +58,8 @@ def register(subparsers) -> None:
                         help="dataset spec whose samples --target-prob is measured on, e.g. "
                              "tofu:forget05 when training on forget05 + retain95 (repeatable; "
                              "taken whole, --max-samples does not apply)")
-    parser.add_argument("--max-length", type=positive_int, default=None)
+    parser.add_argument("--max-length", type=positive_int, default=None,
+                        help="truncate sequences to this many tokens (default: model context)")
     parser.add_argument("--precision", choices=PRECISIONS, default="float32",
                         help="float32, or bf16-autocast: each batch's forward and loss in "
                              "bfloat16 autocast, weights, gradients and AdamW state float32 "

@@ -31,16 +31,19 @@ def register(subparsers) -> None:
                     "delta_loss; ROUGE-L recall before/after when both logs hold "
                     "forget_Q_A_ROUGE), OUT/summary.json and OUT/config.json, for `validate "
                     "--outcomes` and `anchors --outcomes`. Row i becomes sample "
-                    "<id-prefix>-<i:05d>, the id `tofu:<id-prefix>` gives that question.",
+                    "forgetXX_perturbed-<i:05d>, the id `tofu:forgetXX` and "
+                    "`tofu:forgetXX_perturbed` give that question (another --id-prefix P: "
+                    "P-<i:05d>).",
     )
     imported.add_argument("--before", required=True,
                           help="TOFU_EVAL.json of the model before unlearning (the target)")
     imported.add_argument("--after", required=True,
                           help="TOFU_EVAL.json of the unlearned model")
     imported.add_argument("--id-prefix", default=None,
-                          help="split part of the sample ids (default: the TOFU forget split "
-                               "with the logs' number of rows: 400 -> forget10, 200 -> "
-                               "forget05, 40 -> forget01)")
+                          help="the evaluated split, which names the sample ids (default: the "
+                               "TOFU forget split with the logs' number of rows: 400 -> "
+                               "forget10, 200 -> forget05, 40 -> forget01; forget10 and "
+                               "forget10_perturbed both give forget10_perturbed-<row>)")
     imported.add_argument("--metric", default=LOSS_METRIC,
                           help=f"per-row probability metric to read (default {LOSS_METRIC}; "
                                "forget_Q_A_PARA_Prob for the paraphrased questions)")
@@ -66,7 +69,7 @@ def register(subparsers) -> None:
                           help="ease: easy rows weigh more (default); hardness: hard rows do")
     exported.add_argument("--id-prefix", default=None,
                           help="required split part of the sample ids (default: whichever one "
-                               "split they share)")
+                               "split they share; forget10 names forget10_perturbed-<row>)")
     exported.add_argument("--out", required=True, help="weight file to write (.json)")
     exported.set_defaults(func=run_export)
 

@@ -31,7 +31,8 @@ def register(subparsers) -> None:
                     "torchrun / accelerate launch; --resume skips finished samples.",
     )
     add_model_args(parser)
-    add_data_args(parser)
+    add_data_args(parser, max_samples_help="use only the first N samples of --data, and the "
+                                           "first N of --retain")
     add_data_args(parser, flag="--retain", required=False)
     add_run_args(parser)
     add_training_args(parser)
@@ -41,8 +42,11 @@ def register(subparsers) -> None:
                         help="cap; capped samples report it with capped=true")
     parser.add_argument("--copies", type=int, default=None,
                         help="samples trained at once (default: as many as fit the budget)")
-    parser.add_argument("--memory-budget-gb", type=float, default=defaults.memory_budget_gb)
-    parser.add_argument("--retain-batch-size", type=int, default=defaults.retain_batch_size)
+    parser.add_argument("--memory-budget-gb", type=float, default=defaults.memory_budget_gb,
+                        help="memory for the copies trained at once (trainable parameters, "
+                             "gradients, Adam moments); sets --copies when not given")
+    parser.add_argument("--retain-batch-size", type=int, default=defaults.retain_batch_size,
+                        help="retain samples per step (methods with a retain loss)")
     parser.set_defaults(func=run)
 
 

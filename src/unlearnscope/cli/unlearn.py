@@ -47,12 +47,13 @@ METHOD_OPTIONS_HELP = (
 
 def add_training_args(parser: argparse.ArgumentParser) -> None:
     """Options shared by `unlearn` and `steps-to-forget`."""
-    parser.add_argument("--method", required=True, choices=sorted(METHODS))
+    parser.add_argument("--method", required=True, choices=sorted(METHODS),
+                        help="unlearning method")
     parser.add_argument("--method-option", action="append", default=[], metavar="KEY=VALUE",
                         help=METHOD_OPTIONS_HELP)
     parser.add_argument("--lr", type=positive_float, default=1e-5,
                         help="peak learning rate (default: %(default)s)")
-    parser.add_argument("--weight-decay", type=float, default=0.01)
+    parser.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay")
     parser.add_argument("--max-grad-norm", type=float, default=1.0,
                         help="clip the gradient norm (0 = no clipping)")
     parser.add_argument("--max-length", type=positive_int, default=None,
@@ -70,7 +71,9 @@ def register(subparsers) -> None:
                     "torchrun / accelerate launch.",
     )
     add_model_args(parser)
-    add_data_args(parser, flag="--forget")
+    add_data_args(parser, flag="--forget",
+                  max_samples_help="use only the first N samples of --forget, and the first N "
+                                   "of --retain")
     add_data_args(parser, flag="--retain", required=False)
     add_run_args(parser)
     add_training_args(parser)
@@ -78,12 +81,14 @@ def register(subparsers) -> None:
     parser.add_argument("--epochs", type=positive_int, default=defaults.epochs,
                         help="training epochs (default: %(default)s)")
     parser.add_argument("--batch-size", type=positive_int, default=defaults.batch_size,
-                        help="per process and micro-step")
+                        help="forget samples per batch, per process and micro-step; as many "
+                             "retain samples")
     parser.add_argument("--grad-accum", type=positive_int, default=defaults.grad_accum,
                         help="micro-batches per optimizer step (default: %(default)s)")
     parser.add_argument("--max-steps", type=int, default=None,
                         help="optimizer steps (overrides --epochs)")
-    parser.add_argument("--warmup-epochs", type=float, default=defaults.warmup_epochs)
+    parser.add_argument("--warmup-epochs", type=float, default=defaults.warmup_epochs,
+                        help="linear learning-rate warm-up, in epochs (fractions allowed)")
     parser.add_argument("--lr-scheduler", default=defaults.lr_scheduler,
                         help="transformers scheduler name: linear, constant_with_warmup, cosine")
     parser.add_argument("--checkpoint-every", type=int, default=0,
@@ -95,7 +100,10 @@ def register(subparsers) -> None:
     parser.add_argument("--save-models", action="store_true",
                         help="with several --seeds, also save each seed's model in "
                              "OUT/seed<s>/model (not saved by default)")
-    parser.add_argument("--schedule", choices=SCHEDULES, default="uniform")
+    parser.add_argument("--schedule", choices=SCHEDULES, default="uniform",
+                        help="which forget samples each step draws: uniform, weighted (by "
+                             "ease, annealed to uniform) or a curriculum; all but uniform "
+                             "read --difficulty")
     parser.add_argument("--difficulty", default=None,
                         help="score table (scores.parquet) for weighted / curriculum schedules")
     parser.add_argument("--scorer", default=None,
@@ -110,7 +118,8 @@ def register(subparsers) -> None:
                         help="also ROUGE-L recall of greedy answers before and after")
     parser.add_argument("--max-new-tokens", type=int, default=None,
                         help="for --rouge (default: the longest reference answer of a batch)")
-    parser.add_argument("--eval-batch-size", type=int, default=defaults.eval_batch_size)
+    parser.add_argument("--eval-batch-size", type=int, default=defaults.eval_batch_size,
+                        help="samples per batch of the before/after evaluations")
     parser.add_argument("--precision", choices=PRECISIONS, default=defaults.precision,
                         help="float32, or bf16-autocast: each step's forward and loss (the "
                              "reference model's too) in bfloat16 autocast, weights, gradients "

@@ -18,8 +18,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from unlearnscope.anchors import read_anchors
-from unlearnscope.cli._common import add_data_args, add_model_args, positive_float, positive_int
-from unlearnscope.data import load_samples
+from unlearnscope.cli._common import (
+    add_data_args,
+    add_model_args,
+    positive_float,
+    positive_int,
+    samples_from,
+)
 from unlearnscope.errors import DataError
 from unlearnscope.evaluation import cross_method, cud_choice
 from unlearnscope.evaluation.experiments import (
@@ -100,7 +105,9 @@ def register(subparsers) -> None:
     parser.add_argument("--seed", type=int, default=0, help="bootstrap and unlearning seed")
     experiments = parser.add_argument_group("sets and schedules")
     add_model_args(experiments, required=False)
-    add_data_args(experiments, flag="--forget", required=False)
+    add_data_args(experiments, flag="--forget", required=False,
+                  max_samples_help="use only the first N samples of --forget, and the first N "
+                                   "of --retain (sets, schedules)")
     add_data_args(experiments, flag="--retain", required=False)
     experiments.add_argument("--scorers", default="cud,mrd,loss",
                              help="scorers whose easy/hard sets are unlearned (sets)")
@@ -239,8 +246,8 @@ def _experiment_inputs(args: argparse.Namespace, action: str):
     scores = read_scores(Path(args.run, "scores.parquet"))
     anchors = Path(args.run, "anchors", "anchors.json")
     held_out = read_anchors(anchors).held_out_ids if anchors.is_file() else None
-    forget = load_samples(args.forget, data_dir=args.data_dir)
-    retain = load_samples(args.retain, data_dir=args.data_dir)
+    forget = samples_from(args, args.forget)
+    retain = samples_from(args, args.retain)
     model, tokenizer = load_model(args.model, dtype=args.dtype,
                                   trust_remote_code=args.trust_remote_code)
     settings = {"epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size,

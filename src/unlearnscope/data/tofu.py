@@ -1,8 +1,16 @@
 """TOFU (Maini et al. 2024): `tofu:<split>` from a local folder or the `locuslab/TOFU` hub set.
 
 The local folder holds the hub's files (`forget10.json`, `retain90.json`, `forget10_perturbed.json`,
-`real_authors_perturbed.json`, ...), one JSON object per line. Sample ids are `<split>-<row>`;
-rows of the 4000-row author family also carry `author` (0-199), 20 questions per author.
+`real_authors_perturbed.json`, ...), one JSON object per line. Rows of the 4000-row author family
+also carry `author` (0-199), 20 questions per author.
+
+Sample ids are `<prefix>-<row>`, the prefix the split's name (`retain90-00017`), except where a
+split has a `_perturbed` twin: `forget01/05/10_perturbed`, `real_authors_perturbed` and
+`world_facts_perturbed` list the questions of `forget01/05/10`, `real_authors` and `world_facts`
+in the same order, with paraphrased and perturbed answers added. Both files of a pair give a
+question the same id, spelled with the twin's name: row 3 of `tofu:forget05` and of
+`tofu:forget05_perturbed` is `forget05_perturbed-00003`, so tables of the plain split (`score`,
+`unlearn`) join those of the perturbed one (`evaluate`, `demo`, and the committed studies).
 """
 
 from __future__ import annotations
@@ -25,6 +33,15 @@ SPLITS = (
 )
 QUESTIONS_PER_AUTHOR = 20
 N_AUTHORS = 200
+# split -> its `_perturbed` twin: the same questions in the same order
+PERTURBED_TWINS = {split: f"{split}_perturbed" for split in
+                   ("forget01", "forget05", "forget10", "real_authors", "world_facts")}
+
+
+def id_prefix(split: str) -> str:
+    """The sample-id prefix of a TOFU split's rows: the `_perturbed` twin's name where the split
+    has one (`forget10` and `forget10_perturbed` -> `forget10_perturbed`), else the split's."""
+    return PERTURBED_TWINS.get(split, split)
 
 
 def _first_row_in_full(split: str) -> int | None:
@@ -63,10 +80,11 @@ def load_tofu(split: str, *, data_dir: str | None = None) -> list[Sample]:
     else:
         rows = _rows_from_hub(split)
     offset = _first_row_in_full(split)
+    prefix = id_prefix(split)
     samples = []
     for index, row in enumerate(rows):
         extra = {k: v for k, v in row.items() if k not in ("question", "answer")}
         if offset is not None:
             extra["author"] = (offset + index) // QUESTIONS_PER_AUTHOR
-        samples.append(Sample(f"{split}-{index:05d}", row["question"], row["answer"], extra))
+        samples.append(Sample(f"{prefix}-{index:05d}", row["question"], row["answer"], extra))
     return samples

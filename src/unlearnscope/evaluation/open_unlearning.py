@@ -10,16 +10,16 @@ and `p = exp(-l)`: our `loss` and `prob` (DESIGN 5.1). Its `forget_Q_A_ROUGE` ro
 unlearning and of the model after, `import_outcomes` builds our outcome table (DESIGN 5.4:
 `efficacy = 1 - prob_after / prob_before` clipped to [0, 1], `delta_loss = loss_after -
 loss_before`), so `validate` can score our difficulty metrics on runs made with open-unlearning.
-Row `i` of the forget split becomes sample `<id_prefix>-<i:05d>`, the id our TOFU loader gives
-row `i` of `tofu:<id_prefix>` (TOFU's `forgetXX_perturbed` files list the questions of
-`forgetXX` in the same order; open-unlearning evaluates the former).
+Row `i` of the forget split becomes sample `forgetXX_perturbed-<i:05d>`, the id our TOFU loader
+gives row `i` of `tofu:forgetXX` and of `tofu:forgetXX_perturbed` (the same questions in the same
+order; open-unlearning evaluates the latter); another `id_prefix` gives `<id_prefix>-<i:05d>`.
 
 **Writing.** `weight_table` turns one scorer's difficulty into a weight per row, written by
 `write_weights` as JSON in the same per-index layout:
 
     {"format": "unlearnscope-weights/1", "scorer": "mrd", "weighting": "ease",
-     "id_prefix": "forget10", "n": 400,
-     "value_by_index": {"0": {"sample_id": "forget10-00000", "difficulty": -0.31,
+     "id_prefix": "forget10_perturbed", "n": 400,
+     "value_by_index": {"0": {"sample_id": "forget10_perturbed-00000", "difficulty": -0.31,
                               "weight": 1.27}, ...}}
 
 - `ease` (default): our `weighted` schedule's weights (`unlearning.samplers.ease_weights`): the
@@ -46,6 +46,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import rankdata
 
+from unlearnscope.data import tofu
 from unlearnscope.data.tofu import N_AUTHORS, QUESTIONS_PER_AUTHOR
 from unlearnscope.errors import DataError
 from unlearnscope.evaluation.validation import read_scores
@@ -66,7 +67,8 @@ _FORGET_SPLIT = re.compile(r"forget(\d\d)(_perturbed)?")
 
 
 def sample_id(id_prefix: str, index: int) -> str:
-    """Our id of row `index` of a split whose ids start with `id_prefix`: `forget10-00003`."""
+    """Our id of row `index` of a split whose ids start with `id_prefix`: `forget10-00003`
+    (`id_prefix` as given: `tofu.id_prefix` turns a TOFU split name into its ids' prefix)."""
     return f"{id_prefix}-{index:05d}"
 
 
@@ -75,7 +77,7 @@ def split_sample_id(value: str, *, source: str | None = None) -> tuple[str, int]
     match = _ROW_ID.fullmatch(value)
     if match is None:
         raise DataError(f"sample id '{value}' is not <split>-<row number> (a TOFU id such as "
-                        "forget10-00003), so it names no row of an open-unlearning dataset",
+                        "forget10_perturbed-00003), so it names no row of an open-unlearning dataset",
                         source=source, field="sample_id")
     return match["prefix"], int(match["index"])
 
@@ -92,7 +94,7 @@ def tofu_forget_rows(id_prefix: str) -> int | None:
 def _infer_id_prefix(n_rows: int, source: str) -> str:
     for percent in ("01", "05", "10"):
         if tofu_forget_rows(f"forget{percent}") == n_rows:
-            return f"forget{percent}"
+            return tofu.id_prefix(f"forget{percent}")
     raise DataError(f"{n_rows} rows are not a whole TOFU forget split (forget01: 40, forget05: "
                     "200, forget10: 400 rows); give the id prefix of the evaluated split",
                     source=source, field="id_prefix")
@@ -182,9 +184,11 @@ def import_outcomes(before: str | Path, after: str | Path, *, id_prefix: str | N
     `forget_Q_A_ROUGE`), in row order.
 
     `metric` names the per-row probability metric (`forget_Q_A_Prob`; `forget_Q_A_PARA_Prob`
-    for the paraphrased questions). Row `i` becomes sample `<id_prefix>-<i:05d>`; without
-    `id_prefix`, the TOFU forget split of that many rows (400 rows: `forget10`). A TOFU forget
-    prefix must match the number of rows. Rows open-unlearning logged as null in either file
+    for the paraphrased questions). Row `i` becomes sample `<prefix>-<i:05d>`, `prefix` the ids'
+    prefix of the TOFU split `id_prefix` (`forget10` and `forget10_perturbed`:
+    `forget10_perturbed`) or `id_prefix` itself for another name; without `id_prefix`, that of
+    the TOFU forget split of that many rows (400 rows: `forget10`). A TOFU forget prefix must
+    match the number of rows. Rows open-unlearning logged as null in either file
     are left out, with a warning.
     """
     before_source, after_source = str(before), str(after)
@@ -193,12 +197,13 @@ def import_outcomes(before: str | Path, after: str | Path, *, id_prefix: str | N
     rows_after = _rows(after_logs, metric, after_source)
     _same_rows(rows_before, rows_after, metric, before_source, after_source)
     n_rows = len(rows_before)
-    if id_prefix is None:
-        id_prefix = _infer_id_prefix(n_rows, before_source)
+    split = id_prefix
+    id_prefix = (_infer_id_prefix(n_rows, before_source) if split is None
+                 else tofu.id_prefix(split))
     expected = tofu_forget_rows(id_prefix)
     if expected is not None and (n_rows != expected or max(rows_before) >= expected):
         raise DataError(f"{n_rows} rows (numbered up to {max(rows_before)}), but TOFU "
-                        f"{id_prefix} has {expected}: give the id prefix of the evaluated split",
+                        f"{split} has {expected}: give the id prefix of the evaluated split",
                         source=before_source, field="id_prefix")
     loss_before = _row_losses(rows_before, metric, before_source)
     loss_after = _row_losses(rows_after, metric, after_source)
@@ -233,7 +238,9 @@ def weight_table(scores: str | Path, scorer: str, *, weighting: str = "ease",
     """Per-row weights `[n_samples]` (`index, sample_id, difficulty, weight`, in row order)
     from one scorer of a score table (`scores.parquet`), and the id prefix of its rows.
 
-    Every sample id must be `<id_prefix>-<row>` with one prefix (`id_prefix` when given).
+    Every sample id must be `<prefix>-<row>` with one prefix: when given, `id_prefix` or the ids'
+    prefix of that TOFU split (`forget10`: `forget10_perturbed-<row>`, or `forget10-<row>` in a
+    table written before).
     Weights follow `weighting` (see the module docstring) scaled to mean 1.
     """
     if weighting not in WEIGHTINGS:
@@ -247,8 +254,11 @@ def weight_table(scores: str | Path, scorer: str, *, weighting: str = "ease",
     scorer, value, difficulty = load_difficulty(scores, ids, scorer)
     rows = [split_sample_id(i, source=source) for i in ids]
     prefixes = sorted({prefix for prefix, _ in rows})
-    if len(prefixes) > 1 or (id_prefix is not None and prefixes != [id_prefix]):
-        wanted = f"'{id_prefix}'" if id_prefix is not None else "one split"
+    # a TOFU split name also accepts tables written before its ids took the twin's spelling
+    accepted = set() if id_prefix is None else {id_prefix, tofu.id_prefix(id_prefix)}
+    if len(prefixes) > 1 or (id_prefix is not None and prefixes[0] not in accepted):
+        wanted = (f"'{tofu.id_prefix(id_prefix)}'" if id_prefix is not None
+                  else "one split")
         raise DataError(f"sample ids come from {', '.join(prefixes)}, expected {wanted}: "
                         "weights number the rows of one dataset", source=source,
                         field="sample_id")
