@@ -7,6 +7,7 @@ import pytest
 from tiny_models import toy_llama, toy_tokenizer
 from unlearning_support import toy_samples
 from unlearnscope.data import Sample
+from unlearnscope.errors import DataError
 from unlearnscope.evaluation.experiments import (
     DEFAULT_SCHEDULES,
     SCHEDULE_COLUMNS,
@@ -168,6 +169,15 @@ def test_schedule_table_skips_schedules_without_their_scorer():
     assert table.forget_slots.tolist() == [24, 24]
     assert table.distinct_samples_drawn.tolist() == [7, 7]
     assert fake.calls[1][2]["scorer"] == "good" and fake.calls[1][2]["max_steps"] == 3
+    assert fake.calls[1][2]["track_every"] == 1
+    schedule_comparison(fake, FORGET, _scores(), methods=["a"], budget_steps=3,
+                        target_efficacy=0.15, evaluate=lambda model: (0.5, 0.7),
+                        schedules=(("uniform", None),), track_every=3)
+    assert fake.calls[-1][2]["track_every"] == 3
+    with pytest.raises(DataError, match="track_every"):
+        schedule_comparison(fake, FORGET, _scores(), methods=["a"], budget_steps=3,
+                            target_efficacy=0.15, evaluate=lambda model: (0.5, 0.7),
+                            track_every=0)
 
 
 def test_markdown_rendering():

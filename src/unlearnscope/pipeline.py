@@ -161,6 +161,10 @@ class DemoConfig:
     # forget quality and model utility of each schedule's model (a generation-based TOFU
     # evaluation per schedule); off, the schedule table keeps its efficacy columns alone
     schedule_tofu_metrics: bool = True
+    # each schedule run measures the efficacy of every forget sample after every
+    # `schedule_track_every` steps (one forward pass over the forget set each time: on a real
+    # model most of the experiment's time); steps-to-target is resolved to that many steps
+    schedule_track_every: int = 1
     # the TOFU evaluation of each method's first seed includes the gradient-norm MIA (per-sample
     # gradients over forget and holdout: most of that evaluation's time on a real model)
     tofu_gradnorm: bool = True
@@ -495,7 +499,7 @@ def _validation(demo: Demo, sets: AnchorSets, steps: dict[str, pd.DataFrame]) ->
             scores, methods=demo.config.schedule_methods,
             budget_steps=demo.config.schedule_budget,
             target_efficacy=demo.config.target_efficacy, evaluate=evaluate,
-            schedules=demo.config.schedules)
+            schedules=demo.config.schedules, track_every=demo.config.schedule_track_every)
         write_text(folder / "schedules.csv", table.to_csv(index=False))
         write_text(folder / "schedules.md", to_markdown(table))
 

@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from unlearnscope.data.sample import Sample
+from unlearnscope.errors import DataError
 from unlearnscope.progress import progress_bar
 from unlearnscope.unlearning.trainer import run_unlearning
 
@@ -271,6 +272,9 @@ def schedule_comparison(unlearner: Unlearner, forget: Sequence[Sample], scores: 
     `evaluate(model) -> (forget_quality, model_utility)` scores each unlearned model.
     Schedules whose scorer is missing from `scores` are skipped.
     """
+    if track_every < 1:
+        raise DataError(f"track_every must be at least 1 step, got {track_every}",
+                        field="track_every")
     available = set(scores.scorer)
     runnable = [(s, name) for s, name in schedules if name is None or name in available]
     rows = []
