@@ -22,6 +22,7 @@ from unlearnscope.anchors.gradients import SKETCH_KINDS
 from unlearnscope.cli._common import (
     add_data_args,
     add_model_args,
+    load_args_model,
     options_of,
     positive_int,
     samples_from,
@@ -109,8 +110,6 @@ def _vote(args: argparse.Namespace) -> AnchorSets:
 
 
 def _bilevel(args: argparse.Namespace) -> AnchorSets:
-    from unlearnscope.models import load_model
-
     _require(args, {"--model": args.model, "--data": args.data})
     forget = samples_from(args, args.data)
     retain = None
@@ -118,8 +117,7 @@ def _bilevel(args: argparse.Namespace) -> AnchorSets:
         retain = load_samples(args.retain, data_dir=args.data_dir)[: args.max_retain]
     fit_ids, held_out = split_fit([s.id for s in forget], args.fit_fraction, args.seed)
     chosen = set(fit_ids)
-    model, tokenizer = load_model(args.model, dtype=args.dtype,
-                                  trust_remote_code=args.trust_remote_code)
+    model, tokenizer = load_args_model(args)
     settings = BilevelSettings(
         steps=args.steps, inner_lr=args.inner_lr, retain_weight=args.retain_weight,
         retain_penalty=args.retain_penalty, sparsity_penalty=args.sparsity_penalty,

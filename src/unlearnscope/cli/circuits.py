@@ -30,12 +30,12 @@ from unlearnscope.circuits.store import HEADER_FILE, CircuitStore
 from unlearnscope.cli._common import (
     add_data_args,
     add_model_args,
+    load_args_model,
     options_of,
     positive_int,
     samples_from,
 )
 from unlearnscope.errors import DataError, UnlearnscopeError
-from unlearnscope.models import load_model
 from unlearnscope.runs import read_json, write_config, write_json, write_parquet
 
 log = logging.getLogger(__name__)
@@ -167,8 +167,7 @@ def run(args: argparse.Namespace) -> int:
                                 "analyze, export; see --help)")
     resolve_attribution(args)
     samples = samples_from(args, args.data)
-    model, tokenizer = load_model(args.model, dtype=args.dtype,
-                                  trust_remote_code=args.trust_remote_code)
+    model, tokenizer = load_args_model(args)
     summary_n = resolve_n(args.top_n, graph_layout(model))
     if distributed.is_main():
         write_config(args.out, "circuits", options_of(args))

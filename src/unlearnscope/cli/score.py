@@ -9,12 +9,12 @@ from unlearnscope.cli._common import (
     add_data_args,
     add_model_args,
     add_run_args,
+    load_args_model,
     named_key_values,
     options_of,
     positive_int,
     samples_from,
 )
-from unlearnscope.models import load_model
 from unlearnscope.runs import write_config
 from unlearnscope.scoring import BASELINES, SCORERS, get_scorer, score_samples
 
@@ -55,8 +55,7 @@ def run(args: argparse.Namespace) -> int:
     options = named_key_values(args.scorer_option, names, "--scorer-option", "scorer")
     scorers = [get_scorer(name, **options[name]) for name in names]
     samples = samples_from(args, args.data)
-    model, tokenizer = load_model(args.model, dtype=args.dtype,
-                                  trust_remote_code=args.trust_remote_code)
+    model, tokenizer = load_args_model(args)
     if distributed.is_main():
         write_config(args.out, "score", {**options_of(args),
                                          "scorer_configs": [s.config() for s in scorers]})

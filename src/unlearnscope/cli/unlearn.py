@@ -19,13 +19,13 @@ from unlearnscope.cli._common import (
     add_model_args,
     add_run_args,
     key_values,
+    load_args_model,
     options_of,
     positive_float,
     positive_int,
     samples_from,
 )
 from unlearnscope.errors import UnlearnscopeError
-from unlearnscope.models import load_model
 from unlearnscope.models.precision import PRECISIONS
 from unlearnscope.runs import write_config
 from unlearnscope.unlearning.circuit_mask import CIRCUIT_MASKS
@@ -172,8 +172,7 @@ def run(args: argparse.Namespace) -> int:
         max_length=args.max_length, precision=args.precision, circuit_mask=args.circuit_mask,
         circuits=args.circuits, mask_top_n=args.mask_top_n, mask_anchors=args.mask_anchors,
         mask_seed=args.mask_seed)
-    model, tokenizer = load_model(args.model, dtype=args.dtype,
-                                  trust_remote_code=args.trust_remote_code)
+    model, tokenizer = load_args_model(args)
     if len(seeds) == 1:
         result = run_unlearning(model, tokenizer, forget, retain, config=config,
                                 difficulty=args.difficulty, scorer=args.scorer, out_dir=args.out,

@@ -26,7 +26,7 @@ import torch
 
 from unlearnscope import distributed
 from unlearnscope.data.sample import Sample
-from unlearnscope.data.tokenize import encode_samples, model_max_length
+from unlearnscope.data.tokenize import encode_samples, sequence_limit
 from unlearnscope.errors import DataError
 from unlearnscope.progress import progress_bar
 from unlearnscope.runs import ProgressLog, check_finite, read_json, write_json, write_parquet
@@ -197,7 +197,7 @@ def score_samples(model, tokenizer, samples: Sequence[Sample], scorers: Sequence
                if any((s.id, name, digest) not in done for name, digest in keys)]
     mine = distributed.shard(pending)
     progress = ProgressLog(out / PROGRESS_DIR / f"scores-rank{distributed.rank()}.jsonl")
-    limit = max_length or model_max_length(tokenizer, model)
+    limit = sequence_limit(tokenizer, model, max_length)
     bar = progress_bar(total=len(pending), desc="scoring", unit="sample",
                        disable=not distributed.is_main(), initial=0)
     for start in range(0, len(mine), chunk_size):

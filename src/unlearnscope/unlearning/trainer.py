@@ -37,7 +37,7 @@ from accelerate.utils import set_seed
 from transformers import get_scheduler
 
 from unlearnscope.data.sample import Sample
-from unlearnscope.data.tokenize import collate, encode_samples, model_max_length, pad_id
+from unlearnscope.data.tokenize import collate, encode_samples, pad_id, sequence_limit
 from unlearnscope.errors import DataError
 from unlearnscope.models.precision import training_autocast
 from unlearnscope.progress import progress_bar
@@ -213,7 +213,7 @@ def run_unlearning(model, tokenizer, forget_samples: list[Sample],
 
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     set_seed(config.seed)
-    limit = config.max_length or model_max_length(tokenizer, model)
+    limit = sequence_limit(tokenizer, model, config.max_length)
     pad = pad_id(tokenizer)
     forget = encode_samples(tokenizer, forget_samples, max_length=limit).samples
     retain = encode_samples(tokenizer, retain_samples, max_length=limit).samples
