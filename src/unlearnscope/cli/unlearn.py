@@ -31,7 +31,7 @@ from unlearnscope.runs import write_config
 from unlearnscope.unlearning.circuit_mask import CIRCUIT_MASKS
 from unlearnscope.unlearning.methods import METHODS, NLL_WEIGHTINGS, RMU_SETTINGS
 from unlearnscope.unlearning.samplers import SCHEDULES
-from unlearnscope.unlearning.trainer import UnlearnConfig, run_unlearning
+from unlearnscope.unlearning.trainer import UnlearnConfig, plan_steps, run_unlearning
 
 METHOD_OPTIONS_HELP = (
     "override a method setting; values are JSON (e.g. trainable_layers=[1,2]) or plain "
@@ -172,6 +172,7 @@ def run(args: argparse.Namespace) -> int:
         max_length=args.max_length, precision=args.precision, circuit_mask=args.circuit_mask,
         circuits=args.circuits, mask_top_n=args.mask_top_n, mask_anchors=args.mask_anchors,
         mask_seed=args.mask_seed)
+    plan_steps(config, len(forget), distributed.process_state().num_processes)  # refuses early
     model, tokenizer = load_args_model(args)
     if len(seeds) == 1:
         result = run_unlearning(model, tokenizer, forget, retain, config=config,

@@ -47,6 +47,7 @@ from unlearnscope.models import load_model
 from unlearnscope.runs import write_config, write_text
 from unlearnscope.scoring import read_scorer_configs
 from unlearnscope.scoring.cud import SIMILARITIES, VECTORS
+from unlearnscope.unlearning.trainer import UnlearnConfig
 
 
 def register(subparsers) -> None:
@@ -116,6 +117,9 @@ def register(subparsers) -> None:
                              help="samples per batch (default: %(default)s)")
     experiments.add_argument("--grad-accum", type=positive_int, default=1,
                              help="micro-batches per optimizer step (default: %(default)s)")
+    experiments.add_argument("--warmup-epochs", type=float,
+                             default=UnlearnConfig.warmup_epochs,
+                             help="learning-rate warm-up in epochs (default: %(default)s)")
     experiments.add_argument("--retain-model", default=None,
                              help="retain model for forget quality (schedules)")
     experiments.add_argument("--budget", type=int, default=20,
@@ -244,7 +248,8 @@ def _experiment_inputs(args: argparse.Namespace, action: str):
     model, tokenizer = load_model(args.model, dtype=args.dtype,
                                   trust_remote_code=args.trust_remote_code)
     settings = {"epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size,
-                "grad_accum": args.grad_accum, "seed": args.seed}
+                "grad_accum": args.grad_accum, "warmup_epochs": args.warmup_epochs,
+                "seed": args.seed}
     methods = [m.strip() for m in args.unlearn_methods.split(",") if m.strip()]
     unlearner = Unlearner(model, tokenizer, retain, settings)
     return scores, held_out, forget, retain, unlearner, methods

@@ -119,17 +119,52 @@ class _Plan:
     steps_per_epoch: int
     total_steps: int
     warmup_steps: int
+    steps_with_lr: int  # optimizer steps whose learning rate is above 0
+    warmup_epochs: float
+
+
+def lr_factors(scheduler: str, warmup_steps: int, total_steps: int) -> list[float]:
+    """The learning rate of each optimizer step as a fraction of the peak, `[total_steps]`:
+    the transformers schedule `scheduler` the run steps, stepped on a stand-in optimizer."""
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    try:
+        schedule = get_scheduler(scheduler, optimizer, num_warmup_steps=warmup_steps,
+                                 num_training_steps=total_steps)
+    except ValueError as error:
+        raise DataError(str(error), field="lr_scheduler") from None
+    factors = []
+    for _ in range(total_steps):
+        factors.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    return factors
 
 
 def plan_steps(config: UnlearnConfig, n_forget: int, processes: int) -> _Plan:
-    """Optimizer steps: `epochs * ceil(n_forget / global batch)`, or `max_steps`."""
+    """Optimizer steps: `epochs * ceil(n_forget / global batch)`, or `max_steps`. A plan whose
+    every step runs at learning rate 0 (a warm-up over the whole run) is a `DataError`."""
     global_batch = config.batch_size * processes * config.grad_accum
     steps_per_epoch = math.ceil(n_forget / global_batch)
     total = config.max_steps if config.max_steps is not None else config.epochs * steps_per_epoch
     if total < 1:
         raise DataError("nothing to train: epochs and max_steps give 0 steps")
     warmup = min(total, round(config.warmup_epochs * steps_per_epoch))
-    return _Plan(global_batch, steps_per_epoch, total, warmup)
+    live = sum(factor > 0 for factor in lr_factors(config.lr_scheduler, warmup, total))
+    if live == 0:
+        raise DataError(f"the warm-up of --warmup-epochs {config.warmup_epochs} takes {warmup} "
+                        f"of the run's {total} optimizer step(s), and the {config.lr_scheduler} "
+                        "schedule runs every step at learning rate 0: nothing would be "
+                        "unlearned; lower --warmup-epochs or train for more steps",
+                        field="warmup_epochs")
+    return _Plan(global_batch, steps_per_epoch, total, warmup, live, config.warmup_epochs)
+
+
+def warn_about_idle_steps(plan: _Plan) -> None:
+    """Log a warning when fewer than half of the plan's steps run at a learning rate above 0."""
+    if plan.steps_with_lr < plan.total_steps / 2:
+        log.warning("only %d of the run's %d optimizer steps run at a learning rate above 0 "
+                    "(warm-up: %d steps from --warmup-epochs %g); the others change nothing",
+                    plan.steps_with_lr, plan.total_steps, plan.warmup_steps, plan.warmup_epochs)
 
 
 class _Checkpointer:
@@ -222,6 +257,8 @@ def run_unlearning(model, tokenizer, forget_samples: list[Sample],
         raise DataError("forget sample ids are not unique", field="id")
     retain_eval = _retain_eval_subset(retain, config)
     plan = plan_steps(config, len(forget), accelerator.num_processes)
+    if accelerator.is_main_process:
+        warn_about_idle_steps(plan)
     scored = ((None, None, None) if difficulty is None
               else load_difficulty(difficulty, forget_ids, scorer))
     forget_stream = build_stream(
@@ -256,7 +293,8 @@ def run_unlearning(model, tokenizer, forget_samples: list[Sample],
                                       "circuit_mask": None if masker is None
                                       else masker.mask.details,
                                       "n_forget": len(forget), "n_retain": len(retain),
-                                      "steps": plan.total_steps, "resumed": resuming})
+                                      "steps": plan.total_steps,
+                                      "steps_with_lr": plan.steps_with_lr, "resumed": resuming})
     model.train()
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
@@ -436,7 +474,8 @@ def _finish(model, tokenizer, accelerator: Accelerator, checkpoints: _Checkpoint
                              before.get("forget_rouge"), after.get("forget_rouge"))
     summary: dict[str, Any] = {
         "method": config.method, "method_options": unlearner.options,
-        "steps": plan.total_steps, "n_forget": len(forget_ids), "n_retain": n_retain,
+        "steps": plan.total_steps, "steps_with_lr": plan.steps_with_lr,
+        "n_forget": len(forget_ids), "n_retain": n_retain,
         "forget_slots": plan.total_steps * plan.global_batch,
         "distinct_forget_samples_drawn": distinct_drawn,
         "forget": loss_summary(np.asarray(before["forget_loss"]),
