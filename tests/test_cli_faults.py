@@ -1,13 +1,19 @@
 """What a researcher meets when an input is wrong: a named error (exit code 2) instead of a
 traceback, a silent no-op or a run that mixes settings, and no half-written output folder."""
 
+import json
 import logging
+import os
+import shutil
+from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
 
 from unlearnscope.cli import main
+from unlearnscope.errors import DataError
 from unlearnscope.runs import read_json
 from unlearnscope.unlearning import trainer
 
@@ -15,8 +21,13 @@ DATA = "synthetic:authors?n_authors=2&questions_per_author=2"
 
 
 def _refused(argv, capsys) -> str:
-    """Run the CLI; assert it refused as a user error and return its stderr."""
-    assert main(argv) == 2
+    """Run the CLI; assert it refused as a user error (exit code 2, from the command or from
+    the argument parser) and return its stderr."""
+    try:
+        code = main(argv)
+    except SystemExit as stop:
+        code = stop.code
+    assert code == 2
     return capsys.readouterr().err
 
 
@@ -87,3 +98,141 @@ def test_fewer_than_half_the_steps_at_lr_above_0_is_a_warning(monkeypatch, caplo
     with caplog.at_level(logging.WARNING, logger="unlearnscope.unlearning.trainer"):
         trainer.warn_about_idle_steps(plan)
     assert "only 1 of the run's 4 optimizer steps" in caplog.text
+
+
+# ---- 3. tracebacks and silent runs become named errors -------------------------------------
+
+
+def test_a_data_file_that_is_not_utf8_names_the_file_and_line(tmp_path, capsys):
+    bad = tmp_path / "latin1.jsonl"
+    bad.write_bytes('{"question": "Who?", "answer": "Ann."}\n'
+                    '{"question": "Où?", "answer": "Là."}\n'.encode("latin-1"))
+    out = tmp_path / "out"
+    err = _refused(["score", "--model", str(tmp_path / "no-model"), "--data", f"jsonl:{bad}",
+                    "--out", str(out)], capsys)
+    assert f"{bad}, line 2: not UTF-8" in err
+    assert not out.exists()
+    config = tmp_path / "run.json"
+    config.write_bytes('{\n  "tofu_dir": "données"\n}\n'.encode("latin-1"))
+    with pytest.raises(DataError, match=r"run\.json, line 2: not UTF-8"):
+        read_json(config)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "bad header"])
+def test_a_damaged_safetensors_file_is_named(tiny_model_dir, tmp_path, capsys, damage):
+    folder = tmp_path / "damaged"
+    shutil.copytree(tiny_model_dir, folder)
+    weights = folder / "model" / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[:len(data) // 2] if damage == "truncated"
+                        else (20).to_bytes(8, "little") + b'{"not": "a header"' + data[26:])
+    out = tmp_path / "out"
+    err = _refused(["score", "--model", str(folder), "--data", DATA, "--out", str(out)], capsys)
+    assert f"{weights}:" in err and "safetensors" in err
+    assert not (out / "config.json").exists()
+
+
+def test_out_naming_an_existing_file_is_refused_before_the_model_loads(tmp_path, capsys):
+    taken = tmp_path / "scores.parquet"
+    taken.write_text("not a folder")
+    for out in (taken, taken / "run"):
+        err = _refused(["score", "--model", str(tmp_path / "no-model"), "--data", DATA,
+                        "--out", str(out)], capsys)
+        assert f"{taken} is a file" in err and "not found" not in err
+    assert taken.read_text() == "not a folder"
+
+
+@pytest.mark.parametrize("inside", [False, True])
+def test_a_read_only_output_folder_is_named(tmp_path, capsys, monkeypatch, inside):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    if os.geteuid() == 0:  # root may write anywhere: answer access() as for everyone else
+        real_access = os.access
+        monkeypatch.setattr(os, "access", lambda path, mode, **kw: (
+            not mode & os.W_OK and real_access(path, mode, **kw)) if Path(path) == locked
+            else real_access(path, mode, **kw))
+    out = locked / "run" if inside else locked
+    try:
+        err = _refused(["score", "--model", str(tmp_path / "no-model"), "--data", DATA,
+                        "--out", str(out)], capsys)
+    finally:
+        locked.chmod(0o755)
+    assert f"{locked} is not writable" in err
+    assert list(locked.iterdir()) == []
+
+
+@pytest.mark.parametrize(("option", "named"), [
+    ("mrd.k=0", "field 'k'"),
+    ("mrd.sigma=-1", "field 'sigma'"),
+    ("mrd.sigma=small", "field 'sigma'"),
+    ("mrd.bogus=1", "field 'bogus'"),
+    ("loss.k=3", "field 'k'"),
+    ("min_k.k=0", "field 'k'"),
+    ("min_k.k=1.5", "field 'k'"),
+])
+def test_impossible_scorer_options_are_named_before_anything_is_written(tmp_path, capsys,
+                                                                        option, named):
+    out = tmp_path / "out"
+    err = _refused(["score", "--model", str(tmp_path / "no-model"), "--data", DATA,
+                    "--scorers", "loss,mrd,min_k", "--scorer-option", option,
+                    "--out", str(out)], capsys)
+    assert f"scorer '{option.split('.')[0]}', {named}" in err
+    assert not out.exists()
+
+
+def test_min_k_takes_every_fraction_up_to_1(tiny_model_dir, tmp_path):
+    assert main(["score", "--model", str(tiny_model_dir), "--data", DATA, "--scorers",
+                 "min_k", "--scorer-option", "min_k.k=1", "--out", str(tmp_path / "out")]) == 0
+
+
+@pytest.mark.parametrize("spec", ["runs/target", "./x", "/no/such/model"])
+def test_a_missing_path_like_model_is_not_found_locally(tmp_path, capsys, monkeypatch, spec):
+    def no_hub(*args, **kwargs):
+        raise AssertionError("hub lookup")
+
+    monkeypatch.setattr("unlearnscope.models.loading._from_pretrained", no_hub)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    err = _refused(["score", "--model", spec, "--data", DATA, "--out", "out"], capsys)
+    assert "not found" in err
+    assert not (tmp_path / "out" / "config.json").exists()
+
+
+def _score_and_outcome_files(root: Path) -> tuple[Path, Path]:
+    ids = [f"s{i}" for i in range(12)]
+    efficacy = np.linspace(0.1, 0.9, 12)
+    scores = root / "scores.parquet"
+    pd.DataFrame({"sample_id": ids, "scorer": "loss", "value": -efficacy,
+                  "difficulty": -efficacy}).to_parquet(scores)
+    outcomes = root / "npo" / "outcomes.parquet"
+    outcomes.parent.mkdir()
+    pd.DataFrame({"sample_id": ids, "efficacy": efficacy}).to_parquet(outcomes)
+    return scores, outcomes
+
+
+def test_exclude_ids_that_match_no_sample_are_a_warning(tmp_path, caplog):
+    scores, outcomes = _score_and_outcome_files(tmp_path)
+    anchors = tmp_path / "other_run_anchors.json"
+    anchors.write_text(json.dumps({"fit_ids": ["forget10-00001", "forget10-00002"]}))
+    args = ["validate", "--scores", str(scores), "--outcomes", str(outcomes), "--out",
+            str(tmp_path / "out"), "--n-boot", "20", "--exclude-ids", str(anchors)]
+    with caplog.at_level(logging.WARNING, logger="unlearnscope.cli.validate"):
+        assert main(args) == 0
+    assert f"--exclude-ids {anchors}: none of its 2 ids" in caplog.text
+    caplog.clear()
+    anchors.write_text(json.dumps({"fit_ids": ["s1", "forget10-00002"]}))
+    with caplog.at_level(logging.WARNING, logger="unlearnscope.cli.validate"):
+        assert main(args) == 0
+    assert caplog.text == ""
+
+
+def test_anchors_missing_column_names_the_file(tmp_path, capsys):
+    outcomes = tmp_path / "npo" / "outcomes.parquet"
+    outcomes.parent.mkdir()
+    pd.DataFrame({"sample_id": ["a", "b"], "loss_after": [1.0, 2.0]}).to_parquet(outcomes)
+    out = tmp_path / "anchors"
+    err = _refused(["anchors", "--method", "vote", "--k", "1", "--outcomes", str(outcomes),
+                    "--out", str(out)], capsys)
+    assert f"{outcomes}, field 'efficacy': missing column" in err
+    assert not out.exists()

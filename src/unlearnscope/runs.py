@@ -21,6 +21,7 @@ import pandas as pd
 import torch
 
 from unlearnscope import __version__
+from unlearnscope.data.jsonl import read_utf8
 from unlearnscope.errors import DataError, NonFiniteError
 
 _UMASK = os.umask(0)
@@ -79,7 +80,7 @@ def read_json(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise DataError("file not found", source=str(path))
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(read_utf8(path))
     except json.JSONDecodeError as error:
         raise DataError(f"malformed JSON: {error.msg}", source=str(path),
                         line=error.lineno) from None
