@@ -139,6 +139,8 @@ def test_out_naming_an_existing_file_is_refused_before_the_model_loads(tmp_path,
         err = _refused(["score", "--model", str(tmp_path / "no-model"), "--data", DATA,
                         "--out", str(out)], capsys)
         assert f"{taken} is a file" in err and "not found" not in err
+    err = _refused(["demo", "--out", str(taken)], capsys)  # --out has a default there
+    assert f"{taken} is a file" in err
     assert taken.read_text() == "not a folder"
 
 

@@ -113,6 +113,19 @@ def environment() -> dict[str, Any]:
     }
 
 
+def output_folder_problem(path: str | Path) -> str | None:
+    """Why `path` cannot be an output folder, or None when it can: it, or the nearest of its
+    parents that exists, is a file, or that nearest existing folder is not writable."""
+    existing = Path(path).expanduser()
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{existing} is a file, not a folder"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"{existing} is not writable"
+    return None
+
+
 def write_config(out_dir: str | Path, command: str, options: dict[str, Any]) -> dict[str, Any]:
     """Write `config.json` with every resolved option and the software versions."""
     config = {"command": command, "options": options, "environment": environment()}

@@ -10,6 +10,7 @@ from unlearnscope.data import load_samples
 from unlearnscope.data.tokenize import sequence_limit
 from unlearnscope.errors import UnlearnscopeError
 from unlearnscope.models import load_model
+from unlearnscope.runs import output_folder_problem
 
 
 def positive_int(text: str) -> int:
@@ -32,6 +33,15 @@ def positive_float(text: str) -> float:
     if not value > 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"must be a finite number above 0, got {value}")
     return value
+
+
+def output_folder(text: str) -> str:
+    """An argparse type: a folder that exists or can be made, and can be written to, checked
+    before the command loads anything."""
+    problem = output_folder_problem(text)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(problem)
+    return text
 
 
 def add_model_args(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
@@ -72,7 +82,7 @@ def add_data_args(parser: argparse.ArgumentParser, *, flag: str = "--data",
 
 
 def add_run_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--out", required=True, type=output_folder, help="output folder")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run")
     parser.add_argument("--seed", type=int, default=0,
                         help="random seed (default: %(default)s)")

@@ -24,6 +24,7 @@ from unlearnscope.cli._common import (
     add_model_args,
     load_args_model,
     options_of,
+    output_folder,
     positive_int,
     samples_from,
 )
@@ -45,7 +46,7 @@ def register(subparsers) -> None:
                     "--sketch-dim for large models).")
     parser.add_argument("--method", required=True, choices=("vote", "bilevel"))
     parser.add_argument("--k", type=int, required=True, help="samples per anchor set")
-    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--out", required=True, type=output_folder, help="output folder")
     parser.add_argument("--fit-fraction", type=float, default=1.0,
                         help="discover anchors on this seeded fraction of the forget samples; "
                              "the rest is held out for validation (default 1: all)")

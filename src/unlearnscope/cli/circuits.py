@@ -32,6 +32,7 @@ from unlearnscope.cli._common import (
     add_model_args,
     load_args_model,
     options_of,
+    output_folder,
     positive_int,
     samples_from,
 )
@@ -62,7 +63,7 @@ def register(subparsers) -> None:
     )
     add_model_args(parser, required=False)
     add_data_args(parser, required=False)
-    parser.add_argument("--out", help="output folder")
+    parser.add_argument("--out", type=output_folder, help="output folder")
     parser.add_argument("--resume", action="store_true",
                         help="keep the samples already stored in OUT/circuits")
     parser.add_argument("--preset", default=None, choices=sorted(ATTRIBUTION_PRESETS),

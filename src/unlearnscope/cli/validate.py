@@ -18,7 +18,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from unlearnscope.anchors import read_anchors
-from unlearnscope.cli._common import add_data_args, add_model_args, positive_float, positive_int
+from unlearnscope.cli._common import (
+    add_data_args,
+    add_model_args,
+    output_folder,
+    positive_float,
+    positive_int,
+)
 from unlearnscope.data import load_samples
 from unlearnscope.errors import DataError
 from unlearnscope.evaluation import cross_method, cud_choice
@@ -96,7 +102,8 @@ def register(subparsers) -> None:
     parser.add_argument("--allow-unverified-holdout", action="store_true",
                         help="validate anchor-based scorers whose anchor-fit samples cannot be "
                              "found (they may be included); every table then says so")
-    parser.add_argument("--out", default=None, help="output folder (default: --run)")
+    parser.add_argument("--out", default=None, type=output_folder,
+                        help="output folder (default: --run)")
     parser.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap and unlearning seed")
     experiments = parser.add_argument_group("sets and schedules")
