@@ -201,6 +201,19 @@ def test_a_missing_path_like_model_is_not_found_locally(tmp_path, capsys, monkey
     assert not (tmp_path / "out" / "config.json").exists()
 
 
+def test_a_hub_like_model_spec_found_neither_locally_nor_on_the_hub_is_not_found(
+        tmp_path, capsys, monkeypatch):
+    """`runs/target` without a `runs/` folder is also a valid hub id; when the hub has no such
+    model, the error says so and names the local folder that was looked for."""
+    def no_such_repo(*args, **kwargs):
+        raise OSError("runs/target is not a local folder and is not a valid model identifier")
+
+    monkeypatch.setattr("unlearnscope.models.loading._from_pretrained", no_such_repo)
+    monkeypatch.chdir(tmp_path)
+    err = _refused(["score", "--model", "runs/target", "--data", DATA, "--out", "out"], capsys)
+    assert f"model 'runs/target' not found: no folder {tmp_path / 'runs' / 'target'}" in err
+
+
 def _score_and_outcome_files(root: Path) -> tuple[Path, Path]:
     ids = [f"s{i}" for i in range(12)]
     efficacy = np.linspace(0.1, 0.9, 12)

@@ -147,7 +147,8 @@ def load_model(spec: str, *, dtype: str | torch.dtype | None = None,
             model, tokenizer = _from_pretrained(spec, gguf_file=None, dtype=torch_dtype,
                                                 trust_remote_code=trust_remote_code)
         except OSError as error:
-            raise ModelError(f"could not load hub model '{spec}': {error}") from error
+            raise ModelError(f"model '{spec}' not found: no folder {path.absolute()}, and "
+                             f"no hub model of that id ({error})") from error
     else:
         raise UnknownNameError("model", spec, [*NAMED_MODELS, "<hub id>", "<folder>",
                                                "<file.gguf>"])
