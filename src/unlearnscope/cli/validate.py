@@ -14,6 +14,7 @@ Each action is one entry of `ACTIONS` (name -> handler of the parsed arguments).
 from __future__ import annotations
 
 import argparse
+import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -54,6 +55,8 @@ from unlearnscope.runs import write_config, write_text
 from unlearnscope.scoring import read_scorer_configs
 from unlearnscope.scoring.cud import SIMILARITIES, VECTORS
 from unlearnscope.unlearning.trainer import UnlearnConfig
+
+log = logging.getLogger(__name__)
 
 
 def register(subparsers) -> None:
@@ -214,8 +217,15 @@ def _inputs(args: argparse.Namespace):
     anchors = [Path(args.exclude_ids)] if args.exclude_ids else []
     if args.run and Path(args.run, "anchors", "anchors.json").is_file():
         anchors.append(Path(args.run, "anchors", "anchors.json"))
-    extra = set().union(*(read_fit_ids(path) for path in anchors))
+    fit_ids = {path: read_fit_ids(path) for path in anchors}
+    extra = set().union(*fit_ids.values())
     scores = read_scores(scores_path)
+    if args.exclude_ids:
+        given = fit_ids[Path(args.exclude_ids)]
+        if given and not given & set(scores["sample_id"]):
+            log.warning("--exclude-ids %s: none of its %d ids is a sample of %s, so it leaves "
+                        "nothing out (the anchors of another run?)", args.exclude_ids,
+                        len(given), scores_path)
     holdout = resolve_holdout(scores, read_scorer_configs(scores_path.parent), extra_ids=extra,
                               allow_unverified=args.allow_unverified_holdout)
     steps = read_run_steps_to_forget(args.run) if args.run else {}
