@@ -13,7 +13,7 @@ import platform
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +87,53 @@ def read_json(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise DataError("expected a JSON object", source=str(path))
     return data
+
+
+_UNSET = object()
+
+
+def _plain(values: Mapping[str, Any], key: str) -> Any:
+    """`values[key]` as it reads back from JSON (tuples as lists, paths as text)."""
+    if key not in values:
+        return _UNSET
+    return json.loads(json.dumps(values[key], default=_json_default))
+
+
+def changed_keys(recorded: Mapping[str, Any], wanted: Mapping[str, Any],
+                 keys: Iterable[str] | None = None) -> list[str]:
+    """The `keys` (default: every key of either, sorted) whose values differ as JSON; a key
+    present on one side only differs."""
+    keys = sorted(set(recorded) | set(wanted)) if keys is None else list(keys)
+    return [key for key in keys if _plain(recorded, key) != _plain(wanted, key)]
+
+
+def changed_settings(recorded: Mapping[str, Any], wanted: Mapping[str, Any],
+                     keys: Iterable[str] | None = None) -> list[str]:
+    """`"key: recorded -> wanted"` for every key of `changed_keys` (an absent value reads
+    `unset`)."""
+    def shown(values: Mapping[str, Any], key: str) -> str:
+        if key not in values:
+            return "unset"
+        return json.dumps(values[key], sort_keys=True, default=_json_default)
+
+    return [f"{key}: {shown(recorded, key)} -> {shown(wanted, key)}"
+            for key in changed_keys(recorded, wanted, keys)]
+
+
+RESUME_HINT = "continue with the recorded settings, or write to a new folder"
+
+
+def check_unchanged(recorded: Mapping[str, Any], wanted: Mapping[str, Any], *, source: str,
+                    keys: Iterable[str] | None = None, hint: str = RESUME_HINT) -> None:
+    """Refuse to continue a recorded run with other settings: a `DataError` naming every key
+    of `keys` (default: every key of either) whose recorded value differs from the wanted one,
+    with both values. Resumed and extended runs keep what was computed before, so changing
+    one of these would mix two runs' results."""
+    changed = changed_keys(recorded, wanted, keys)
+    if changed:
+        listed = "; ".join(changed_settings(recorded, wanted, changed))
+        raise DataError(f"differs from the recorded run ({listed}); {hint}", source=source,
+                        field=changed[0])
 
 
 def git_hash() -> str | None:
