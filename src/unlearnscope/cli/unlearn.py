@@ -31,7 +31,12 @@ from unlearnscope.runs import write_config
 from unlearnscope.unlearning.circuit_mask import CIRCUIT_MASKS
 from unlearnscope.unlearning.methods import METHODS, NLL_WEIGHTINGS, RMU_SETTINGS
 from unlearnscope.unlearning.samplers import SCHEDULES
-from unlearnscope.unlearning.trainer import UnlearnConfig, plan_steps, run_unlearning
+from unlearnscope.unlearning.trainer import (
+    UnlearnConfig,
+    check_resume,
+    plan_steps,
+    run_unlearning,
+)
 
 METHOD_OPTIONS_HELP = (
     "override a method setting; values are JSON (e.g. trainable_layers=[1,2]) or plain "
@@ -173,6 +178,11 @@ def run(args: argparse.Namespace) -> int:
         circuits=args.circuits, mask_top_n=args.mask_top_n, mask_anchors=args.mask_anchors,
         mask_seed=args.mask_seed)
     plan_steps(config, len(forget), distributed.process_state().num_processes)  # refuses early
+    out = Path(args.out)
+    folders = {seed: out if len(seeds) == 1 else out / f"seed{seed}" for seed in seeds}
+    if args.resume:
+        for seed, folder in folders.items():
+            check_resume(folder, dataclasses.replace(config, seed=seed))
     model, tokenizer = load_args_model(args)
     if len(seeds) == 1:
         result = run_unlearning(model, tokenizer, forget, retain, config=config,
@@ -182,12 +192,10 @@ def run(args: argparse.Namespace) -> int:
         if distributed.is_main():
             _print_summary(result.summary, Path(args.out))
         return 0
-    out = Path(args.out)
     if distributed.is_main():
         write_config(out, "unlearn", {**options_of(args), "seeds": seeds})
     pristine = model.to("cpu")  # each seed trains its own copy; this one stays untouched
-    for seed in seeds:
-        folder = out / f"seed{seed}"
+    for seed, folder in folders.items():
         if args.resume and (folder / "outcomes.parquet").is_file():
             if distributed.is_main():
                 print(f"seed {seed}: finished earlier, kept")

@@ -44,6 +44,8 @@ from unlearnscope.progress import progress_bar
 from unlearnscope.runs import (
     ProgressLog,
     check_finite,
+    check_unchanged,
+    read_json,
     write_config,
     write_json,
     write_parquet,
@@ -167,6 +169,33 @@ def warn_about_idle_steps(plan: _Plan) -> None:
                     plan.steps_with_lr, plan.total_steps, plan.warmup_steps, plan.warmup_epochs)
 
 
+# settings a resumed run may change: they do not change what it computes
+RESUME_FREE = ("checkpoint_every",)
+
+
+def _resumable(settings: dict[str, Any]) -> dict[str, Any]:
+    """What a resumed run must share with its record, from `asdict(UnlearnConfig)`: every
+    setting but `RESUME_FREE`, the method's options resolved to their defaults (as before
+    `prepare`) under `<method>.<option>`."""
+    options = get_method(settings["method"], **settings.get("method_options", {})).options
+    kept = {k: v for k, v in settings.items() if k not in (*RESUME_FREE, "method_options")}
+    return {**kept, **{f"{settings['method']}.{k}": v for k, v in options.items()}}
+
+
+def check_resume(out_dir: str | Path, config: UnlearnConfig) -> None:
+    """Refuse to resume the unlearning run recorded in `out_dir/config.json` with other
+    settings (`runs.check_unchanged`): its checkpoint, or its finished outcomes, belong to
+    the recorded ones. A folder without such a record is free."""
+    path = Path(out_dir) / "config.json"
+    recorded = read_json(path) if path.is_file() else {}
+    settings = recorded.get("options", {}).get("settings")
+    if recorded.get("command") != "unlearn" or not isinstance(settings, dict):
+        return
+    check_unchanged(_resumable(settings), _resumable(asdict(config)), source=str(path),
+                    hint="resume with the recorded settings, or run without --resume (or into "
+                         "a new folder) to start over")
+
+
 class _Checkpointer:
     """`out/checkpoint/`: `before.json` (pre-training evaluations, written once), `latest/`
     (Accelerate state + `progress.json`), swapped in atomically by a rename."""
@@ -240,6 +269,8 @@ def run_unlearning(model, tokenizer, forget_samples: list[Sample],
         raise DataError("the forget set is empty")
     retain_samples = list(retain_samples or [])
     out = None if out_dir is None else Path(out_dir)
+    if resume and out is not None:
+        check_resume(out, config)
     unlearner = get_method(config.method, **config.method_options)
     if unlearner.uses_retain and not retain_samples:
         raise DataError(f"method '{config.method}' has a retain term (alpha="
