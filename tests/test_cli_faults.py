@@ -1,6 +1,8 @@
 """What a researcher meets when an input is wrong: a named error (exit code 2) instead of a
 traceback, a silent no-op or a run that mixes settings, and no half-written output folder."""
 
+import copy
+import dataclasses
 import json
 import logging
 import os
@@ -12,8 +14,10 @@ import pandas as pd
 import pytest
 import torch
 
+from unlearnscope import pipeline
 from unlearnscope.cli import main
 from unlearnscope.errors import DataError
+from unlearnscope.pipeline import DemoConfig, run_demo
 from unlearnscope.runs import read_json
 from unlearnscope.unlearning import trainer
 
@@ -251,3 +255,100 @@ def test_anchors_missing_column_names_the_file(tmp_path, capsys):
                     "--out", str(out)], capsys)
     assert f"{outcomes}, field 'efficacy': missing column" in err
     assert not out.exists()
+
+
+# ---- 4. resume and stage-skip check the recorded settings ----------------------------------
+
+
+def test_score_resume_with_another_scorer_option_is_refused_naming_it(tiny_model_dir, tmp_path,
+                                                                      capsys):
+    out = tmp_path / "run"
+    first = ["score", "--model", str(tiny_model_dir), "--data", DATA, "--out", str(out),
+             "--scorers", "loss,mrd", "--scorer-option", "mrd.k=2"]
+    assert main(first) == 0
+    recorded = (out / "config.json").read_bytes()
+    err = _refused([*first, "--scorer-option", "mrd.sigma=1e-3", "--resume"], capsys)
+    assert "field 'mrd.sigma'" in err and "mrd.sigma: 1e-05 -> 0.001" in err
+    assert (out / "config.json").read_bytes() == recorded
+    # the recorded options resume; a scorer new to the folder is free to join
+    assert main([*first, "--resume"]) == 0
+    assert main([*first[:-4], "--scorers", "loss,mrd,prob", "--scorer-option", "mrd.k=2",
+                 "--resume"]) == 0
+
+
+def _unlearn_args(model_dir, out, *extra):
+    return ["unlearn", "--model", str(model_dir), "--forget", DATA, "--method", "npo",
+            "--method-option", "alpha=0", "--epochs", "2", "--warmup-epochs", "0", "--lr",
+            "1e-3", "--no-save", "--out", str(out), *extra]
+
+
+@pytest.mark.parametrize(("change", "named"), [
+    (["--lr", "2e-3"], "lr: 0.001 -> 0.002"),
+    (["--method-option", "beta=0.5"], "npo.beta: 0.1 -> 0.5"),
+    (["--epochs", "3"], "epochs: 2 -> 3"),
+])
+@pytest.mark.parametrize("seeds", [[], ["--seeds", "0,1"]])
+def test_unlearn_resume_with_other_settings_is_refused_naming_them(tiny_model_dir, tmp_path,
+                                                                   capsys, change, named,
+                                                                   seeds):
+    out = tmp_path / "run"
+    assert main(_unlearn_args(tiny_model_dir, out, *seeds)) == 0
+    recorded = (out / "config.json").read_bytes()
+    err = _refused([*_unlearn_args(tiny_model_dir, out, *seeds), *change, "--resume"], capsys)
+    assert named in err
+    assert (out / "config.json").read_bytes() == recorded
+    assert main([*_unlearn_args(tiny_model_dir, out, *seeds), "--resume",
+                 "--checkpoint-every", "1"]) == 0
+
+
+def test_run_unlearning_resumed_with_other_settings_is_refused(tiny_lm, small_samples,
+                                                               tmp_path):
+    model, tokenizer = tiny_lm
+    settings = {"max_steps": 1, "warmup_epochs": 0.0, "lr": 1e-3}
+    trainer.run_unlearning(copy.deepcopy(model), tokenizer, small_samples, [], "grad_ascent",
+                           out_dir=tmp_path, save=False, **settings)
+    with pytest.raises(DataError, match=r"max_steps: 1 -> 2"):
+        trainer.run_unlearning(copy.deepcopy(model), tokenizer, small_samples, [],
+                               "grad_ascent", out_dir=tmp_path, save=False, resume=True,
+                               **{**settings, "max_steps": 2})
+
+
+class _Stop(Exception):
+    """Raised in place of the demo's first stage: the rerun check has passed by then."""
+
+
+@pytest.fixture
+def demo_until_the_first_stage(monkeypatch):
+    def stop(demo):
+        raise _Stop
+
+    monkeypatch.setattr(pipeline, "_models", stop)
+
+
+def test_demo_rerun_that_would_change_products_is_refused(demo_until_the_first_stage,
+                                                          tmp_path, capsys):
+    out = tmp_path / "demo"
+    with pytest.raises(_Stop):
+        main(["demo", "--out", str(out)])
+    recorded = (out / "config.json").read_bytes()
+    err = _refused(["demo", "--out", str(out), "--seed", "1", "--lr", "1e-3"], capsys)
+    assert "lr: 0.003 -> 0.001" in err and "seed: 0 -> 1" in err
+    assert (out / "config.json").read_bytes() == recorded
+    err = _refused(["demo", "--out", str(out), "--method-setting", "npo.beta=0.3"], capsys)
+    assert "method_settings" in err
+
+
+def test_demo_rerun_may_add_methods_seeds_scorers_and_experiments(demo_until_the_first_stage,
+                                                                  tmp_path):
+    out = tmp_path / "demo"
+    first = DemoConfig(methods=("npo",), seeds={}, set_methods=(), schedule_methods=())
+    with pytest.raises(_Stop):
+        run_demo(out, first)
+    extended = dataclasses.replace(
+        first, methods=("npo", "grad_diff"), seeds={"npo": (0, 1, 2)},
+        scorers=(*first.scorers, "cud_paper"), set_methods=("npo",),
+        schedule_methods=("npo",), steps_to_forget_methods=("npo", "grad_diff"),
+        paper_preset=False, schedule_budget=20)
+    with pytest.raises(_Stop):
+        run_demo(out, extended)
+    assert read_json(out / "config.json")["options"]["methods"] == ["npo", "grad_diff"]
