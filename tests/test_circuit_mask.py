@@ -183,7 +183,7 @@ def test_circuit_mask_needs_a_store_and_anchors(tmp_path):
     model = toy_llama(tokenizer)
     with pytest.raises(DataError, match="needs a circuit store"):
         run_unlearning(model, tokenizer, FORGET, RETAIN, "grad_diff", max_steps=1,
-                       circuit_mask="hard-anchors")
+                       warmup_epochs=0.0, circuit_mask="hard-anchors")
     run = _run_folder(tmp_path / "run", model, [s.id for s in FORGET], hard=["f0"])
     with pytest.raises(DataError, match="needs the hard anchors"):
         build_circuit_mask("hard-anchors", run / "circuits", model, forget_ids=[], top_n=0.2)

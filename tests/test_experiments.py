@@ -194,7 +194,7 @@ def test_validate_sets_and_schedules_cli_on_a_tiny_model(tiny_model_dir, tmp_pat
                  "--out", str(run), "--scorers", "loss,min_k"]) == 0
     common = ["--run", str(run), "--model", str(tiny_model_dir), "--forget",
               data.format("forget"), "--retain", data.format("retain"), "--unlearn-methods",
-              "grad_diff", "--epochs", "1", "--lr", "1e-3"]
+              "grad_diff", "--epochs", "1", "--warmup-epochs", "0", "--lr", "1e-3"]
     assert main(["validate", "sets", *common, "--scorers", "loss,min_k", "--k", "2",
                  "--seeds", "2"]) == 0
     table = pd.read_csv(run / "validation" / "sets.csv")

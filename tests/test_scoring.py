@@ -10,10 +10,10 @@ import torch
 from unlearnscope.data import Sample, encode_samples
 from unlearnscope.data.tokenize import IGNORE_INDEX
 from unlearnscope.errors import DataError, NonFiniteError, UnknownNameError
-from unlearnscope.runs import ProgressLog, read_json, write_config
+from unlearnscope.runs import ProgressLog, changed_settings, read_json, write_config
 from unlearnscope.scoring import BASELINES, SCORERS, get_scorer, read_scorer_configs, score_samples
 from unlearnscope.scoring.base import Scorer
-from unlearnscope.scoring.runner import changed_options, options_digest, value_options
+from unlearnscope.scoring.runner import options_digest, value_options
 
 
 def _toy():
@@ -272,7 +272,7 @@ def test_value_options_leave_out_the_class_description():
     assert options == {"k": 5, "sigma": 1e-5, "seed": 0}
     assert options_digest(options) == options_digest({"seed": 0, "sigma": 1e-5, "k": 5})
     assert options_digest(options) != options_digest({**options, "k": 6})
-    assert changed_options({"k": 5, "a": 1}, {"k": 6, "b": "x"}) == [
+    assert changed_settings({"k": 5, "a": 1}, {"k": 6, "b": "x"}) == [
         'a: 1 -> unset', 'b: unset -> "x"', "k: 5 -> 6"]
 
 

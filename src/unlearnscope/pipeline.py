@@ -68,7 +68,14 @@ from unlearnscope.models.finetune import FinetuneConfig, build_tiny, finetune, m
 from unlearnscope.report import build_report
 from unlearnscope.report.rundata import write_samples
 from unlearnscope.report.signatures import compare_easy_hard, write_claims
-from unlearnscope.runs import write_config, write_json, write_parquet, write_text
+from unlearnscope.runs import (
+    check_unchanged,
+    read_json,
+    write_config,
+    write_json,
+    write_parquet,
+    write_text,
+)
 from unlearnscope.scoring import (
     BASELINES,
     get_scorer,
@@ -214,6 +221,30 @@ class DemoConfig:
         with one seed, else `unlearn/<method>/seed<s>/`."""
         folder = out / "unlearn" / method
         return folder if len(self.method_seeds(method)) == 1 else folder / f"seed{seed}"
+
+
+# DemoConfig fields that change products a rerun keeps (finished stages are skipped): a rerun
+# into the same folder must record the same values. The others (methods, seeds, scorers,
+# experiment lists and switches) only add stages, so a finished run can be extended.
+PRODUCT_FIELDS = ("model", "tofu_dir", "forget_split", "retain_authors", "n_authors",
+                  "questions_per_author", "forget_fraction", "seed", "target_prob",
+                  "max_epochs", "lr", "batch_size", "precision", "unlearn", "method_settings",
+                  "mrd_draws", "ig_steps", "ig_rule", "circuit_top_n", "cud_vector",
+                  "scorer_options", "anchor_k", "set_k")
+
+
+def check_rerun(out: Path, config: DemoConfig) -> None:
+    """Refuse to run `config` into a folder whose `config.json` records a demo with other
+    `PRODUCT_FIELDS`, naming them (`runs.check_unchanged`)."""
+    path = out / "config.json"
+    recorded = read_json(path) if path.is_file() else {}
+    if recorded.get("command") != "demo":
+        return
+    check_unchanged(recorded.get("options", {}), asdict(config), keys=PRODUCT_FIELDS,
+                    source=str(path),
+                    hint="these change what the finished stages computed; rerun with the "
+                         "recorded values (adding methods, seeds, scorers or experiments is "
+                         "fine) or write to a new --out")
 
 
 def load_demo_config(path: str | Path, **overrides) -> DemoConfig:
@@ -534,6 +565,7 @@ def run_demo(out_dir: str | Path, config: DemoConfig | None = None) -> dict:
     """Run every stage; returns the summary also written to `summary.json`."""
     config = config or DemoConfig()
     out = Path(out_dir)
+    check_rerun(out, config)
     out.mkdir(parents=True, exist_ok=True)
     write_config(out, "demo", asdict(config))
     started = time.perf_counter()

@@ -13,7 +13,7 @@ import platform
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ import pandas as pd
 import torch
 
 from unlearnscope import __version__
+from unlearnscope.data.jsonl import read_utf8
 from unlearnscope.errors import DataError, NonFiniteError
 
 _UMASK = os.umask(0)
@@ -79,13 +80,60 @@ def read_json(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise DataError("file not found", source=str(path))
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(read_utf8(path))
     except json.JSONDecodeError as error:
         raise DataError(f"malformed JSON: {error.msg}", source=str(path),
                         line=error.lineno) from None
     if not isinstance(data, dict):
         raise DataError("expected a JSON object", source=str(path))
     return data
+
+
+_UNSET = object()
+
+
+def _plain(values: Mapping[str, Any], key: str) -> Any:
+    """`values[key]` as it reads back from JSON (tuples as lists, paths as text)."""
+    if key not in values:
+        return _UNSET
+    return json.loads(json.dumps(values[key], default=_json_default))
+
+
+def changed_keys(recorded: Mapping[str, Any], wanted: Mapping[str, Any],
+                 keys: Iterable[str] | None = None) -> list[str]:
+    """The `keys` (default: every key of either, sorted) whose values differ as JSON; a key
+    present on one side only differs."""
+    keys = sorted(set(recorded) | set(wanted)) if keys is None else list(keys)
+    return [key for key in keys if _plain(recorded, key) != _plain(wanted, key)]
+
+
+def changed_settings(recorded: Mapping[str, Any], wanted: Mapping[str, Any],
+                     keys: Iterable[str] | None = None) -> list[str]:
+    """`"key: recorded -> wanted"` for every key of `changed_keys` (an absent value reads
+    `unset`)."""
+    def shown(values: Mapping[str, Any], key: str) -> str:
+        if key not in values:
+            return "unset"
+        return json.dumps(values[key], sort_keys=True, default=_json_default)
+
+    return [f"{key}: {shown(recorded, key)} -> {shown(wanted, key)}"
+            for key in changed_keys(recorded, wanted, keys)]
+
+
+RESUME_HINT = "continue with the recorded settings, or write to a new folder"
+
+
+def check_unchanged(recorded: Mapping[str, Any], wanted: Mapping[str, Any], *, source: str,
+                    keys: Iterable[str] | None = None, hint: str = RESUME_HINT) -> None:
+    """Refuse to continue a recorded run with other settings: a `DataError` naming every key
+    of `keys` (default: every key of either) whose recorded value differs from the wanted one,
+    with both values. Resumed and extended runs keep what was computed before, so changing
+    one of these would mix two runs' results."""
+    changed = changed_keys(recorded, wanted, keys)
+    if changed:
+        listed = "; ".join(changed_settings(recorded, wanted, changed))
+        raise DataError(f"differs from the recorded run ({listed}); {hint}", source=source,
+                        field=changed[0])
 
 
 def git_hash() -> str | None:
@@ -110,6 +158,19 @@ def environment() -> dict[str, Any]:
         "platform": platform.platform(),
         "git": git_hash(),
     }
+
+
+def output_folder_problem(path: str | Path) -> str | None:
+    """Why `path` cannot be an output folder, or None when it can: it, or the nearest of its
+    parents that exists, is a file, or that nearest existing folder is not writable."""
+    existing = Path(path).expanduser()
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{existing} is a file, not a folder"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"{existing} is not writable"
+    return None
 
 
 def write_config(out_dir: str | Path, command: str, options: dict[str, Any]) -> dict[str, Any]:

@@ -39,7 +39,7 @@ from unlearnscope.anchors.gradients import GradientSketch, gradient_features, re
 from unlearnscope.anchors.projection import project_capped_simplex
 from unlearnscope.anchors.sets import check_k
 from unlearnscope.data.sample import Sample
-from unlearnscope.data.tokenize import encode_samples, iter_batches, model_max_length, pad_id
+from unlearnscope.data.tokenize import encode_samples, iter_batches, pad_id, sequence_limit
 from unlearnscope.errors import DataError, UnknownNameError
 from unlearnscope.models.logprobs import mean_answer_nll
 from unlearnscope.progress import progress_bar
@@ -222,7 +222,7 @@ def bilevel_anchors(model: torch.nn.Module, tokenizer, forget: Sequence[Sample],
     ids = [s.id for s in forget]
     check_k(k, len(ids))
     pad = pad_id(tokenizer)
-    limit = max_length or model_max_length(tokenizer, model)
+    limit = sequence_limit(tokenizer, model, max_length)
     forget_encoded = encode_samples(tokenizer, forget, max_length=limit).samples
     retain_encoded = encode_samples(tokenizer, retain, max_length=limit).samples if retain else []
     if solver == "gram":

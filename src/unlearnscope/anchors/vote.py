@@ -40,15 +40,22 @@ class VoteResult:
     mean_rank: dict[str, float]
 
 
+OUTCOME_COLUMNS = ("sample_id", "efficacy")
+
+
+def _check_columns(table: pd.DataFrame, source: str) -> None:
+    for column in OUTCOME_COLUMNS:
+        if column not in table.columns:
+            raise DataError("missing column", source=source, field=column)
+
+
 def efficacy_ranks(table: pd.DataFrame, sample_ids: Sequence[str], *, name: str = "outcomes"
                    ) -> np.ndarray:
     """Rank of each of `sample_ids` in one run, `[n]` int: 0 = highest efficacy.
 
     `table` has columns `sample_id`, `efficacy` and optionally `delta_loss` (tie-breaker).
     """
-    for column in ("sample_id", "efficacy"):
-        if column not in table.columns:
-            raise DataError("missing column", source=name, field=column)
+    _check_columns(table, name)
     rows = table.assign(sample_id=table["sample_id"].astype(str)).drop_duplicates("sample_id")
     rows = rows.set_index("sample_id")
     missing = [i for i in sample_ids if i not in rows.index]
@@ -147,4 +154,5 @@ def read_outcomes(paths: Sequence[str], names: Sequence[str] | None = None
             raise DataError(f"method name '{name}' given to two outcome files; name them with "
                             "method names", source=str(path), field="method_names")
         tables[name] = pd.read_parquet(path)
+        _check_columns(tables[name], str(path))
     return tables

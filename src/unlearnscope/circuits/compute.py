@@ -26,7 +26,7 @@ from unlearnscope.circuits.store import (
     write_index,
 )
 from unlearnscope.data.sample import Sample
-from unlearnscope.data.tokenize import encode_samples, iter_batches, model_max_length, pad_id
+from unlearnscope.data.tokenize import encode_samples, iter_batches, pad_id, sequence_limit
 from unlearnscope.errors import DataError
 from unlearnscope.progress import progress_bar
 
@@ -79,7 +79,7 @@ def compute_circuits(model, tokenizer, samples: Sequence[Sample], directory: str
               "baseline": baseline, "rule": rule, "metric": metric}
     done = _start_store(directory, header, header_extra or {}, resume=resume)
     pending = [s for s in samples if s.id not in done]
-    limit = max_length or model_max_length(tokenizer, model)
+    limit = sequence_limit(tokenizer, model, max_length)
     encoded = encode_samples(tokenizer, distributed.shard(pending), max_length=limit).samples
     # Scores do not depend on the batch composition, so sorting by length only saves padding.
     encoded = sorted(encoded, key=lambda e: len(e.prompt_ids) + len(e.answer_ids))

@@ -34,7 +34,7 @@ from unlearnscope.circuits.graph import GraphLayout
 from unlearnscope.circuits.selection import edge_matrix, edge_vector, select
 from unlearnscope.errors import DataError
 from unlearnscope.progress import progress_bar
-from unlearnscope.runs import atomic_write, check_finite, write_json
+from unlearnscope.runs import atomic_write, check_finite, check_unchanged, write_json
 
 HEADER_FILE = "header.json"
 INDEX_FILE = "index.json"
@@ -73,12 +73,9 @@ def write_header(directory: str | Path, header: dict[str, Any]) -> None:
 def check_header(directory: str | Path, header: dict[str, Any]) -> None:
     """Raise `DataError` if the stored header disagrees with `header` on any of its keys
     (resuming with other settings would mix incompatible scores)."""
-    stored = read_header(directory)
-    for key, value in header.items():
-        if stored.get(key) != json.loads(json.dumps(value, default=str)):
-            raise DataError(f"stored value {stored.get(key)!r} differs from {value!r}; resume "
-                            "with the same settings or write to a new folder",
-                            source=str(Path(directory) / HEADER_FILE), field=key)
+    check_unchanged(read_header(directory), header, keys=header,
+                    source=str(Path(directory) / HEADER_FILE),
+                    hint="resume with the same settings or write to a new folder")
 
 
 ATTRIBUTION_KEYS = ("method", "ig_steps", "baseline", "rule", "metric")

@@ -7,7 +7,10 @@ import json
 from typing import Any
 
 from unlearnscope.data import load_samples
+from unlearnscope.data.tokenize import sequence_limit
 from unlearnscope.errors import UnlearnscopeError
+from unlearnscope.models import load_model
+from unlearnscope.runs import output_folder_problem
 
 
 def positive_int(text: str) -> int:
@@ -32,6 +35,15 @@ def positive_float(text: str) -> float:
     return value
 
 
+def output_folder(text: str) -> str:
+    """An argparse type: a folder that exists or can be made, and can be written to, checked
+    before the command loads anything."""
+    problem = output_folder_problem(text)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(problem)
+    return text
+
+
 def add_model_args(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
     parser.add_argument("--model", required=required,
                         help="hub id, local folder, .gguf file, 'smollm2-135m' (or 'tiny' for "
@@ -40,6 +52,20 @@ def add_model_args(parser: argparse.ArgumentParser, *, required: bool = True) ->
                         help="auto (bfloat16 on GPUs, float32 on CPU), float32, bfloat16, float16")
     parser.add_argument("--trust-remote-code", action="store_true",
                         help="allow model code from the model folder or hub")
+
+
+def load_args_model(args: argparse.Namespace):
+    """(model, tokenizer) of `--model` with the command's model options. A `--max-length` over
+    the model's positions is refused here, before the command writes anything."""
+    model, tokenizer = load_model(args.model, dtype=args.dtype,
+                                  trust_remote_code=args.trust_remote_code)
+    check_max_length(args, tokenizer, model)
+    return model, tokenizer
+
+
+def check_max_length(args: argparse.Namespace, tokenizer, model) -> None:
+    """Refuse a `--max-length` (when the command has one) over the model's positions."""
+    sequence_limit(tokenizer, model, getattr(args, "max_length", None), option="--max-length")
 
 
 def add_data_args(parser: argparse.ArgumentParser, *, flag: str = "--data",
@@ -58,7 +84,7 @@ def add_data_args(parser: argparse.ArgumentParser, *, flag: str = "--data",
 
 
 def add_run_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--out", required=True, type=output_folder, help="output folder")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run")
     parser.add_argument("--seed", type=int, default=0,
                         help="random seed (default: %(default)s)")

@@ -22,7 +22,9 @@ from unlearnscope.anchors.gradients import SKETCH_KINDS
 from unlearnscope.cli._common import (
     add_data_args,
     add_model_args,
+    load_args_model,
     options_of,
+    output_folder,
     positive_int,
     samples_from,
 )
@@ -46,7 +48,7 @@ def register(subparsers) -> None:
                         help="vote over unlearning outcomes, or bilevel optimization on the "
                              "model")
     parser.add_argument("--k", type=int, required=True, help="samples per anchor set")
-    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--out", required=True, type=output_folder, help="output folder")
     parser.add_argument("--fit-fraction", type=float, default=1.0,
                         help="discover anchors on this seeded fraction of the forget samples; "
                              "the rest is held out for validation (default: %(default)s, all)")
@@ -112,8 +114,6 @@ def _vote(args: argparse.Namespace) -> AnchorSets:
 
 
 def _bilevel(args: argparse.Namespace) -> AnchorSets:
-    from unlearnscope.models import load_model
-
     _require(args, {"--model": args.model, "--data": args.data})
     forget = samples_from(args, args.data)
     retain = None
@@ -121,8 +121,7 @@ def _bilevel(args: argparse.Namespace) -> AnchorSets:
         retain = load_samples(args.retain, data_dir=args.data_dir)[: args.max_retain]
     fit_ids, held_out = split_fit([s.id for s in forget], args.fit_fraction, args.seed)
     chosen = set(fit_ids)
-    model, tokenizer = load_model(args.model, dtype=args.dtype,
-                                  trust_remote_code=args.trust_remote_code)
+    model, tokenizer = load_args_model(args)
     settings = BilevelSettings(
         steps=args.steps, inner_lr=args.inner_lr, retain_weight=args.retain_weight,
         retain_penalty=args.retain_penalty, sparsity_penalty=args.sparsity_penalty,

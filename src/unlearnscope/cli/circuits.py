@@ -31,12 +31,13 @@ from unlearnscope.circuits.store import HEADER_FILE, CircuitStore
 from unlearnscope.cli._common import (
     add_data_args,
     add_model_args,
+    load_args_model,
     options_of,
+    output_folder,
     positive_int,
     samples_from,
 )
 from unlearnscope.errors import DataError, UnlearnscopeError
-from unlearnscope.models import load_model
 from unlearnscope.runs import read_json, write_config, write_json, write_parquet
 
 log = logging.getLogger(__name__)
@@ -63,7 +64,7 @@ def register(subparsers) -> None:
     )
     add_model_args(parser, required=False)
     add_data_args(parser, required=False)
-    parser.add_argument("--out", help="output folder")
+    parser.add_argument("--out", type=output_folder, help="output folder")
     parser.add_argument("--resume", action="store_true",
                         help="keep the samples already stored in OUT/circuits")
     parser.add_argument("--preset", default=None, choices=sorted(ATTRIBUTION_PRESETS),
@@ -170,8 +171,7 @@ def run(args: argparse.Namespace) -> int:
                                 "analyze, export; see --help)")
     resolve_attribution(args)
     samples = samples_from(args, args.data)
-    model, tokenizer = load_model(args.model, dtype=args.dtype,
-                                  trust_remote_code=args.trust_remote_code)
+    model, tokenizer = load_args_model(args)
     summary_n = edge_count(args.top_n, graph_layout(model).n_edges)
     if distributed.is_main():
         write_config(args.out, "circuits", options_of(args))

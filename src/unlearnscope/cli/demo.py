@@ -9,6 +9,7 @@ from unlearnscope.cli._common import named_key_values, positive_float, positive_
 from unlearnscope.cli.unlearn import parse_seeds
 from unlearnscope.errors import UnlearnscopeError
 from unlearnscope.pipeline import DemoConfig, load_demo_config, run_demo
+from unlearnscope.runs import output_folder_problem
 from unlearnscope.unlearning.methods import METHODS
 
 
@@ -138,6 +139,9 @@ def _from_file(args: argparse.Namespace, parser_defaults: dict) -> DemoConfig:
 
 
 def run(args: argparse.Namespace) -> int:
+    problem = output_folder_problem(args.out)
+    if problem is not None:
+        raise UnlearnscopeError(f"--out {args.out}: {problem}")
     if args.config is not None:
         run_demo(args.out, _from_file(args, args.parser_defaults))
         return 0

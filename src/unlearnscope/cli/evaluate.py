@@ -7,7 +7,7 @@ import json
 import re
 from pathlib import Path
 
-from unlearnscope.cli._common import add_model_args, options_of, positive_int
+from unlearnscope.cli._common import add_model_args, options_of, output_folder, positive_int
 from unlearnscope.data import load_samples
 from unlearnscope.errors import DataError
 from unlearnscope.evaluation.mia import DEFAULT_K
@@ -59,7 +59,7 @@ def register(subparsers) -> None:
                         help="fraction of tokens for the min-k and min-k++ attacks")
     parser.add_argument("--no-gradnorm", action="store_true",
                         help="skip the gradient-norm attack (one backward pass per sample)")
-    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--out", required=True, type=output_folder, help="output folder")
     parser.set_defaults(func=run)
 
 

@@ -9,13 +9,14 @@ from unlearnscope.cli._common import (
     add_data_args,
     add_model_args,
     add_run_args,
+    check_max_length,
+    load_args_model,
     options_of,
     positive_float,
     positive_int,
 )
 from unlearnscope.data import load_samples
 from unlearnscope.errors import UnlearnscopeError
-from unlearnscope.models import load_model
 from unlearnscope.models.finetune import FinetuneConfig, build_tiny, finetune, finished_run
 from unlearnscope.models.precision import PRECISIONS
 from unlearnscope.models.tiny import TinyConfig
@@ -87,15 +88,15 @@ def run(args: argparse.Namespace) -> int:
                             max_length=args.max_length, precision=args.precision)
     if args.resume:  # a finished run with other settings is refused before anything is written
         finished_run(args.out, config, len(samples), len(target or samples))
-    Path(args.out).mkdir(parents=True, exist_ok=True)
-    write_config(args.out, "finetune", options_of(args))
     if args.model == "tiny":
         vocab_source = (load_samples(args.tokenizer_texts, data_dir=args.data_dir)
                         if args.tokenizer_texts else samples)
         model, tokenizer = build_tiny(vocab_source, seed=args.seed, config=TinyConfig())
+        check_max_length(args, tokenizer, model)
     else:
-        model, tokenizer = load_model(args.model, dtype=args.dtype,
-                                      trust_remote_code=args.trust_remote_code)
+        model, tokenizer = load_args_model(args)
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    write_config(args.out, "finetune", options_of(args))
     finetune(model, tokenizer, samples, args.out, config, resume=args.resume,
              target_samples=target or None)
     return 0

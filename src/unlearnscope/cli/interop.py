@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from unlearnscope.cli._common import options_of
+from unlearnscope.cli._common import options_of, output_folder
 from unlearnscope.evaluation.open_unlearning import (
     LOSS_METRIC,
     WEIGHTINGS,
@@ -50,7 +50,7 @@ def register(subparsers) -> None:
     imported.add_argument("--method", default=None,
                           help="method name in summary.json, used by `anchors` (default: the "
                                "--out folder's name)")
-    imported.add_argument("--out", required=True, help="output folder")
+    imported.add_argument("--out", required=True, type=output_folder, help="output folder")
     imported.set_defaults(func=run_import)
 
     exported = subparsers.add_parser(

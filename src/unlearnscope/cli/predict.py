@@ -10,6 +10,7 @@ import argparse
 import json
 from pathlib import Path
 
+from unlearnscope.cli._common import output_folder
 from unlearnscope.errors import DataError
 from unlearnscope.runs import write_config
 
@@ -45,7 +46,8 @@ def register(subparsers) -> None:
                      help="fit on every sample that has an outcome of every method")
     parser.add_argument("--methods", nargs="+", default=None,
                         help="targets (default: every method of DIR/unlearn, then 'mean')")
-    parser.add_argument("--out", default=None, help="output folder (default: --run)")
+    parser.add_argument("--out", default=None, type=output_folder,
+                        help="output folder (default: --run)")
     parser.add_argument("--merge", action="store_true",
                         help="replace the predicted:* rows of DIR/scores.parquet (refused when "
                              "validation would score the predictor on its own fit samples)")

@@ -9,14 +9,15 @@ from unlearnscope.cli._common import (
     add_data_args,
     add_model_args,
     add_run_args,
+    load_args_model,
     named_key_values,
     options_of,
     positive_int,
     samples_from,
 )
-from unlearnscope.models import load_model
 from unlearnscope.runs import write_config
 from unlearnscope.scoring import BASELINES, SCORERS, get_scorer, score_samples
+from unlearnscope.scoring.runner import check_resume_options
 
 
 def register(subparsers) -> None:
@@ -25,8 +26,9 @@ def register(subparsers) -> None:
         description="Write OUT/scores.parquet (sample_id, scorer, value, difficulty; higher "
                     "difficulty = harder to unlearn), OUT/scorers.json (each scorer's resolved "
                     "options) and OUT/config.json. Shards samples across processes under "
-                    "torchrun / accelerate launch. --resume reuses a value only if it was "
-                    "computed with the scorer's current options (changed ones are logged).",
+                    "torchrun / accelerate launch. --resume continues a run with the scorers' "
+                    "recorded options (a changed option is refused, naming it; scorers new to "
+                    "the folder may join).",
     )
     add_model_args(parser)
     add_data_args(parser)
@@ -54,9 +56,10 @@ def run(args: argparse.Namespace) -> int:
     names = [name.strip() for name in args.scorers.split(",") if name.strip()]
     options = named_key_values(args.scorer_option, names, "--scorer-option", "scorer")
     scorers = [get_scorer(name, **options[name]) for name in names]
+    if args.resume:
+        check_resume_options(args.out, scorers)
     samples = samples_from(args, args.data)
-    model, tokenizer = load_model(args.model, dtype=args.dtype,
-                                  trust_remote_code=args.trust_remote_code)
+    model, tokenizer = load_args_model(args)
     if distributed.is_main():
         write_config(args.out, "score", {**options_of(args),
                                          "scorer_configs": [s.config() for s in scorers]})

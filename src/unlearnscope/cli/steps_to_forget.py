@@ -10,11 +10,11 @@ from unlearnscope.cli._common import (
     add_model_args,
     add_run_args,
     key_values,
+    load_args_model,
     options_of,
     samples_from,
 )
 from unlearnscope.cli.unlearn import add_training_args
-from unlearnscope.models import load_model
 from unlearnscope.unlearning.steps_to_forget import StepsToForgetConfig, steps_to_forget
 
 
@@ -58,8 +58,7 @@ def run(args: argparse.Namespace) -> int:
         weight_decay=args.weight_decay, max_grad_norm=args.max_grad_norm or None, tau=args.tau,
         max_steps=args.max_steps, copies=args.copies, memory_budget_gb=args.memory_budget_gb,
         retain_batch_size=args.retain_batch_size, seed=args.seed, max_length=args.max_length)
-    model, tokenizer = load_model(args.model, dtype=args.dtype,
-                                  trust_remote_code=args.trust_remote_code)
+    model, tokenizer = load_args_model(args)
     table = steps_to_forget(model, tokenizer, samples, retain_samples=retain, config=config,
                             out_dir=args.out, run_options=options_of(args), resume=args.resume)
     if distributed.is_main():

@@ -19,19 +19,24 @@ from unlearnscope.cli._common import (
     add_model_args,
     add_run_args,
     key_values,
+    load_args_model,
     options_of,
     positive_float,
     positive_int,
     samples_from,
 )
 from unlearnscope.errors import UnlearnscopeError
-from unlearnscope.models import load_model
 from unlearnscope.models.precision import PRECISIONS
 from unlearnscope.runs import write_config
 from unlearnscope.unlearning.circuit_mask import CIRCUIT_MASKS
 from unlearnscope.unlearning.methods import METHODS, NLL_WEIGHTINGS, RMU_SETTINGS
 from unlearnscope.unlearning.samplers import SCHEDULES
-from unlearnscope.unlearning.trainer import UnlearnConfig, run_unlearning
+from unlearnscope.unlearning.trainer import (
+    UnlearnConfig,
+    check_resume,
+    plan_steps,
+    run_unlearning,
+)
 
 METHOD_OPTIONS_HELP = (
     "override a method setting; values are JSON (e.g. trainable_layers=[1,2]) or plain "
@@ -181,8 +186,13 @@ def run(args: argparse.Namespace) -> int:
         max_length=args.max_length, precision=args.precision, circuit_mask=args.circuit_mask,
         circuits=args.circuits, mask_top_n=args.mask_top_n, mask_anchors=args.mask_anchors,
         mask_seed=args.mask_seed)
-    model, tokenizer = load_model(args.model, dtype=args.dtype,
-                                  trust_remote_code=args.trust_remote_code)
+    plan_steps(config, len(forget), distributed.process_state().num_processes)  # refuses early
+    out = Path(args.out)
+    folders = {seed: out if len(seeds) == 1 else out / f"seed{seed}" for seed in seeds}
+    if args.resume:
+        for seed, folder in folders.items():
+            check_resume(folder, dataclasses.replace(config, seed=seed))
+    model, tokenizer = load_args_model(args)
     if len(seeds) == 1:
         result = run_unlearning(model, tokenizer, forget, retain, config=config,
                                 difficulty=args.difficulty, scorer=args.scorer, out_dir=args.out,
@@ -191,12 +201,10 @@ def run(args: argparse.Namespace) -> int:
         if distributed.is_main():
             _print_summary(result.summary, Path(args.out))
         return 0
-    out = Path(args.out)
     if distributed.is_main():
         write_config(out, "unlearn", {**options_of(args), "seeds": seeds})
     pristine = model.to("cpu")  # each seed trains its own copy; this one stays untouched
-    for seed in seeds:
-        folder = out / f"seed{seed}"
+    for seed, folder in folders.items():
         if args.resume and (folder / "outcomes.parquet").is_file():
             if distributed.is_main():
                 print(f"seed {seed}: finished earlier, kept")

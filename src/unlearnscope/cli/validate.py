@@ -14,6 +14,7 @@ Each action is one entry of `ACTIONS` (name -> handler of the parsed arguments).
 from __future__ import annotations
 
 import argparse
+import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from unlearnscope.anchors import read_anchors
 from unlearnscope.cli._common import (
     add_data_args,
     add_model_args,
+    output_folder,
     positive_float,
     positive_int,
     samples_from,
@@ -52,6 +54,9 @@ from unlearnscope.models import load_model
 from unlearnscope.runs import write_config, write_text
 from unlearnscope.scoring import read_scorer_configs
 from unlearnscope.scoring.cud import SIMILARITIES, VECTORS
+from unlearnscope.unlearning.trainer import UnlearnConfig
+
+log = logging.getLogger(__name__)
 
 
 def register(subparsers) -> None:
@@ -100,7 +105,8 @@ def register(subparsers) -> None:
     parser.add_argument("--allow-unverified-holdout", action="store_true",
                         help="validate anchor-based scorers whose anchor-fit samples cannot be "
                              "found (they may be included); every table then says so")
-    parser.add_argument("--out", default=None, help="output folder (default: --run)")
+    parser.add_argument("--out", default=None, type=output_folder,
+                        help="output folder (default: --run)")
     parser.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap and unlearning seed")
     experiments = parser.add_argument_group("sets and schedules")
@@ -123,6 +129,9 @@ def register(subparsers) -> None:
                              help="samples per batch (default: %(default)s)")
     experiments.add_argument("--grad-accum", type=positive_int, default=1,
                              help="micro-batches per optimizer step (default: %(default)s)")
+    experiments.add_argument("--warmup-epochs", type=float,
+                             default=UnlearnConfig.warmup_epochs,
+                             help="learning-rate warm-up in epochs (default: %(default)s)")
     experiments.add_argument("--retain-model", default=None,
                              help="retain model for forget quality (schedules)")
     experiments.add_argument("--budget", type=int, default=20,
@@ -210,8 +219,15 @@ def _inputs(args: argparse.Namespace):
     anchors = [Path(args.exclude_ids)] if args.exclude_ids else []
     if args.run and Path(args.run, "anchors", "anchors.json").is_file():
         anchors.append(Path(args.run, "anchors", "anchors.json"))
-    extra = set().union(*(read_fit_ids(path) for path in anchors))
+    fit_ids = {path: read_fit_ids(path) for path in anchors}
+    extra = set().union(*fit_ids.values())
     scores = read_scores(scores_path)
+    if args.exclude_ids:
+        given = fit_ids[Path(args.exclude_ids)]
+        if given and not given & set(scores["sample_id"]):
+            log.warning("--exclude-ids %s: none of its %d ids is a sample of %s, so it leaves "
+                        "nothing out (the anchors of another run?)", args.exclude_ids,
+                        len(given), scores_path)
     holdout = resolve_holdout(scores, read_scorer_configs(scores_path.parent), extra_ids=extra,
                               allow_unverified=args.allow_unverified_holdout)
     steps = read_run_steps_to_forget(args.run) if args.run else {}
@@ -251,7 +267,8 @@ def _experiment_inputs(args: argparse.Namespace, action: str):
     model, tokenizer = load_model(args.model, dtype=args.dtype,
                                   trust_remote_code=args.trust_remote_code)
     settings = {"epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size,
-                "grad_accum": args.grad_accum, "seed": args.seed}
+                "grad_accum": args.grad_accum, "warmup_epochs": args.warmup_epochs,
+                "seed": args.seed}
     methods = [m.strip() for m in args.unlearn_methods.split(",") if m.strip()]
     unlearner = Unlearner(model, tokenizer, retain, settings)
     return scores, held_out, forget, retain, unlearner, methods

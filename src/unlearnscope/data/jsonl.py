@@ -10,6 +10,18 @@ from unlearnscope.data.sample import Sample
 from unlearnscope.errors import DataError
 
 
+def read_utf8(path: str | Path) -> str:
+    """The text of a UTF-8 file; a byte that is not UTF-8 is a `DataError` naming the file and
+    its line."""
+    data = Path(path).read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        raise DataError(f"not UTF-8 (byte {data[error.start]:#04x}); save the file as UTF-8",
+                        source=str(path), line=line) from None
+
+
 def read_jsonl(path: str | Path, required: tuple[str, ...] = ()) -> list[dict[str, Any]]:
     """Read a JSON-lines file; every non-blank line must be an object with `required` fields.
 
@@ -19,7 +31,7 @@ def read_jsonl(path: str | Path, required: tuple[str, ...] = ()) -> list[dict[st
     path = Path(path)
     if not path.is_file():
         raise DataError("file not found", source=str(path))
-    text = path.read_text(encoding="utf-8")
+    text = read_utf8(path)
     stripped = text.lstrip()
     if stripped.startswith("["):
         try:

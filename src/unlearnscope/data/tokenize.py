@@ -94,6 +94,20 @@ def model_max_length(tokenizer, model=None) -> int | None:
     return int(n) if n and n < 1_000_000 else None
 
 
+def sequence_limit(tokenizer, model=None, max_length: int | None = None, *,
+                   option: str = "max_length") -> int | None:
+    """The most tokens of an encoded sequence: `max_length`, else the context size
+    (`model_max_length`). A `max_length` over the context size is a `DataError` naming `option`
+    (the model has no trained position beyond it)."""
+    limit = model_max_length(tokenizer, model)
+    if max_length is None:
+        return limit
+    if limit is not None and max_length > limit:
+        raise DataError(f"{option} {max_length} is over the model's limit of {limit} positions "
+                        f"(max_position_embeddings); give at most {limit}")
+    return max_length
+
+
 def encode_sample(tokenizer, sample: Sample, *, answer: str | None = None,
                   question: str | None = None, max_length: int | None = None,
                   on_overflow: str = "truncate") -> EncodedSample:

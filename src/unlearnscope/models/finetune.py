@@ -29,8 +29,8 @@ from unlearnscope.data.sample import Sample
 from unlearnscope.data.tokenize import (
     collate,
     encode_samples,
-    model_max_length,
     pad_id,
+    sequence_limit,
 )
 from unlearnscope.errors import UnlearnscopeError
 from unlearnscope.models.loading import MODEL_SUBDIR, load_model
@@ -140,7 +140,7 @@ def finetune(model, tokenizer, samples: Sequence[Sample], out_dir: str | Path,
     accelerator = Accelerator(gradient_accumulation_steps=config.grad_accum,
                               cpu=not torch.cuda.is_available())
     set_seed(config.seed)
-    limit = config.max_length or model_max_length(tokenizer, model)
+    limit = sequence_limit(tokenizer, model, config.max_length)
     encoded = encode_samples(tokenizer, samples, max_length=limit).samples
     sampler = EpochPermutation(len(encoded), config.seed)
     loader = DataLoader(encoded, batch_size=config.batch_size, sampler=sampler,

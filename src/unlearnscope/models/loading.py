@@ -13,6 +13,7 @@ import importlib.metadata
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from unlearnscope.errors import UnknownNameError, UnlearnscopeError
@@ -72,6 +73,19 @@ def _looks_like_path(spec: str) -> bool:
     return "/" in spec and Path(spec.split("/", 1)[0]).is_dir()
 
 
+def _check_safetensors(folder: Path) -> None:
+    """Open every safetensors file of a model folder (its header and the data size it
+    declares): a truncated or damaged file is a `ModelError` naming it. Transformers' own error
+    names no file."""
+    for file in sorted(folder.glob("*.safetensors")):
+        try:
+            with safe_open(str(file), framework="pt"):
+                pass
+        except SafetensorError as error:
+            raise ModelError(f"{file}: not a readable safetensors file ({error}); it is "
+                             "truncated or damaged (an interrupted copy or save?)") from None
+
+
 def _from_pretrained(source: str, *, gguf_file: str | None, dtype: torch.dtype,
                      trust_remote_code: bool):
     kwargs = {"trust_remote_code": trust_remote_code}
@@ -123,6 +137,7 @@ def load_model(spec: str, *, dtype: str | torch.dtype | None = None,
             path = path / MODEL_SUBDIR  # a run folder: its own config.json is the run's
         if not (path / "config.json").is_file():
             raise ModelError(f"{path} is not a model folder (no config.json)")
+        _check_safetensors(path)
         model, tokenizer = _from_pretrained(str(path), gguf_file=None, dtype=torch_dtype,
                                             trust_remote_code=trust_remote_code)
     elif _looks_like_path(spec):
@@ -132,7 +147,8 @@ def load_model(spec: str, *, dtype: str | torch.dtype | None = None,
             model, tokenizer = _from_pretrained(spec, gguf_file=None, dtype=torch_dtype,
                                                 trust_remote_code=trust_remote_code)
         except OSError as error:
-            raise ModelError(f"could not load hub model '{spec}': {error}") from error
+            raise ModelError(f"model '{spec}' not found: no folder {path.absolute()}, and "
+                             f"no hub model of that id ({error})") from error
     else:
         raise UnknownNameError("model", spec, [*NAMED_MODELS, "<hub id>", "<folder>",
                                                "<file.gguf>"])

@@ -6,6 +6,7 @@ A scorer maps samples to one raw number each (`value`) and declares its orientat
 
 from __future__ import annotations
 
+import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
@@ -14,7 +15,7 @@ import torch
 
 from unlearnscope.data.sample import Sample
 from unlearnscope.data.tokenize import EncodedSample, iter_batches, pad_id
-from unlearnscope.errors import UnknownNameError
+from unlearnscope.errors import DataError, UnknownNameError
 
 SCORERS: dict[str, type[Scorer]] = {}
 
@@ -32,9 +33,37 @@ def scorer_class(table_name: str) -> type[Scorer] | None:
 
 
 def get_scorer(name: str, **options: Any) -> Scorer:
+    """The scorer `name` with `options`; an option the scorer does not take is a `DataError`
+    naming it and the ones it takes."""
     if name not in SCORERS:
         raise UnknownNameError("scorer", name, list(SCORERS))
-    return SCORERS[name](**options)
+    cls = SCORERS[name]
+    known = _option_names(cls)
+    unknown = [key for key in options if known is not None and key not in known]
+    if unknown:
+        raise option_error(name, unknown[0], f"not an option of this scorer (its options: "
+                                             f"{', '.join(known) or 'none'})")
+    return cls(**options)
+
+
+def _option_names(cls: type[Scorer]) -> list[str] | None:
+    """The keyword options of a scorer class; None when it takes any (`**options`)."""
+    if cls.__init__ is Scorer.__init__:
+        return []
+    parameters = list(inspect.signature(cls.__init__).parameters.values())[1:]
+    if any(p.kind is p.VAR_KEYWORD for p in parameters):
+        return None
+    return [p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+
+
+def option_error(scorer: str, option: str, message: str) -> DataError:
+    """The error of a scorer option that cannot be used, naming the scorer and the option."""
+    return DataError(message, source=f"scorer '{scorer}'", field=option)
+
+
+def is_number(value: Any) -> bool:
+    """True for an int or a float (not a bool): what numeric scorer options must be."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 class Scorer(ABC):

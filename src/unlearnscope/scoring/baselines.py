@@ -25,7 +25,13 @@ from unlearnscope.models.answer_stats import (
 )
 from unlearnscope.models.gradients import per_sample_gradient_norms
 from unlearnscope.models.logprobs import mean_answer_nll
-from unlearnscope.scoring.base import LogitScorer, Scorer, register_scorer
+from unlearnscope.scoring.base import (
+    LogitScorer,
+    Scorer,
+    is_number,
+    option_error,
+    register_scorer,
+)
 
 INCLUDE_EOS = True  # the scorers' EOS rule (`models.answer_stats`): the closing EOS counts
 
@@ -91,6 +97,8 @@ class MinK(LogitScorer):
     higher_is_harder = True
 
     def __init__(self, k: float = DEFAULT_K) -> None:
+        if not (is_number(k) and 0 < k <= 1):
+            raise option_error(self.name, "k", f"must be a fraction in (0, 1], got {k!r}")
         super().__init__(k=k)
         self.k = k
 

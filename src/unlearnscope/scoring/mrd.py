@@ -40,7 +40,7 @@ from unlearnscope.data.tokenize import (
 from unlearnscope.models.gradients import per_sample_gradient_norms
 from unlearnscope.models.logprobs import shift_labels
 from unlearnscope.progress import progress_bar
-from unlearnscope.scoring.base import Scorer, register_scorer
+from unlearnscope.scoring.base import Scorer, is_number, option_error, register_scorer
 
 log = logging.getLogger(__name__)
 
@@ -269,9 +269,9 @@ def lognormal_abs_deviation(mean: torch.Tensor, std: torch.Tensor) -> torch.Tens
     return torch.where(std > 0, value, torch.expm1(mean).abs())
 
 
-def _check_positive(name: str, value: float) -> None:
-    if not value > 0:
-        raise ValueError(f"MRD option {name} must be positive, got {value}")
+def _check_positive(scorer: str, name: str, value: float) -> None:
+    if not (is_number(value) and value > 0):
+        raise option_error(scorer, name, f"must be positive, got {value!r}")
 
 
 @register_scorer
@@ -284,8 +284,8 @@ class MonteCarloMRD(Scorer):
     seeded = True
 
     def __init__(self, k: int = PAPER_K, sigma: float = PAPER_SIGMA, seed: int = 0) -> None:
-        _check_positive("k", k)
-        _check_positive("sigma", sigma)
+        _check_positive(self.name, "k", k)
+        _check_positive(self.name, "sigma", sigma)
         super().__init__(k=k, sigma=sigma, seed=seed)
         self.k, self.sigma, self.seed = k, sigma, seed
 
@@ -304,7 +304,7 @@ class GradientMRD(Scorer):
     value_is_ease = True
 
     def __init__(self, sigma: float = PAPER_SIGMA) -> None:
-        _check_positive("sigma", sigma)
+        _check_positive(self.name, "sigma", sigma)
         super().__init__(sigma=sigma)
         self.sigma = sigma
 
@@ -336,8 +336,8 @@ class HutchinsonMRD(Scorer):
     seeded = True
 
     def __init__(self, sigma: float = PAPER_SIGMA, probes: int = 4, seed: int = 0) -> None:
-        _check_positive("sigma", sigma)
-        _check_positive("probes", probes)
+        _check_positive(self.name, "sigma", sigma)
+        _check_positive(self.name, "probes", probes)
         super().__init__(sigma=sigma, probes=probes, seed=seed)
         self.sigma, self.probes, self.seed = sigma, probes, seed
 

@@ -9,7 +9,7 @@ Layout of the output folder:
   `progress/scorer-options.jsonl`: the options behind each digest. With `resume=True` finished
   (sample, scorer, options) triples are skipped, whatever the earlier process count; values
   recorded under other options of a scorer are not reused, and the options that changed are
-  logged by name.
+  logged by name. `check_resume_options` refuses such a change instead (`score --resume`).
 """
 
 from __future__ import annotations
@@ -26,10 +26,18 @@ import torch
 
 from unlearnscope import distributed
 from unlearnscope.data.sample import Sample
-from unlearnscope.data.tokenize import encode_samples, model_max_length
+from unlearnscope.data.tokenize import encode_samples, sequence_limit
 from unlearnscope.errors import DataError
 from unlearnscope.progress import progress_bar
-from unlearnscope.runs import ProgressLog, check_finite, read_json, write_json, write_parquet
+from unlearnscope.runs import (
+    ProgressLog,
+    changed_settings,
+    check_finite,
+    check_unchanged,
+    read_json,
+    write_json,
+    write_parquet,
+)
 from unlearnscope.scoring.base import LogitScorer, Scorer, run_logit_scorers
 
 log = logging.getLogger(__name__)
@@ -53,15 +61,6 @@ def options_digest(options: dict[str, Any]) -> str:
     """A stable 16-hex-digit digest of `value_options(...)`."""
     text = json.dumps(options, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
-
-
-def changed_options(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """`"name: old -> new"` for every option that differs (absent options read `unset`)."""
-    def shown(options: dict[str, Any], key: str) -> str:
-        return json.dumps(options[key], sort_keys=True) if key in options else "unset"
-
-    return [f"{key}: {shown(old, key)} -> {shown(new, key)}"
-            for key in sorted(set(old) | set(new)) if old.get(key, ...) != new.get(key, ...)]
 
 
 def _progress_logs(out_dir: Path) -> list[ProgressLog]:
@@ -97,7 +96,7 @@ def _report_changed_options(out_dir: Path, samples: Sequence[Sample], scorers: S
             continue
         known = [d for (name, d) in recorded if name == scorer.name and d in set(others)]
         if known:
-            changes = changed_options(recorded[(scorer.name, known[-1])], value_options(scorer))
+            changes = changed_settings(recorded[(scorer.name, known[-1])], value_options(scorer))
             what = f"its options changed ({'; '.join(changes)})"
         else:
             what = "its earlier values were recorded without their options"
@@ -113,6 +112,23 @@ def _record_options(out_dir: Path, scorers: Sequence[Scorer], digests: dict[str,
     options_log.append({"scorer": s.name, "options": digests[s.name],
                         "config": value_options(s)}
                        for s in scorers if (s.name, digests[s.name]) not in known)
+
+
+def check_resume_options(out_dir: str | Path, scorers: Sequence[Scorer]) -> None:
+    """Refuse to resume `out_dir` with a scorer whose options differ from the ones it was last
+    recorded with there (`progress/scorer-options.jsonl`): a `DataError` naming each changed
+    option as `<scorer>.<option>`. Scorers new to the folder may join. (`score_samples` itself
+    recomputes such a scorer; `unlearnscope score --resume` continues a run instead.)"""
+    log_ = _options_log(Path(out_dir))
+    recorded = {r["scorer"]: r["config"] for r in log_.read()}
+    old, new = {}, {}
+    for scorer in scorers:
+        if scorer.name in recorded:
+            old.update({f"{scorer.name}.{k}": v for k, v in recorded[scorer.name].items()})
+            new.update({f"{scorer.name}.{k}": v for k, v in value_options(scorer).items()})
+    check_unchanged(old, new, source=str(log_.path),
+                    hint="resume with the recorded options, or score without --resume (or into "
+                         "a new folder) to recompute")
 
 
 def read_scorer_configs(run_dir: str | Path) -> dict[str, dict[str, Any]]:
@@ -197,7 +213,7 @@ def score_samples(model, tokenizer, samples: Sequence[Sample], scorers: Sequence
                if any((s.id, name, digest) not in done for name, digest in keys)]
     mine = distributed.shard(pending)
     progress = ProgressLog(out / PROGRESS_DIR / f"scores-rank{distributed.rank()}.jsonl")
-    limit = max_length or model_max_length(tokenizer, model)
+    limit = sequence_limit(tokenizer, model, max_length)
     bar = progress_bar(total=len(pending), desc="scoring", unit="sample",
                        disable=not distributed.is_main(), initial=0)
     for start in range(0, len(mine), chunk_size):

@@ -42,7 +42,7 @@ from torch.func import functional_call, grad, vmap
 
 from unlearnscope import distributed
 from unlearnscope.data.sample import Sample
-from unlearnscope.data.tokenize import collate, encode_samples, model_max_length, pad_id
+from unlearnscope.data.tokenize import collate, encode_samples, pad_id, sequence_limit
 from unlearnscope.errors import DataError
 from unlearnscope.models.logprobs import mean_answer_nll
 from unlearnscope.progress import progress_bar
@@ -201,7 +201,7 @@ def steps_to_forget(model, tokenizer, samples: list[Sample], *,
     state = distributed.process_state()
     device = state.device
     model.to(device).eval()
-    limit = config.max_length or model_max_length(tokenizer, model)
+    limit = sequence_limit(tokenizer, model, config.max_length)
     pad = pad_id(tokenizer)
     retain = (encode_samples(tokenizer, retain_samples, max_length=limit).samples
               if unlearner.uses_retain else [])

@@ -37,13 +37,15 @@ from accelerate.utils import set_seed
 from transformers import get_scheduler
 
 from unlearnscope.data.sample import Sample
-from unlearnscope.data.tokenize import collate, encode_samples, model_max_length, pad_id
+from unlearnscope.data.tokenize import collate, encode_samples, pad_id, sequence_limit
 from unlearnscope.errors import DataError
 from unlearnscope.models.precision import training_autocast
 from unlearnscope.progress import progress_bar
 from unlearnscope.runs import (
     ProgressLog,
     check_finite,
+    check_unchanged,
+    read_json,
     write_config,
     write_json,
     write_parquet,
@@ -119,17 +121,79 @@ class _Plan:
     steps_per_epoch: int
     total_steps: int
     warmup_steps: int
+    steps_with_lr: int  # optimizer steps whose learning rate is above 0
+    warmup_epochs: float
+
+
+def lr_factors(scheduler: str, warmup_steps: int, total_steps: int) -> list[float]:
+    """The learning rate of each optimizer step as a fraction of the peak, `[total_steps]`:
+    the transformers schedule `scheduler` the run steps, stepped on a stand-in optimizer."""
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    try:
+        schedule = get_scheduler(scheduler, optimizer, num_warmup_steps=warmup_steps,
+                                 num_training_steps=total_steps)
+    except ValueError as error:
+        raise DataError(str(error), field="lr_scheduler") from None
+    factors = []
+    for _ in range(total_steps):
+        factors.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    return factors
 
 
 def plan_steps(config: UnlearnConfig, n_forget: int, processes: int) -> _Plan:
-    """Optimizer steps: `epochs * ceil(n_forget / global batch)`, or `max_steps`."""
+    """Optimizer steps: `epochs * ceil(n_forget / global batch)`, or `max_steps`. A plan whose
+    every step runs at learning rate 0 (a warm-up over the whole run) is a `DataError`."""
     global_batch = config.batch_size * processes * config.grad_accum
     steps_per_epoch = math.ceil(n_forget / global_batch)
     total = config.max_steps if config.max_steps is not None else config.epochs * steps_per_epoch
     if total < 1:
         raise DataError("nothing to train: epochs and max_steps give 0 steps")
     warmup = min(total, round(config.warmup_epochs * steps_per_epoch))
-    return _Plan(global_batch, steps_per_epoch, total, warmup)
+    live = sum(factor > 0 for factor in lr_factors(config.lr_scheduler, warmup, total))
+    if live == 0:
+        raise DataError(f"the warm-up of --warmup-epochs {config.warmup_epochs} takes {warmup} "
+                        f"of the run's {total} optimizer step(s), and the {config.lr_scheduler} "
+                        "schedule runs every step at learning rate 0: nothing would be "
+                        "unlearned; lower --warmup-epochs or train for more steps",
+                        field="warmup_epochs")
+    return _Plan(global_batch, steps_per_epoch, total, warmup, live, config.warmup_epochs)
+
+
+def warn_about_idle_steps(plan: _Plan) -> None:
+    """Log a warning when fewer than half of the plan's steps run at a learning rate above 0."""
+    if plan.steps_with_lr < plan.total_steps / 2:
+        log.warning("only %d of the run's %d optimizer steps run at a learning rate above 0 "
+                    "(warm-up: %d steps from --warmup-epochs %g); the others change nothing",
+                    plan.steps_with_lr, plan.total_steps, plan.warmup_steps, plan.warmup_epochs)
+
+
+# settings a resumed run may change: they do not change what it computes
+RESUME_FREE = ("checkpoint_every",)
+
+
+def _resumable(settings: dict[str, Any]) -> dict[str, Any]:
+    """What a resumed run must share with its record, from `asdict(UnlearnConfig)`: every
+    setting but `RESUME_FREE`, the method's options resolved to their defaults (as before
+    `prepare`) under `<method>.<option>`."""
+    options = get_method(settings["method"], **settings.get("method_options", {})).options
+    kept = {k: v for k, v in settings.items() if k not in (*RESUME_FREE, "method_options")}
+    return {**kept, **{f"{settings['method']}.{k}": v for k, v in options.items()}}
+
+
+def check_resume(out_dir: str | Path, config: UnlearnConfig) -> None:
+    """Refuse to resume the unlearning run recorded in `out_dir/config.json` with other
+    settings (`runs.check_unchanged`): its checkpoint, or its finished outcomes, belong to
+    the recorded ones. A folder without such a record is free."""
+    path = Path(out_dir) / "config.json"
+    recorded = read_json(path) if path.is_file() else {}
+    settings = recorded.get("options", {}).get("settings")
+    if recorded.get("command") != "unlearn" or not isinstance(settings, dict):
+        return
+    check_unchanged(_resumable(settings), _resumable(asdict(config)), source=str(path),
+                    hint="resume with the recorded settings, or run without --resume (or into "
+                         "a new folder) to start over")
 
 
 class _Checkpointer:
@@ -205,6 +269,8 @@ def run_unlearning(model, tokenizer, forget_samples: list[Sample],
         raise DataError("the forget set is empty")
     retain_samples = list(retain_samples or [])
     out = None if out_dir is None else Path(out_dir)
+    if resume and out is not None:
+        check_resume(out, config)
     unlearner = get_method(config.method, **config.method_options)
     if unlearner.uses_retain and not retain_samples:
         raise DataError(f"method '{config.method}' has a retain term (alpha="
@@ -213,7 +279,7 @@ def run_unlearning(model, tokenizer, forget_samples: list[Sample],
 
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     set_seed(config.seed)
-    limit = config.max_length or model_max_length(tokenizer, model)
+    limit = sequence_limit(tokenizer, model, config.max_length)
     pad = pad_id(tokenizer)
     forget = encode_samples(tokenizer, forget_samples, max_length=limit).samples
     retain = encode_samples(tokenizer, retain_samples, max_length=limit).samples
@@ -222,6 +288,8 @@ def run_unlearning(model, tokenizer, forget_samples: list[Sample],
         raise DataError("forget sample ids are not unique", field="id")
     retain_eval = _retain_eval_subset(retain, config)
     plan = plan_steps(config, len(forget), accelerator.num_processes)
+    if accelerator.is_main_process:
+        warn_about_idle_steps(plan)
     scored = ((None, None, None) if difficulty is None
               else load_difficulty(difficulty, forget_ids, scorer))
     forget_stream = build_stream(
@@ -256,7 +324,8 @@ def run_unlearning(model, tokenizer, forget_samples: list[Sample],
                                       "circuit_mask": None if masker is None
                                       else masker.mask.details,
                                       "n_forget": len(forget), "n_retain": len(retain),
-                                      "steps": plan.total_steps, "resumed": resuming})
+                                      "steps": plan.total_steps,
+                                      "steps_with_lr": plan.steps_with_lr, "resumed": resuming})
     model.train()
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
@@ -436,7 +505,8 @@ def _finish(model, tokenizer, accelerator: Accelerator, checkpoints: _Checkpoint
                              before.get("forget_rouge"), after.get("forget_rouge"))
     summary: dict[str, Any] = {
         "method": config.method, "method_options": unlearner.options,
-        "steps": plan.total_steps, "n_forget": len(forget_ids), "n_retain": n_retain,
+        "steps": plan.total_steps, "steps_with_lr": plan.steps_with_lr,
+        "n_forget": len(forget_ids), "n_retain": n_retain,
         "forget_slots": plan.total_steps * plan.global_batch,
         "distinct_forget_samples_drawn": distinct_drawn,
         "forget": loss_summary(np.asarray(before["forget_loss"]),
