@@ -122,7 +122,7 @@ def test_max_samples_cuts_forget_and_retain_of_unlearn_and_steps_to_forget(
     from unlearnscope.cli import steps_to_forget, unlearn
 
     for module, name in ((unlearn, "run_unlearning"), (steps_to_forget, "steps_to_forget")):
-        monkeypatch.setattr(module, "load_model", _fake_model)
+        monkeypatch.setattr(module, "load_args_model", _fake_model)
         monkeypatch.setattr(module, name, _stop_with("forget", "retain"))
     for argv in (["unlearn", "--method", "npo", "--forget", FORGET],
                  ["steps-to-forget", "--method", "npo", "--data", FORGET]):
@@ -137,7 +137,7 @@ def test_max_samples_cuts_forget_and_retain_of_unlearn_and_steps_to_forget(
 def test_max_samples_cuts_the_training_data_of_finetune_not_its_target(monkeypatch, tmp_path):
     from unlearnscope.cli import finetune
 
-    monkeypatch.setattr(finetune, "load_model", _fake_model)
+    monkeypatch.setattr(finetune, "load_args_model", _fake_model)
     monkeypatch.setattr(finetune, "finetune", _stop_with("samples", "target"))
     got = _run_until_captured(["finetune", "--model", "m", "--data", FORGET, "--extra-data",
                                RETAIN, "--target-data", FORGET, "--target-prob", "0.9",
