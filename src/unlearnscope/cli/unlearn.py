@@ -93,7 +93,9 @@ def register(subparsers) -> None:
     parser.add_argument("--max-steps", type=int, default=None,
                         help="optimizer steps (overrides --epochs)")
     parser.add_argument("--warmup-epochs", type=float, default=defaults.warmup_epochs,
-                        help="linear learning-rate warm-up, in epochs (fractions allowed)")
+                        help="linear learning-rate warm-up, in epochs (fractions allowed); "
+                             "one that leaves no optimizer step above lr 0 is refused (the "
+                             "steps above 0 are recorded as steps_with_lr)")
     parser.add_argument("--lr-scheduler", default=defaults.lr_scheduler,
                         help="transformers scheduler name: linear, constant_with_warmup, cosine")
     parser.add_argument("--checkpoint-every", type=int, default=0,
