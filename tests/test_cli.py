@@ -89,7 +89,7 @@ def test_finetune_tiny_then_resume_is_a_no_op(tmp_path, capsys, monkeypatch):
     before = {name: (out / name).read_bytes() for name in products}
     more_epochs = [*args, "--resume", "--epochs", "3"]
     assert main(more_epochs) == 2
-    assert "'epochs' 2, now 3" in capsys.readouterr().err
+    assert "epochs: 2 -> 3" in capsys.readouterr().err
     assert training_losses == []
     assert {name: (out / name).read_bytes() for name in products} == before
 

@@ -32,13 +32,12 @@ from unlearnscope.data.tokenize import (
     pad_id,
     sequence_limit,
 )
-from unlearnscope.errors import UnlearnscopeError
 from unlearnscope.models.loading import MODEL_SUBDIR, load_model
 from unlearnscope.models.logprobs import answer_nll, mean_answer_nll
 from unlearnscope.models.precision import check_precision, training_autocast
 from unlearnscope.models.tiny import TinyConfig, build_tiny_model
 from unlearnscope.progress import progress_bar
-from unlearnscope.runs import check_finite, write_json, write_parquet
+from unlearnscope.runs import check_finite, check_unchanged, write_json, write_parquet
 
 log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint"
@@ -240,7 +239,7 @@ def finished_run(out_dir: str | Path, config: FinetuneConfig, n_samples: int,
     """`out_dir`'s `finetune.json` when the folder holds a finished fine-tuning (that file and
     the model, no checkpoint left) made with `config` on `n_samples` samples (and `n_target`
     target samples with `target_prob`); None when it holds no finished run. A finished run
-    with other settings cannot be resumed: `UnlearnscopeError` naming the fields that differ.
+    with other settings cannot be resumed: `runs.check_unchanged` names the fields that differ.
     """
     out = Path(out_dir)
     if _state_path(out).is_file() or not (out / "finetune.json").is_file() or not (
@@ -250,13 +249,9 @@ def finished_run(out_dir: str | Path, config: FinetuneConfig, n_samples: int,
     wanted = {**asdict(config), "n_samples": n_samples}
     if config.target_prob is not None:
         wanted["n_target_samples"] = n_target
-    changed = [f"'{key}' {recorded.get(key)!r}, now {value!r}" for key, value in wanted.items()
-               if recorded.get(key) != value]
-    if changed:
-        raise UnlearnscopeError(
-            f"--resume: {out / 'finetune.json'} is a finished fine-tuning with other settings "
-            f"({'; '.join(changed)}); use another output folder, or run without --resume to "
-            "train afresh")
+    check_unchanged(recorded, wanted, source=str(out / "finetune.json"), keys=wanted,
+                    hint="a finished fine-tuning cannot be resumed with other settings: use "
+                         "another output folder, or run without --resume to train afresh")
     return recorded
 
 
