@@ -83,7 +83,7 @@ from unlearnscope.scoring import (
     score_samples,
     scorer_class,
 )
-from unlearnscope.scoring.base import LogitScorer
+from unlearnscope.scoring.base import LogitScorer, option_names
 from unlearnscope.scoring.mrd import MonteCarloMRD
 from unlearnscope.unlearning.steps_to_forget import StepsToForgetConfig, steps_to_forget
 from unlearnscope.unlearning.trainer import run_unlearning
@@ -341,9 +341,11 @@ def _scores(demo: Demo) -> None:
     present = set(pd.read_parquet(table, columns=["scorer"]).scorer) if table.is_file() else set()
     scorers = []
     for name in config.scorers:
+        # the run's seed and corpus go to the scorers that take them
         kind = scorer_class(name)
-        options = {"seed": config.seed} if kind.seeded else {}
-        if kind.needs_corpus:
+        takes = option_names(kind) or ()
+        options = {"seed": config.seed} if "seed" in takes else {}
+        if "corpus" in takes:
             options["corpus"] = demo.forget + demo.retain
         if issubclass(kind, MonteCarloMRD):
             options["k"] = config.mrd_draws

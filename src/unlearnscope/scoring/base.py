@@ -38,7 +38,7 @@ def get_scorer(name: str, **options: Any) -> Scorer:
     if name not in SCORERS:
         raise UnknownNameError("scorer", name, list(SCORERS))
     cls = SCORERS[name]
-    known = _option_names(cls)
+    known = option_names(cls)
     unknown = [key for key in options if known is not None and key not in known]
     if unknown:
         raise option_error(name, unknown[0], f"not an option of this scorer (its options: "
@@ -46,7 +46,7 @@ def get_scorer(name: str, **options: Any) -> Scorer:
     return cls(**options)
 
 
-def _option_names(cls: type[Scorer]) -> list[str] | None:
+def option_names(cls: type[Scorer]) -> list[str] | None:
     """The keyword options of a scorer class; None when it takes any (`**options`)."""
     if cls.__init__ is Scorer.__init__:
         return []
@@ -77,9 +77,6 @@ class Scorer(ABC):
     names them (`anchor_fit_ids`), so validation can leave them out.
     `is_control`: True for the trivial controls (lengths, rarity, position) that every
     difficulty score must beat.
-    `seeded`: True when the scorer draws random numbers under a `seed` option, which a pipeline
-    sets to its run's seed; `needs_corpus`: True when it needs a `corpus` option (the samples
-    whose token counts it uses), which a pipeline sets to its forget + retain samples.
     `score` returns `[n_samples]` float64 values in the order of `samples`.
     """
 
@@ -88,8 +85,6 @@ class Scorer(ABC):
     value_is_ease: ClassVar[bool] = False
     uses_anchors: ClassVar[bool] = False
     is_control: ClassVar[bool] = False
-    seeded: ClassVar[bool] = False
-    needs_corpus: ClassVar[bool] = False
 
     def __init__(self, **options: Any) -> None:
         self.options = options

@@ -108,7 +108,6 @@ class AnswerRarity(Control):
 
     name = "answer_rarity"
     higher_is_harder = False
-    needs_corpus = True
 
     def __init__(self, corpus: str | Sequence[str] | Sequence[Sample] | None = None, *,
                  data_dir: str | None = None) -> None:

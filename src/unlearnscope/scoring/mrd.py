@@ -281,7 +281,6 @@ class MonteCarloMRD(Scorer):
     name = "mrd"
     higher_is_harder = False
     value_is_ease = True
-    seeded = True
 
     def __init__(self, k: int = PAPER_K, sigma: float = PAPER_SIGMA, seed: int = 0) -> None:
         _check_positive(self.name, "k", k)
@@ -333,7 +332,6 @@ class HutchinsonMRD(Scorer):
     name = "mrd_hutchinson"
     higher_is_harder = False
     value_is_ease = True
-    seeded = True
 
     def __init__(self, sigma: float = PAPER_SIGMA, probes: int = 4, seed: int = 0) -> None:
         _check_positive(self.name, "sigma", sigma)
