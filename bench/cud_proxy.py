@@ -53,7 +53,7 @@ from unlearnscope.data.tokenize import encode_samples, iter_batches_by_length, p
 from unlearnscope.evaluation.anchored_cud import read_run_outcomes
 from unlearnscope.evaluation.validation import bootstrap_spearman_interval, correlations
 from unlearnscope.models import load_model
-from unlearnscope.pipeline import DemoConfig, load_demo_config, run_demo
+from unlearnscope.pipeline import PipelineConfig, load_pipeline_config, run_demo
 from unlearnscope.runs import environment, write_json
 from unlearnscope.scoring.cud import CUD_PROXIES, anchor_aggregate, cud_from_aggregates
 
@@ -63,10 +63,10 @@ NAMED_SPEEDUP = 1.2  # below this a timing on a shared machine may be noise
 ATTRIBUTION_OPTIONS = ("method", "ig_steps", "level", "positions")
 
 
-def reduced_demo(quick: bool, n_authors: int) -> DemoConfig:
+def reduced_demo(quick: bool, n_authors: int) -> PipelineConfig:
     """The demo's tiny model and data (`n_authors` authors, a fifth of them forgotten) with only
     the stages this benchmark reads."""
-    return DemoConfig(
+    return PipelineConfig(
         n_authors=n_authors,
         scorers=("loss", "answer_length"), paper_preset=False, methods=("npo", "grad_diff"),
         anchor_methods=("npo", "grad_diff"),
@@ -76,16 +76,16 @@ def reduced_demo(quick: bool, n_authors: int) -> DemoConfig:
         circuit_guided_methods=())
 
 
-def demo_config(run: Path, tofu_dir: str | None) -> DemoConfig:
-    """The `DemoConfig` a demo run folder was made with (its `config.json` options)."""
+def demo_config(run: Path, tofu_dir: str | None) -> PipelineConfig:
+    """The `PipelineConfig` a demo run folder was made with (its `config.json` options)."""
     options = json.loads((run / "config.json").read_text())["options"]
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "demo.json"
         path.write_text(json.dumps(options))
-        return load_demo_config(path, **({"tofu_dir": tofu_dir} if tofu_dir else {}))
+        return load_pipeline_config(path, **({"tofu_dir": tofu_dir} if tofu_dir else {}))
 
 
-def configurations(args, config: DemoConfig) -> dict[str, dict]:
+def configurations(args, config: PipelineConfig) -> dict[str, dict]:
     """name -> {"attribution": attribute options, "cud": cud_from_aggregates options}."""
     attribution = {**ATTRIBUTION_DEFAULTS, "rule": args.rule, "ig_steps": args.ig_steps,
                    "level": "edges", "positions": "all"}
@@ -138,7 +138,7 @@ def main() -> None:
                         help="a demo run folder; without one (or when empty) a reduced tiny "
                              "demo is run into it (default: a temporary folder)")
     parser.add_argument("--tofu-dir", default=None, help="the TOFU folder of a TOFU demo run")
-    parser.add_argument("--n-authors", type=int, default=DemoConfig().n_authors,
+    parser.add_argument("--n-authors", type=int, default=PipelineConfig().n_authors,
                         help="authors of the reduced demo (a fifth are forgotten, 10 questions "
                              "each; half the forget samples are held out)")
     parser.add_argument("--repeats", type=int, default=5)

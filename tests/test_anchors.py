@@ -30,7 +30,7 @@ from unlearnscope.anchors.bilevel import (
     round_disjoint,
     unrolled_forgetting,
 )
-from unlearnscope.anchors.gradients import GradientSketch, gradient_features, retain_feature
+from unlearnscope.anchors.gradient_sketch import GradientSketch, gradient_features, retain_feature
 from unlearnscope.anchors.vote import efficacy_ranks
 from unlearnscope.cli import main
 from unlearnscope.data.tokenize import encode_samples, pad_id

@@ -17,7 +17,7 @@ from unlearnscope.evaluation.circuit_guided import (
     paired_sign_flip_p,
     write_circuit_guided,
 )
-from unlearnscope.evaluation.experiments import Unlearner
+from unlearnscope.evaluation.experiments import CachedUnlearning
 from unlearnscope.runs import write_json, write_parquet
 from unlearnscope.unlearning.trainer import run_unlearning
 
@@ -50,7 +50,7 @@ def test_write_circuit_guided_runs_every_arm_at_one_budget(tmp_path):
         "held_out_ids": ids[3:]})
     write_parquet(run / "unlearn" / "npo" / "outcomes.parquet", pd.DataFrame(
         {"sample_id": ids, "efficacy": [0.0, 0.0, 0.0, 0.9, 0.1, 0.5]}))
-    unlearner = Unlearner(target, tokenizer, RETAIN, SETTINGS)
+    unlearner = CachedUnlearning(target, tokenizer, RETAIN, SETTINGS)
     table = write_circuit_guided(run, unlearner, FORGET, methods=["grad_diff"], budget_steps=3,
                                  top_n=0.2, n_hard=2, seed=1)
     assert list(table.columns) == CIRCUIT_GUIDED_COLUMNS

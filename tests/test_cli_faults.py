@@ -17,7 +17,7 @@ import torch
 from unlearnscope import pipeline
 from unlearnscope.cli import main
 from unlearnscope.errors import DataError
-from unlearnscope.pipeline import DemoConfig, run_demo
+from unlearnscope.pipeline import PipelineConfig, run_demo
 from unlearnscope.runs import read_json
 from unlearnscope.unlearning import trainer
 
@@ -341,7 +341,7 @@ def test_demo_rerun_that_would_change_products_is_refused(demo_until_the_first_s
 def test_demo_rerun_may_add_methods_seeds_scorers_and_experiments(demo_until_the_first_stage,
                                                                   tmp_path):
     out = tmp_path / "demo"
-    first = DemoConfig(methods=("npo",), seeds={}, set_methods=(), schedule_methods=())
+    first = PipelineConfig(methods=("npo",), seeds={}, set_methods=(), schedule_methods=())
     with pytest.raises(_Stop):
         run_demo(out, first)
     extended = dataclasses.replace(

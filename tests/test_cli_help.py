@@ -157,7 +157,7 @@ def test_max_samples_cuts_forget_and_retain_of_validate_sets(monkeypatch, tmp_pa
                   "difficulty": [1.0, 2.0, 3.0]}).to_parquet(run / "scores.parquet")
     monkeypatch.setattr(validate, "load_model", _fake_model)
     retains = []
-    monkeypatch.setattr(validate, "Unlearner",
+    monkeypatch.setattr(validate, "CachedUnlearning",
                         lambda model, tokenizer, retain, settings: retains.append(retain))
     monkeypatch.setattr(validate, "easy_hard_sets", _stop_with("forget"))
     got = _run_until_captured(["validate", "sets", "--run", str(run), "--model", "m",

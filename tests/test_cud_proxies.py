@@ -14,7 +14,7 @@ from cud_runs import cud_scores
 from test_circuits_attr_reference import _batch, reference_scores
 from tiny_models import FAMILIES, family_model, padded_batch
 from unlearnscope.anchors import AnchorSets, write_anchors
-from unlearnscope.anchors.gradients import GradientSketch
+from unlearnscope.anchors.gradient_sketch import GradientSketch
 from unlearnscope.circuits import attribute, graph_layout
 from unlearnscope.circuits.nodes import node_scores_from_edges
 from unlearnscope.circuits.selection import edge_matrix, edge_vector

@@ -12,7 +12,7 @@ from unlearnscope.evaluation.experiments import (
     DEFAULT_SCHEDULES,
     SCHEDULE_COLUMNS,
     SET_COLUMNS,
-    Unlearner,
+    CachedUnlearning,
     easy_hard_sets,
     permutation_p_value,
     schedule_comparison,
@@ -218,7 +218,7 @@ def test_every_arm_draws_equal_slots_and_reaches_every_sample():
     cud = np.random.default_rng(0).permutation(10) / 10
     scores = pd.DataFrame({"sample_id": ids * 2, "scorer": ["mrd"] * 10 + ["cud"] * 10,
                            "value": [*value, *cud], "difficulty": [*-value, *cud]})
-    unlearner = Unlearner(toy_llama(tokenizer), tokenizer, [],
+    unlearner = CachedUnlearning(toy_llama(tokenizer), tokenizer, [],
                           {"epochs": 3, "lr": 1e-3, "batch_size": 4, "grad_accum": 1,
                            "warmup_epochs": 0.0})
     # 4 steps of 4 slots: 16 >= 10 samples, not a multiple of them.

@@ -12,11 +12,11 @@ from unlearnscope.cli import main
 from unlearnscope.cli.demo import method_seeds, method_settings
 from unlearnscope.errors import DataError, UnlearnscopeError
 from unlearnscope.evaluation.validation import read_seed_outcomes
-from unlearnscope.pipeline import DemoConfig, load_demo_config, run_demo
+from unlearnscope.pipeline import PipelineConfig, load_pipeline_config, run_demo
 
 
 def test_demo_samples_default_to_synthetic_authors():
-    forget, retain, holdout = DemoConfig(n_authors=5, questions_per_author=2).samples()
+    forget, retain, holdout = PipelineConfig(n_authors=5, questions_per_author=2).samples()
     assert len(forget) == 2 and len(retain) == 8 and len(holdout) == 2
     assert {s.get("author") for s in forget}.isdisjoint(s.get("author") for s in retain)
 
@@ -32,7 +32,7 @@ def test_demo_samples_on_a_tofu_folder(tmp_path):
     write("forget01_perturbed", 40, perturbed=True)
     write("retain90", 3600)
     write("holdout01", 40)
-    config = DemoConfig(tofu_dir=str(tmp_path), forget_split="forget01", retain_authors=2)
+    config = PipelineConfig(tofu_dir=str(tmp_path), forget_split="forget01", retain_authors=2)
     forget, retain, holdout = config.samples()
     assert len(forget) == 40 and forget[0].get("perturbed_answer") == ["X.", "Y."]
     assert len(retain) == 40 and {s.get("author") for s in retain} == {0, 1}
@@ -40,7 +40,7 @@ def test_demo_samples_on_a_tofu_folder(tmp_path):
 
 
 def test_tiny_runs_keep_their_per_method_settings():
-    config = DemoConfig()
+    config = PipelineConfig()
     assert config.unlearn_settings("rmu")["lr"] == 1e-2
     assert config.unlearn_settings("npo")["lr"] == config.unlearn["lr"]
     assert config.unlearn_settings("npo")["seed"] == config.seed
@@ -49,8 +49,8 @@ def test_tiny_runs_keep_their_per_method_settings():
 def test_a_minimal_run_writes_every_product_and_resumes(tmp_path, capsys, monkeypatch):
     """Every stage on a handful of synthetic samples, npo under two seeds; a second call finds
     every product and redoes nothing; a missing seed is redone alone."""
-    config = DemoConfig(
-        scorers=tuple(n for n in DemoConfig().scorers if n != "zlib"),
+    config = PipelineConfig(
+        scorers=tuple(n for n in PipelineConfig().scorers if n != "zlib"),
         n_authors=6, questions_per_author=4, forget_fraction=0.5, max_epochs=2, mrd_draws=4,
         ig_steps=2, methods=("grad_diff", "npo"), anchor_methods=("grad_diff", "npo"),
         seeds={"npo": (0, 1)}, steps_to_forget_methods=("npo",), steps_to_forget_max_steps=3,
@@ -162,7 +162,7 @@ def test_a_minimal_run_writes_every_product_and_resumes(tmp_path, capsys, monkey
 
 
 def test_method_settings_split_training_keys_from_method_options():
-    base = DemoConfig().method_settings
+    base = PipelineConfig().method_settings
     settings = method_settings(["simnpo.lr=5e-4", "rmu.steering_coeff=20", "npo.beta=0.2",
                                 "npo.epochs=2"], base)
     assert settings["simnpo"] == {"lr": 5e-4}
@@ -170,20 +170,20 @@ def test_method_settings_split_training_keys_from_method_options():
         "setting": "small-model", "layer": 2, "steering_coeff": 20, "alpha": 10.0}}
     assert settings["npo"] == {"epochs": 2, "method_options": {"beta": 0.2}}
     assert base["rmu"]["method_options"]["steering_coeff"] == 10.0  # the defaults untouched
-    config = DemoConfig(method_settings=settings)
+    config = PipelineConfig(method_settings=settings)
     assert config.unlearn_settings("npo")["epochs"] == 2
     assert config.unlearn_settings("npo")["method_options"] == {"beta": 0.2}
 
 
 def test_seeds_per_method_and_their_folders(tmp_path):
-    config = DemoConfig(seeds={"npo": (0, 1, 2)}, seed=5)
+    config = PipelineConfig(seeds={"npo": (0, 1, 2)}, seed=5)
     assert config.method_seeds("npo") == (0, 1, 2) and config.method_seeds("rmu") == (5,)
     assert config.outcome_folder(tmp_path, "npo", 1) == tmp_path / "unlearn" / "npo" / "seed1"
     assert config.outcome_folder(tmp_path, "rmu", 5) == tmp_path / "unlearn" / "rmu"
     assert config.unlearn_settings("npo", 2)["seed"] == 2
-    assert set(DemoConfig().seeds) >= {"npo"} and len(DemoConfig().seeds["npo"]) >= 2
+    assert set(PipelineConfig().seeds) >= {"npo"} and len(PipelineConfig().seeds["npo"]) >= 2
     with pytest.raises(DataError, match="distinct seeds"):
-        DemoConfig(seeds={"npo": (1, 1)}).method_seeds("npo")
+        PipelineConfig(seeds={"npo": (1, 1)}).method_seeds("npo")
     assert method_seeds(["npo=3,4", "rmu=7"], {"npo": (0, 1)}) == {"npo": (3, 4), "rmu": (7,)}
     with pytest.raises(UnlearnscopeError, match="METHOD=S,S"):
         method_seeds(["nope=1"], {})
@@ -193,18 +193,18 @@ def test_a_run_config_file_gives_the_same_config_and_names_a_bad_field(tmp_path)
     path = tmp_path / "run.json"
     path.write_text(json.dumps({"forget_split": "forget05", "methods": ["npo", "rmu"],
                                 "seeds": {"npo": [0, 1]}, "precision": "bf16-autocast"}))
-    config = load_demo_config(path, tofu_dir="data/tofu")
-    assert config == DemoConfig(forget_split="forget05", methods=("npo", "rmu"),
+    config = load_pipeline_config(path, tofu_dir="data/tofu")
+    assert config == PipelineConfig(forget_split="forget05", methods=("npo", "rmu"),
                                 seeds={"npo": [0, 1]}, precision="bf16-autocast",
                                 tofu_dir="data/tofu")
     assert config.method_seeds("npo") == (0, 1)
     assert config.unlearn_settings("npo")["precision"] == "bf16-autocast"
     path.write_text(json.dumps({"forget_splitt": "forget05"}))
     with pytest.raises(DataError, match=r"run\.json.*field 'forget_splitt'"):
-        load_demo_config(path)
+        load_pipeline_config(path)
     path.write_text(json.dumps({"methods": "npo"}))
     with pytest.raises(DataError, match=r"field 'methods': expected a list"):
-        load_demo_config(path)
+        load_pipeline_config(path)
 
 
 def test_demo_config_file_refuses_options_it_would_ignore(tmp_path, capsys, monkeypatch):
@@ -217,5 +217,5 @@ def test_demo_config_file_refuses_options_it_would_ignore(tmp_path, capsys, monk
     monkeypatch.setattr(cli_demo, "run_demo", lambda out, config: ran.append((out, config)))
     assert main(["demo", "--config", str(path), "--tofu-dir", "data/tofu",
                  "--out", str(tmp_path / "r")]) == 0
-    assert ran == [(str(tmp_path / "r"), DemoConfig(forget_split="forget05", mrd_draws=7,
+    assert ran == [(str(tmp_path / "r"), PipelineConfig(forget_split="forget05", mrd_draws=7,
                                                     tofu_dir="data/tofu"))]

@@ -9,12 +9,12 @@ already exists (an interrupted demo picks up where it stopped):
 2. `scores.parquet`: baselines and MRD on every forget sample.
 3. `circuits/`: the per-sample EAP-IG circuit of every forget sample.
 4. `unlearn/<method>/`: each unlearning method on the whole forget set: per-sample outcomes
-   and summary, under each of the method's seeds (`DemoConfig.seeds`; several seeds go to
+   and summary, under each of the method's seeds (`PipelineConfig.seeds`; several seeds go to
    `unlearn/<method>/seed<s>/`, each run from a fresh copy of the target, each its own
    stage), and once per method TOFU-style metrics of its first seed's model (forget quality
    against the retain model) in `unlearn/<method>/metrics.json`.
    `steps_to_forget/<method>/`: steps-to-forget of every forget sample for the methods in
-   `DemoConfig.steps_to_forget_methods` (a second ground truth).
+   `PipelineConfig.steps_to_forget_methods` (a second ground truth).
 5. `anchors/anchors.json`: reference easy/hard sets voted from the outcomes (each method's
    seed mean) on half of the forget samples; `scores.parquet` gains `cud` for every sample.
 6. `validation/`: every scorer against the measured difficulty on the held-out half, with the
@@ -45,7 +45,7 @@ from unlearnscope.evaluation.cud_choice import write_cud_choice
 from unlearnscope.evaluation.depth_ablation import write_depth_ablation
 from unlearnscope.evaluation.experiments import (
     DEFAULT_SCHEDULES,
-    Unlearner,
+    CachedUnlearning,
     easy_hard_sets,
     method_settings,
     schedule_comparison,
@@ -98,8 +98,9 @@ CONTROLS = ("answer_length", "question_length", "sequence_length", "author_posit
 
 
 @dataclass
-class DemoConfig:
-    """Size of the run; the defaults (the embedded demo) finish in minutes on two CPU cores.
+class PipelineConfig:
+    """The settings of one pipeline run, the embedded demo or a real TOFU study; the defaults (the
+    embedded demo) finish in minutes on two CPU cores.
 
     `model=None` builds the tiny model; a model spec (e.g. `smollm2-135m`) fine-tunes that.
     `tofu_dir` switches the data to TOFU: forget = `forget_split` (its `_perturbed` file, with
@@ -195,9 +196,9 @@ class DemoConfig:
                                data_dir=self.tofu_dir)
         return forget, retain[: 20 * self.retain_authors], holdout
 
-    def unlearner(self, target, tokenizer, retain) -> Unlearner:
+    def unlearner(self, target, tokenizer, retain) -> CachedUnlearning:
         """Runs each method from a fresh copy of `target` with `unlearn_settings(method)`."""
-        return Unlearner(target, tokenizer, retain, self._run_settings(self.seed),
+        return CachedUnlearning(target, tokenizer, retain, self._run_settings(self.seed),
                          per_method=self.method_settings)
 
     def unlearn_settings(self, method: str, seed: int | None = None) -> dict:
@@ -223,7 +224,7 @@ class DemoConfig:
         return folder if len(self.method_seeds(method)) == 1 else folder / f"seed{seed}"
 
 
-# DemoConfig fields that change products a rerun keeps (finished stages are skipped): a rerun
+# PipelineConfig fields that change products a rerun keeps (finished stages are skipped): a rerun
 # into the same folder must record the same values. The others (methods, seeds, scorers,
 # experiment lists and switches) only add stages, so a finished run can be extended.
 PRODUCT_FIELDS = ("model", "tofu_dir", "forget_split", "retain_authors", "n_authors",
@@ -233,7 +234,7 @@ PRODUCT_FIELDS = ("model", "tofu_dir", "forget_split", "retain_authors", "n_auth
                   "scorer_options", "anchor_k", "set_k")
 
 
-def check_rerun(out: Path, config: DemoConfig) -> None:
+def check_rerun(out: Path, config: PipelineConfig) -> None:
     """Refuse to run `config` into a folder whose `config.json` records a demo with other
     `PRODUCT_FIELDS`, naming them (`runs.check_unchanged`)."""
     path = out / "config.json"
@@ -247,8 +248,8 @@ def check_rerun(out: Path, config: DemoConfig) -> None:
                          "fine) or write to a new --out")
 
 
-def load_demo_config(path: str | Path, **overrides) -> DemoConfig:
-    """A `DemoConfig` from a JSON object of its fields (the others keep their defaults; lists
+def load_pipeline_config(path: str | Path, **overrides) -> PipelineConfig:
+    """A `PipelineConfig` from a JSON object of its fields (the others keep their defaults; lists
     become the tuples the fields hold), then `overrides`. A study commits such a file, so that
     its run is one command."""
     path = Path(path)
@@ -257,25 +258,25 @@ def load_demo_config(path: str | Path, **overrides) -> DemoConfig:
     except (OSError, json.JSONDecodeError) as error:
         raise DataError(f"cannot read the run config: {error}", source=str(path)) from error
     if not isinstance(fields_, dict):
-        raise DataError("expected a JSON object of DemoConfig fields", source=str(path))
-    defaults = asdict(DemoConfig())
+        raise DataError("expected a JSON object of PipelineConfig fields", source=str(path))
+    defaults = asdict(PipelineConfig())
     for key, value in fields_.items():
         if key not in defaults:
-            raise DataError(f"not a DemoConfig field (known: {', '.join(defaults)})",
+            raise DataError(f"not a PipelineConfig field (known: {', '.join(defaults)})",
                             source=str(path), field=key)
         if isinstance(defaults[key], tuple):
             if not isinstance(value, list):
                 raise DataError(f"expected a list, got {value!r}", source=str(path), field=key)
             fields_[key] = tuple(value)
-    return DemoConfig(**{**fields_, **overrides})
+    return PipelineConfig(**{**fields_, **overrides})
 
 
 @dataclass
-class Demo:
+class PipelineRun:
     """What the stages share: the run folder, the samples and the loaded models."""
 
     out: Path
-    config: DemoConfig
+    config: PipelineConfig
     forget: list = field(default_factory=list)
     retain: list = field(default_factory=list)
     holdout: list = field(default_factory=list)
@@ -299,7 +300,7 @@ class Demo:
         self.timings[name] = round(time.perf_counter() - started, 1)
 
 
-def _train(samples, out: Path, config: DemoConfig, *, epochs: int | None,
+def _train(samples, out: Path, config: PipelineConfig, *, epochs: int | None,
            target_samples=None, vocab_samples=None):
     """Fine-tune the tiny model (built on `vocab_samples`) or `config.model`."""
     if config.model is None:
@@ -319,7 +320,7 @@ def _epochs_trained(model_dir: Path) -> int:
     return int(json.loads((model_dir / "finetune.json").read_text())["epochs_trained"])
 
 
-def _models(demo: Demo) -> None:
+def _models(demo: PipelineRun) -> None:
     config, out = demo.config, demo.out
     full = demo.forget + demo.retain
     demo.stage("fine-tune the target model until it has memorized the forget answers",
@@ -334,7 +335,7 @@ def _models(demo: Demo) -> None:
                               vocab_samples=full))
 
 
-def _scores(demo: Demo) -> None:
+def _scores(demo: PipelineRun) -> None:
     """Stage 2, one stage per scorer: a scorer already in `scores.parquet` is kept, a scorer
     added to the config of a finished run is computed alone and merged in."""
     config, table = demo.config, demo.out / "scores.parquet"
@@ -362,7 +363,7 @@ def _scores(demo: Demo) -> None:
                        batch_size=16, resume=True, merge=True))
 
 
-def _circuits(demo: Demo) -> None:
+def _circuits(demo: PipelineRun) -> None:
     demo.stage(f"per-sample EAP-IG circuits ({demo.config.ig_steps} steps)",
                demo.out / "circuits" / "index.json",
                lambda: compute_circuits(demo.target, demo.tokenizer, demo.forget,
@@ -376,7 +377,7 @@ def _circuits(demo: Demo) -> None:
                                             resume=True, **ATTRIBUTION_PRESETS["paper"]))
 
 
-def _unlearn(demo: Demo) -> None:
+def _unlearn(demo: PipelineRun) -> None:
     reference = None
     config = demo.config
     for method in config.methods:
@@ -419,7 +420,7 @@ def _unlearn(demo: Demo) -> None:
                        lambda seed=seed, unlearn=unlearn: unlearn(seed))
 
 
-def _steps_to_forget(demo: Demo) -> dict[str, pd.DataFrame]:
+def _steps_to_forget(demo: PipelineRun) -> dict[str, pd.DataFrame]:
     """Steps-to-forget of every forget sample per configured method (staged)."""
     found = {}
     for method in demo.config.steps_to_forget_methods:
@@ -439,7 +440,7 @@ def _steps_to_forget(demo: Demo) -> dict[str, pd.DataFrame]:
     return found
 
 
-def _outcomes(demo: Demo, methods: tuple[str, ...] | None = None
+def _outcomes(demo: PipelineRun, methods: tuple[str, ...] | None = None
               ) -> dict[str, dict[int, pd.DataFrame]]:
     """`{method: {seed: outcome table}}` of the configured seeds."""
     config = demo.config
@@ -448,7 +449,7 @@ def _outcomes(demo: Demo, methods: tuple[str, ...] | None = None
             for m in methods or config.methods}
 
 
-def _anchors_and_cud(demo: Demo) -> AnchorSets:
+def _anchors_and_cud(demo: PipelineRun) -> AnchorSets:
     folder = demo.out / "anchors"
     ids = [s.id for s in demo.forget]
 
@@ -483,7 +484,7 @@ def _anchors_and_cud(demo: Demo) -> AnchorSets:
     return sets
 
 
-def _validation(demo: Demo, sets: AnchorSets, steps: dict[str, pd.DataFrame]) -> pd.DataFrame:
+def _validation(demo: PipelineRun, sets: AnchorSets, steps: dict[str, pd.DataFrame]) -> pd.DataFrame:
     folder = demo.out / "validation"
     demo.stage("learned difficulty predictor (fit on the anchors' half, scores the rest)",
                folder / "prediction.csv",
@@ -563,9 +564,9 @@ def _validation(demo: Demo, sets: AnchorSets, steps: dict[str, pd.DataFrame]) ->
     return table
 
 
-def run_demo(out_dir: str | Path, config: DemoConfig | None = None) -> dict:
+def run_demo(out_dir: str | Path, config: PipelineConfig | None = None) -> dict:
     """Run every stage; returns the summary also written to `summary.json`."""
-    config = config or DemoConfig()
+    config = config or PipelineConfig()
     out = Path(out_dir)
     check_rerun(out, config)
     out.mkdir(parents=True, exist_ok=True)
@@ -573,7 +574,7 @@ def run_demo(out_dir: str | Path, config: DemoConfig | None = None) -> dict:
     started = time.perf_counter()
     torch.manual_seed(config.seed)
     forget, retain, holdout = config.samples()
-    demo = Demo(out, config, forget=forget, retain=retain, holdout=holdout)
+    demo = PipelineRun(out, config, forget=forget, retain=retain, holdout=holdout)
     write_samples(out, forget)
     _models(demo)
     _unlearn(demo)
@@ -589,7 +590,7 @@ def run_demo(out_dir: str | Path, config: DemoConfig | None = None) -> dict:
     return summary
 
 
-def _print_circuit_comparison(demo: Demo) -> None:
+def _print_circuit_comparison(demo: PipelineRun) -> None:
     """Circuits of the easiest vs the hardest quartile of measured difficulty (all methods)."""
     measured = measured_difficulty(_outcomes(demo))["mean"].sort_values(kind="mergesort")
     quarter = max(2, len(measured) // 4)
@@ -603,7 +604,7 @@ def _print_circuit_comparison(demo: Demo) -> None:
     print(to_markdown(signatures.statistics[columns]))
 
 
-def _summary(demo: Demo, table: pd.DataFrame) -> dict:
+def _summary(demo: PipelineRun, table: pd.DataFrame) -> dict:
     per_method = {}
     config = demo.config
     for method in config.methods:
@@ -629,7 +630,7 @@ def _summary(demo: Demo, table: pd.DataFrame) -> dict:
     }
 
 
-def _print_summary(demo: Demo, summary: dict, table: pd.DataFrame) -> None:
+def _print_summary(demo: PipelineRun, summary: dict, table: pd.DataFrame) -> None:
     print(f"\n[demo] target model: mean forget answer probability "
           f"{summary['target_forget_prob']:.3f} after {summary['target_epochs']} epochs")
     methods = pd.DataFrame(summary["methods"]).T

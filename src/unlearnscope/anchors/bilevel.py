@@ -35,7 +35,7 @@ import torch
 from torch.func import functional_call
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from unlearnscope.anchors.gradients import GradientSketch, gradient_features, retain_feature
+from unlearnscope.anchors.gradient_sketch import GradientSketch, gradient_features, retain_feature
 from unlearnscope.anchors.projection import project_capped_simplex
 from unlearnscope.anchors.sets import check_k
 from unlearnscope.data.sample import Sample

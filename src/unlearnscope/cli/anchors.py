@@ -18,7 +18,7 @@ from unlearnscope.anchors import (
     write_anchors,
 )
 from unlearnscope.anchors.bilevel import SOLVERS
-from unlearnscope.anchors.gradients import SKETCH_KINDS
+from unlearnscope.anchors.gradient_sketch import SKETCH_KINDS
 from unlearnscope.cli._common import (
     add_data_args,
     add_model_args,

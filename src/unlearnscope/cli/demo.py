@@ -8,13 +8,13 @@ import copy
 from unlearnscope.cli._common import named_key_values, positive_float, positive_int
 from unlearnscope.cli.unlearn import parse_seeds
 from unlearnscope.errors import UnlearnscopeError
-from unlearnscope.pipeline import DemoConfig, load_demo_config, run_demo
+from unlearnscope.pipeline import PipelineConfig, load_pipeline_config, run_demo
 from unlearnscope.runs import output_folder_problem
 from unlearnscope.unlearning.methods import METHODS
 
 
 def register(subparsers) -> None:
-    defaults = DemoConfig()
+    defaults = PipelineConfig()
     parser = subparsers.add_parser(
         "demo", help="run the whole pipeline offline on the embedded default",
         description="Synthetic authors + the tiny model: target and retain models, baseline, "
@@ -25,7 +25,7 @@ def register(subparsers) -> None:
     )
     parser.add_argument("--out", default="runs/demo", help="run folder")
     parser.add_argument("--config", default=None, metavar="FILE",
-                        help="a JSON object of the run's settings (DemoConfig fields, e.g. a "
+                        help="a JSON object of the run's settings (PipelineConfig fields, e.g. a "
                              "study's run.json); combines only with --out and --tofu-dir")
     parser.add_argument("--model", default=None,
                         help="fine-tune this model instead of building the tiny one "
@@ -95,7 +95,7 @@ def method_settings(pairs: list[str], base: dict) -> dict:
     """Per-method settings: `base` with each `METHOD.KEY=VALUE` of `pairs` merged in, training
     keys at the top, method options under `method_options`."""
     parsed = named_key_values(pairs, sorted(METHODS), "--method-setting", "method")
-    training_keys = set(DemoConfig().unlearn)
+    training_keys = set(PipelineConfig().unlearn)
     settings = copy.deepcopy(base)
     for method, options in parsed.items():
         if not options:
@@ -126,7 +126,7 @@ def _names(text: str) -> tuple[str, ...]:
     return tuple(name.strip() for name in text.split(",") if name.strip())
 
 
-def _from_file(args: argparse.Namespace, parser_defaults: dict) -> DemoConfig:
+def _from_file(args: argparse.Namespace, parser_defaults: dict) -> PipelineConfig:
     """The run config of `--config`, refusing other options that would be ignored."""
     combined = [f"--{key.replace('_', '-')}" for key, value in vars(args).items()
                 if key in parser_defaults and key not in {"out", "tofu_dir", "config"}
@@ -135,7 +135,7 @@ def _from_file(args: argparse.Namespace, parser_defaults: dict) -> DemoConfig:
         raise UnlearnscopeError(f"--config {args.config}: the file holds the run's settings; "
                                 f"drop {', '.join(combined)} (or put them in the file)")
     overrides = {"tofu_dir": args.tofu_dir} if args.tofu_dir is not None else {}
-    return load_demo_config(args.config, **overrides)
+    return load_pipeline_config(args.config, **overrides)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -145,9 +145,9 @@ def run(args: argparse.Namespace) -> int:
     if args.config is not None:
         run_demo(args.out, _from_file(args, args.parser_defaults))
         return 0
-    defaults = DemoConfig()
+    defaults = PipelineConfig()
     methods = _names(args.methods)
-    config = DemoConfig(model=args.model, tofu_dir=args.tofu_dir,
+    config = PipelineConfig(model=args.model, tofu_dir=args.tofu_dir,
                         forget_split=args.forget_split, retain_authors=args.retain_authors,
                         lr=args.lr, max_epochs=args.max_epochs, batch_size=args.batch_size,
                         unlearn={**defaults.unlearn, "lr": args.unlearn_lr,

@@ -30,7 +30,7 @@ from unlearnscope.cli._common import (
 from unlearnscope.errors import DataError
 from unlearnscope.evaluation import cross_method, cud_choice
 from unlearnscope.evaluation.experiments import (
-    Unlearner,
+    CachedUnlearning,
     easy_hard_sets,
     schedule_comparison,
     to_markdown,
@@ -270,7 +270,7 @@ def _experiment_inputs(args: argparse.Namespace, action: str):
                 "grad_accum": args.grad_accum, "warmup_epochs": args.warmup_epochs,
                 "seed": args.seed}
     methods = [m.strip() for m in args.unlearn_methods.split(",") if m.strip()]
-    unlearner = Unlearner(model, tokenizer, retain, settings)
+    unlearner = CachedUnlearning(model, tokenizer, retain, settings)
     return scores, held_out, forget, retain, unlearner, methods
 
 

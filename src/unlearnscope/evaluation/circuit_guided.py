@@ -31,7 +31,7 @@ from unlearnscope.anchors.sets import ANCHORS_FILE, read_anchors
 from unlearnscope.data.sample import Sample
 from unlearnscope.errors import DataError
 from unlearnscope.evaluation.anchored_cud import read_run_outcomes
-from unlearnscope.evaluation.experiments import Unlearner, to_markdown
+from unlearnscope.evaluation.experiments import CachedUnlearning, to_markdown
 from unlearnscope.evaluation.validation import MEAN_METHOD, measured_difficulty
 from unlearnscope.progress import progress_bar
 from unlearnscope.runs import write_text
@@ -79,7 +79,7 @@ def hardest_held_out(outcomes, held_out_ids: Sequence[str], n: int) -> list[str]
     return list(ordered.sample_id[:n])
 
 
-def circuit_guided_comparison(unlearner: Unlearner, forget: Sequence[Sample], *,
+def circuit_guided_comparison(unlearner: CachedUnlearning, forget: Sequence[Sample], *,
                               circuits: str | Path, hard_ids: Sequence[str],
                               methods: Sequence[str], budget_steps: int,
                               top_n: float = 0.05, anchors: str | Path | None = None,
@@ -135,7 +135,7 @@ def circuit_guided_markdown(table: pd.DataFrame, header: Sequence[str] = ()) -> 
     return "\n".join(lines)
 
 
-def write_circuit_guided(run_dir: str | Path, unlearner: Unlearner, forget: Sequence[Sample],
+def write_circuit_guided(run_dir: str | Path, unlearner: CachedUnlearning, forget: Sequence[Sample],
                          *, methods: Sequence[str], budget_steps: int, top_n: float = 0.05,
                          n_hard: int | None = None, arms: Sequence[str] = ARMS, seed: int = 0,
                          evaluate: Callable[[object], float | None] | None = None

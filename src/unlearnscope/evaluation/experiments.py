@@ -46,7 +46,7 @@ def method_settings(settings: dict, per_method: dict, method: str) -> dict:
 
 
 @dataclass
-class Unlearner:
+class CachedUnlearning:
     """Unlearns a sample set from a fresh copy of the target model, with fixed settings.
 
     `per_method` overrides `settings` for one method (e.g. `{"simnpo": {"lr": 2e-3}}`).
@@ -186,7 +186,7 @@ def _set_rows(method: str, k: int, random: Sequence[_SetRun],
     return rows
 
 
-def easy_hard_sets(unlearner: Unlearner, forget: Sequence[Sample], scores: pd.DataFrame, *,
+def easy_hard_sets(unlearner: CachedUnlearning, forget: Sequence[Sample], scores: pd.DataFrame, *,
                    scorers: Sequence[str], methods: Sequence[str], k: int,
                    random_seeds: Sequence[int] = (0, 1, 2),
                    eligible_ids: Sequence[str] | None = None,
@@ -259,7 +259,7 @@ def steps_to_target(trajectory: pd.DataFrame, target_efficacy: float) -> float:
     return float("nan")
 
 
-def schedule_comparison(unlearner: Unlearner, forget: Sequence[Sample], scores: pd.DataFrame,
+def schedule_comparison(unlearner: CachedUnlearning, forget: Sequence[Sample], scores: pd.DataFrame,
                         *, methods: Sequence[str], budget_steps: int, target_efficacy: float,
                         evaluate: Callable[[object], tuple[float | None, float | None]],
                         schedules: Sequence[tuple[str, str | None]] = DEFAULT_SCHEDULES,

@@ -31,7 +31,7 @@ measures each against full CUD): fewer gradients (`eap`: EAP's one; `ig2`: EAP-I
 node-level circuits (`nodes`: one score per writer, `circuits.nodes`; the circuit is the top
 `node_top_n` writers by |score|), the sum over answer positions only (`answer_positions`), and a
 seeded random sketch of the circuit vectors (`sketch256`: cosine on `sketch_dim` = 256
-coordinates, `anchors.gradients.GradientSketch`, `rademacher`; E[sketch . sketch] = c . c', an
+coordinates, `anchors.gradient_sketch.GradientSketch`, `rademacher`; E[sketch . sketch] = c . c', an
 error of order |c| |c'| / sqrt(dim), which preserves cosine similarity approximately).
 """
 
@@ -43,7 +43,7 @@ from typing import Any
 
 import torch
 
-from unlearnscope.anchors.gradients import GradientSketch
+from unlearnscope.anchors.gradient_sketch import GradientSketch
 from unlearnscope.anchors.sets import read_anchors
 from unlearnscope.circuits import attribute, graph_layout
 from unlearnscope.circuits.attribution import check_variant
