@@ -34,7 +34,7 @@ def _scores():
     return pd.DataFrame(rows, columns=["sample_id", "scorer", "value", "difficulty"])
 
 
-class FakeUnlearner:
+class FakeCachedUnlearning:
     """Efficacy of a sample = 1 - index/10 (sample s0 easiest); method 'b' halves it. A run
     draws 3 slots per sample and reaches all but the last sample of its set."""
 
@@ -67,7 +67,7 @@ def test_select_sets_orders_by_difficulty_and_breaks_ties_by_id():
 
 
 def test_easy_hard_table_against_hand_values():
-    fake = FakeUnlearner()
+    fake = FakeCachedUnlearning()
     table = easy_hard_sets(fake, FORGET, _scores(), scorers=["good"], methods=["a", "b"], k=2,
                            random_seeds=(0, 1))
     assert list(table.columns) == SET_COLUMNS
@@ -91,7 +91,7 @@ def test_easy_hard_table_against_hand_values():
 
 
 def test_easy_hard_uncertainty_against_hand_values():
-    table = easy_hard_sets(FakeUnlearner(), FORGET, _scores(), scorers=["good"],
+    table = easy_hard_sets(FakeCachedUnlearning(), FORGET, _scores(), scorers=["good"],
                            methods=["a", "b"], k=2, random_seeds=(0, 1))
     rows = table.set_index(["scorer", "method", "set"])
     # Random sets (seeds 0, 1): {s2, s4} -> 80, 60 (mean 70); {s0, s5} -> 100, 50 (mean 75).
@@ -158,7 +158,7 @@ def test_steps_to_target_from_a_trajectory():
 
 
 def test_schedule_table_skips_schedules_without_their_scorer():
-    fake = FakeUnlearner()
+    fake = FakeCachedUnlearning()
     table = schedule_comparison(fake, FORGET, _scores(), methods=["a"], budget_steps=3,
                                 target_efficacy=0.15, evaluate=lambda model: (0.5, 0.7),
                                 schedules=(("uniform", None), ("weighted", "mrd"),
