@@ -12,7 +12,7 @@ from unlearnscope.cli import main
 from unlearnscope.cli.demo import method_seeds, method_settings
 from unlearnscope.errors import DataError, UnlearnscopeError
 from unlearnscope.evaluation.validation import read_seed_outcomes
-from unlearnscope.pipeline import PipelineConfig, load_pipeline_config, run_demo
+from unlearnscope.pipeline import PHASE_NAMES, PipelineConfig, load_pipeline_config, run_demo
 
 
 def test_demo_samples_default_to_synthetic_authors():
@@ -214,8 +214,31 @@ def test_demo_config_file_refuses_options_it_would_ignore(tmp_path, capsys, monk
     assert "drop --seed" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
     ran = []
-    monkeypatch.setattr(cli_demo, "run_demo", lambda out, config: ran.append((out, config)))
+    monkeypatch.setattr(cli_demo, "run_demo",
+                        lambda out, config, stop_after: ran.append((out, config, stop_after)))
     assert main(["demo", "--config", str(path), "--tofu-dir", "data/tofu",
-                 "--out", str(tmp_path / "r")]) == 0
+                 "--out", str(tmp_path / "r"), "--stop-after", "scores"]) == 0
     assert ran == [(str(tmp_path / "r"), PipelineConfig(forget_split="forget05", mrd_draws=7,
-                                                    tofu_dir="data/tofu"))]
+                                                        tofu_dir="data/tofu"), "scores")]
+
+
+def test_stop_after_ends_the_run_after_that_phase_and_a_rerun_goes_on(tmp_path, capsys):
+    config = PipelineConfig(n_authors=4, questions_per_author=2, forget_fraction=0.5,
+                            max_epochs=1, methods=("npo",), anchor_methods=("npo",), seeds={},
+                            set_methods=(), schedule_methods=(),
+                            unlearn={"epochs": 1, "lr": 5e-4, "batch_size": 4,
+                                     "grad_accum": 1, "warmup_epochs": 0.0})
+    assert run_demo(tmp_path, config, stop_after="models") is None
+    assert "stopped after 'models'" in capsys.readouterr().out
+    assert (tmp_path / "target").is_dir() and (tmp_path / "retain").is_dir()
+    assert not (tmp_path / "unlearn").exists() and not (tmp_path / "scores.parquet").exists()
+    target_written = (tmp_path / "target" / "model" / "model.safetensors").stat().st_mtime_ns
+    assert run_demo(tmp_path, config, stop_after="unlearn") is None
+    assert (tmp_path / "unlearn" / "npo" / "outcomes.parquet").is_file()
+    assert not (tmp_path / "scores.parquet").exists() and not (tmp_path / "summary.json").exists()
+    # the finished phase was skipped, not redone
+    assert (tmp_path / "target" / "model" / "model.safetensors").stat().st_mtime_ns == \
+        target_written
+    with pytest.raises(DataError, match=r"unknown phase 'score'.*scores"):
+        run_demo(tmp_path, config, stop_after="score")
+    assert PHASE_NAMES[0] == "models" and PHASE_NAMES[-1] == "report"

@@ -2,7 +2,8 @@
 demo); with `model` and `tofu_dir`, on a subset of TOFU authors and a pretrained model.
 
 Stages, each writing into its own place under the run folder and skipped when its product
-already exists (an interrupted demo picks up where it stopped):
+already exists (an interrupted demo picks up where it stopped; `run_demo(stop_after=...)`
+ends it after one of the `PHASES` on purpose):
 
 1. `target/`, `retain/`: the model fine-tuned on forget + retain (until it has memorized the
    forget answers), and a retain model trained on the retain set only.
@@ -564,8 +565,37 @@ def _validation(demo: PipelineRun, sets: AnchorSets, steps: dict[str, pd.DataFra
     return table
 
 
-def run_demo(out_dir: str | Path, config: PipelineConfig | None = None) -> dict:
-    """Run every stage; returns the summary also written to `summary.json`."""
+def _report(demo: PipelineRun, found: dict) -> None:
+    demo.stage("report", demo.out / "report.html",
+               lambda: build_report(demo.out, top_n=demo.config.circuit_top_n))
+
+
+# The run's phases in order, each `(name, run(demo, found))`; `found` carries what a phase
+# hands to a later one (steps-to-forget tables, anchor sets, the correlation table).
+PHASES: tuple[tuple[str, Callable[[PipelineRun, dict], None]], ...] = (
+    ("models", lambda demo, found: _models(demo)),
+    ("unlearn", lambda demo, found: _unlearn(demo)),
+    ("steps_to_forget", lambda demo, found: found.update(steps=_steps_to_forget(demo))),
+    ("scores", lambda demo, found: _scores(demo)),
+    ("circuits", lambda demo, found: _circuits(demo)),
+    ("anchors", lambda demo, found: found.update(sets=_anchors_and_cud(demo))),
+    ("validation", lambda demo, found: found.update(
+        table=_validation(demo, found["sets"], found["steps"]))),
+    ("report", _report),
+)
+PHASE_NAMES = tuple(name for name, _ in PHASES)
+
+
+def run_demo(out_dir: str | Path, config: PipelineConfig | None = None, *,
+             stop_after: str | None = None) -> dict | None:
+    """Run every stage; returns the summary also written to `summary.json`.
+
+    `stop_after` (one of `PHASE_NAMES`) ends the run after that phase, with its products and
+    the earlier ones in the run folder and no summary (returns None); a later call with the
+    same folder and config skips what is there and goes on."""
+    if stop_after is not None and stop_after not in PHASE_NAMES:
+        raise DataError(f"unknown phase '{stop_after}' (known: {', '.join(PHASE_NAMES)})",
+                        field="stop_after")
     config = config or PipelineConfig()
     out = Path(out_dir)
     check_rerun(out, config)
@@ -576,17 +606,16 @@ def run_demo(out_dir: str | Path, config: PipelineConfig | None = None) -> dict:
     forget, retain, holdout = config.samples()
     demo = PipelineRun(out, config, forget=forget, retain=retain, holdout=holdout)
     write_samples(out, forget)
-    _models(demo)
-    _unlearn(demo)
-    steps = _steps_to_forget(demo)
-    _scores(demo)
-    _circuits(demo)
-    sets = _anchors_and_cud(demo)
-    table = _validation(demo, sets, steps)
-    demo.stage("report", out / "report.html", lambda: build_report(out, top_n=config.circuit_top_n))
-    summary = _summary(demo, table)
+    found: dict = {}
+    for name, phase in PHASES:
+        phase(demo, found)
+        if name == stop_after:
+            print(f"[demo] stopped after '{name}'; run again with the same --out to go on "
+                  "(finished stages are skipped)")
+            return None
+    summary = _summary(demo, found["table"])
     write_json(out / "summary.json", {**summary, "wall_s": time.perf_counter() - started})
-    _print_summary(demo, summary, table)
+    _print_summary(demo, summary, found["table"])
     return summary
 
 

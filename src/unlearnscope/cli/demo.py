@@ -8,7 +8,7 @@ import copy
 from unlearnscope.cli._common import named_key_values, positive_float, positive_int
 from unlearnscope.cli.unlearn import parse_seeds
 from unlearnscope.errors import UnlearnscopeError
-from unlearnscope.pipeline import PipelineConfig, load_pipeline_config, run_demo
+from unlearnscope.pipeline import PHASE_NAMES, PipelineConfig, load_pipeline_config, run_demo
 from unlearnscope.runs import output_folder_problem
 from unlearnscope.unlearning.methods import METHODS
 
@@ -26,7 +26,11 @@ def register(subparsers) -> None:
     parser.add_argument("--out", default="runs/demo", help="run folder")
     parser.add_argument("--config", default=None, metavar="FILE",
                         help="a JSON object of the run's settings (PipelineConfig fields, e.g. a "
-                             "study's run.json); combines only with --out and --tofu-dir")
+                             "study's run.json); combines only with --out, --tofu-dir and "
+                             "--stop-after")
+    parser.add_argument("--stop-after", default=None, choices=PHASE_NAMES,
+                        help="end the run after this phase (in this order: "
+                             f"{', '.join(PHASE_NAMES)}); rerun with the same --out to go on")
     parser.add_argument("--model", default=None,
                         help="fine-tune this model instead of building the tiny one "
                              "(e.g. smollm2-135m)")
@@ -129,7 +133,7 @@ def _names(text: str) -> tuple[str, ...]:
 def _from_file(args: argparse.Namespace, parser_defaults: dict) -> PipelineConfig:
     """The run config of `--config`, refusing other options that would be ignored."""
     combined = [f"--{key.replace('_', '-')}" for key, value in vars(args).items()
-                if key in parser_defaults and key not in {"out", "tofu_dir", "config"}
+                if key in parser_defaults and key not in {"out", "tofu_dir", "config", "stop_after"}
                 and value != parser_defaults[key]]
     if combined:
         raise UnlearnscopeError(f"--config {args.config}: the file holds the run's settings; "
@@ -143,28 +147,28 @@ def run(args: argparse.Namespace) -> int:
     if problem is not None:
         raise UnlearnscopeError(f"--out {args.out}: {problem}")
     if args.config is not None:
-        run_demo(args.out, _from_file(args, args.parser_defaults))
+        run_demo(args.out, _from_file(args, args.parser_defaults), stop_after=args.stop_after)
         return 0
     defaults = PipelineConfig()
     methods = _names(args.methods)
     config = PipelineConfig(model=args.model, tofu_dir=args.tofu_dir,
-                        forget_split=args.forget_split, retain_authors=args.retain_authors,
-                        lr=args.lr, max_epochs=args.max_epochs, batch_size=args.batch_size,
-                        unlearn={**defaults.unlearn, "lr": args.unlearn_lr,
-                                 "epochs": args.unlearn_epochs},
-                        method_settings=method_settings(
-                            args.method_setting,
-                            defaults.method_settings if args.model is None else {}),
-                        methods=methods,
-                        seeds=method_seeds(args.seeds, defaults.seeds),
-                        steps_to_forget_methods=_names(args.steps_to_forget_methods),
-                        anchor_methods=tuple(m for m in methods if m != "grad_ascent"),
-                        set_methods=_names(args.set_methods),
-                        schedule_methods=_names(args.schedule_methods),
-                        n_authors=args.n_authors, questions_per_author=args.questions_per_author,
-                        forget_fraction=args.forget_fraction, seed=args.seed,
-                        target_prob=args.target_prob, mrd_draws=args.mrd_draws,
-                        ig_steps=args.ig_steps, set_k=args.set_k,
-                        schedule_budget=args.schedule_budget)
-    run_demo(args.out, config)
+                            forget_split=args.forget_split, retain_authors=args.retain_authors,
+                            lr=args.lr, max_epochs=args.max_epochs, batch_size=args.batch_size,
+                            unlearn={**defaults.unlearn, "lr": args.unlearn_lr,
+                                     "epochs": args.unlearn_epochs},
+                            method_settings=method_settings(
+                                args.method_setting,
+                                defaults.method_settings if args.model is None else {}),
+                            methods=methods,
+                            seeds=method_seeds(args.seeds, defaults.seeds),
+                            steps_to_forget_methods=_names(args.steps_to_forget_methods),
+                            anchor_methods=tuple(m for m in methods if m != "grad_ascent"),
+                            set_methods=_names(args.set_methods),
+                            schedule_methods=_names(args.schedule_methods),
+                            n_authors=args.n_authors, questions_per_author=args.questions_per_author,
+                            forget_fraction=args.forget_fraction, seed=args.seed,
+                            target_prob=args.target_prob, mrd_draws=args.mrd_draws,
+                            ig_steps=args.ig_steps, set_k=args.set_k,
+                            schedule_budget=args.schedule_budget)
+    run_demo(args.out, config, stop_after=args.stop_after)
     return 0
