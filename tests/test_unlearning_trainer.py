@@ -13,7 +13,7 @@ import torch
 from tiny_models import toy_llama, toy_tokenizer
 from unlearning_support import toy_samples
 from unlearnscope.data.sample import Sample
-from unlearnscope.data.tokenize import encode_samples, pad_id
+from unlearnscope.data.tokenize import encode_sample, encode_samples, pad_id
 from unlearnscope.errors import DataError
 from unlearnscope.models.generation import greedy_answers, rouge_l_recall
 from unlearnscope.models.logprobs import answer_nll
@@ -92,6 +92,18 @@ def test_run_writes_outcomes_summary_trajectory_and_model(tokenizer, tmp_path):
     assert training["step"].tolist() == [1, 2, 3, 4] and training["lr"].iloc[0] == 5e-3
     assert (tmp_path / "model" / "config.json").is_file()
     assert not (tmp_path / "checkpoint").exists()
+
+
+def test_config_json_counts_the_samples_cut_to_max_length(tokenizer, tmp_path):
+    lengths = [len(encode_sample(tokenizer, s).input_ids) for s in FORGET + RETAIN]
+    prompts = [len(encode_sample(tokenizer, s).prompt_ids) for s in FORGET + RETAIN]
+    limit = sorted(lengths)[len(lengths) // 2]
+    assert max(prompts) < limit
+    run_unlearning(toy_llama(tokenizer), tokenizer, FORGET, RETAIN, "grad_ascent",
+                   out_dir=tmp_path, save=False, max_length=limit, **{**FAST, "epochs": 1})
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["n_truncated"] == sum(n > limit for n in lengths) > 0
+    assert config["options"]["settings"]["max_length"] == limit
 
 
 def test_methods_with_a_retain_term_need_retain_samples(tokenizer):

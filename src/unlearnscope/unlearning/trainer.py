@@ -37,8 +37,9 @@ from accelerate.utils import set_seed
 from transformers import get_scheduler
 
 from unlearnscope.data.sample import Sample
-from unlearnscope.data.tokenize import collate, encode_samples, pad_id, sequence_limit
+from unlearnscope.data.tokenize import collate, pad_id
 from unlearnscope.errors import DataError
+from unlearnscope.models.inputs import encode_for, move_batch
 from unlearnscope.models.precision import training_autocast
 from unlearnscope.progress import progress_bar
 from unlearnscope.runs import (
@@ -279,10 +280,10 @@ def run_unlearning(model, tokenizer, forget_samples: list[Sample],
 
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     set_seed(config.seed)
-    limit = sequence_limit(tokenizer, model, config.max_length)
     pad = pad_id(tokenizer)
-    forget = encode_samples(tokenizer, forget_samples, max_length=limit).samples
-    retain = encode_samples(tokenizer, retain_samples, max_length=limit).samples
+    forget_encoded = encode_for(model, tokenizer, forget_samples, config.max_length)
+    retain_encoded = encode_for(model, tokenizer, retain_samples, config.max_length)
+    forget, retain = forget_encoded.samples, retain_encoded.samples
     forget_ids = [s.id for s in forget_samples]
     if len(set(forget_ids)) != len(forget_ids):
         raise DataError("forget sample ids are not unique", field="id")
@@ -325,7 +326,8 @@ def run_unlearning(model, tokenizer, forget_samples: list[Sample],
                                       else masker.mask.details,
                                       "n_forget": len(forget), "n_retain": len(retain),
                                       "steps": plan.total_steps,
-                                      "steps_with_lr": plan.steps_with_lr, "resumed": resuming})
+                                      "steps_with_lr": plan.steps_with_lr, "resumed": resuming},
+                     n_truncated=forget_encoded.n_truncated + retain_encoded.n_truncated)
     model.train()
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
@@ -433,7 +435,7 @@ def _batch_for_rank(encoded, indices: list[int], micro: int, accelerator: Accele
     width = config.batch_size * accelerator.num_processes
     start = micro * width + accelerator.process_index * config.batch_size
     chosen = [encoded[i] for i in indices[start: start + config.batch_size]]
-    return {k: v.to(accelerator.device) for k, v in collate(chosen, pad).items()}
+    return move_batch(collate(chosen, pad), accelerator.device)
 
 
 def _train_step(model, unlearner: UnlearningMethod, reference, optimizer, accelerator,
