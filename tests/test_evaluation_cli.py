@@ -172,6 +172,17 @@ def test_max_length_cuts_the_sequences_and_config_json_counts_the_cut_samples(wo
         list(whole["forget_truth_ratios"].values()))
 
 
+def test_a_max_length_over_the_retain_models_positions_is_refused_before_config_json(
+        workspace, capsys):
+    root, data, models = workspace
+    out = root / "runs" / "too_long"
+    assert main(["evaluate", "--model", models["unlearned"], "--data-dir", data,
+                 "--forget-split", "forget01", "--retain-model", models["retain"],
+                 "--max-length", "4096", "--out", str(out)]) == 2
+    assert "--max-length 4096" in capsys.readouterr().err
+    assert not (out / "config.json").exists()
+
+
 def test_synthetic_benchmark_uses_retain_numbers_only(workspace):
     root, _, models = workspace
     out = root / "synthetic"

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from unlearnscope.cli._common import (
     add_model_args,
+    check_max_length,
     load_args_model,
     options_of,
     output_folder,
@@ -151,6 +152,7 @@ def _retain_reference(args: argparse.Namespace, sets: dict[str, list], full_forg
     if args.retain_model:
         model, tokenizer = load_model(args.retain_model, dtype=args.dtype,
                                       trust_remote_code=args.trust_remote_code)
+        check_max_length(args, tokenizer, model)
         reference = retain_reference(model, tokenizer, forget=sets["forget"],
                                      holdout=sets.get("holdout"), batch_size=args.batch_size,
                                      k=args.k, max_length=args.max_length)
