@@ -264,7 +264,9 @@ def run_unlearning(model, tokenizer, forget_samples: list[Sample],
     (`UnlearnConfig`), e.g. `run_unlearning(m, tok, forget, retain, "npo", epochs=5, lr=1e-4,
     schedule="weighted", difficulty="scores.parquet", scorer="mrd")`. With `out_dir`, the
     run folder files of the module docstring are written (by the main process), and
-    `config.json` with `run_options` (e.g. the command line) plus every resolved setting.
+    `config.json` with `run_options` (e.g. the command line) plus every resolved setting, and
+    `n_truncated`, the forget and retain samples cut to `max_length` (default: the model's
+    context size).
     """
     config = _resolved_config(config, method, settings)
     if not forget_samples:
