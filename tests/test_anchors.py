@@ -33,8 +33,10 @@ from unlearnscope.anchors.bilevel import (
 from unlearnscope.anchors.gradient_sketch import GradientSketch, gradient_features, retain_feature
 from unlearnscope.anchors.vote import efficacy_ranks
 from unlearnscope.cli import main
-from unlearnscope.data.tokenize import encode_samples, pad_id
+from unlearnscope.data import load_samples
+from unlearnscope.data.tokenize import encode_sample, encode_samples, pad_id
 from unlearnscope.errors import DataError, NonFiniteError
+from unlearnscope.models import load_model
 from unlearnscope.runs import write_parquet
 
 
@@ -430,3 +432,21 @@ def test_cli_bilevel_writes_anchors(tiny_model_dir, tmp_path):
     assert anchors.diagnostics["data"] == data
     assert set(anchors.diagnostics["weights"]["easy"]) == set(anchors.fit_ids)
     assert main(["anchors", "--method", "bilevel", "--k", "2", "--out", str(out)]) == 2
+
+
+def test_cli_bilevel_counts_the_samples_cut_to_max_length_in_config_json(tiny_model_dir,
+                                                                         tmp_path):
+    out = tmp_path / "bilevel"
+    forget = load_samples("synthetic:authors?n_authors=4&questions_per_author=3")
+    retain = load_samples("synthetic:authors/retain?n_authors=4&questions_per_author=3")[:3]
+    tokenizer = load_model(str(tiny_model_dir))[1]
+    length = {s.id: len(encode_sample(tokenizer, s).input_ids) for s in forget + retain}
+    limit = sorted(length.values())[len(length) // 2]
+    assert main(["anchors", "--method", "bilevel", "--k", "2", "--model", str(tiny_model_dir),
+                 "--data", "synthetic:authors?n_authors=4&questions_per_author=3",
+                 "--fit-fraction", "0.5", "--outer-steps", "1", "--sketch-dim", "16",
+                 "--retain", "synthetic:authors/retain?n_authors=4&questions_per_author=3",
+                 "--max-retain", "3", "--max-length", str(limit), "--out", str(out)]) == 0
+    used = read_anchors(out).fit_ids + [s.id for s in retain]
+    config = json.loads((out / "config.json").read_text())
+    assert config["n_truncated"] == sum(length[i] > limit for i in used) > 0

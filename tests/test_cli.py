@@ -94,6 +94,23 @@ def test_finetune_tiny_then_resume_is_a_no_op(tmp_path, capsys, monkeypatch):
     assert {name: (out / name).read_bytes() for name in products} == before
 
 
+def test_finetune_counts_the_samples_cut_to_max_length_in_config_json(tmp_path):
+    from unlearnscope.data import encode_sample, load_samples
+    from unlearnscope.models import load_model
+
+    out = tmp_path / "ft"
+    first = ["finetune", "--model", "tiny", "--data", DATA, "--out", str(out), "--epochs", "1"]
+    assert main(first) == 0
+    tokenizer = load_model(str(out))[1]
+    lengths = [len(encode_sample(tokenizer, s).input_ids) for s in load_samples(DATA)]
+    limit = sorted(lengths)[len(lengths) // 2]
+    assert main([*first, "--max-length", str(limit)]) == 0
+    expected = sum(n > limit for n in lengths)
+    assert 0 < expected < len(lengths)
+    assert json.loads((out / "config.json").read_text())["n_truncated"] == expected
+    assert json.loads((out / "finetune.json").read_text())["n_truncated"] == expected
+
+
 def test_finetune_resumes_from_an_epoch_checkpoint(tmp_path, monkeypatch):
     """A run killed after epoch 1 of 3 and resumed ends with the same weights as a straight run."""
     import torch

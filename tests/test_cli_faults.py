@@ -46,6 +46,7 @@ def _refused(argv, capsys) -> str:
     ["finetune", "--data", DATA, "--epochs", "1"],
     ["steps-to-forget", "--data", DATA, "--method", "grad_ascent"],
     ["anchors", "--method", "bilevel", "--k", "1", "--data", DATA],
+    ["evaluate", "--benchmark", "synthetic", "--data-options", "n_authors=2"],
 ])
 def test_max_length_over_the_models_positions_is_refused(tiny_model_dir, tmp_path, capsys,
                                                          command):

@@ -13,6 +13,8 @@ import pytest
 from scipy.stats import ks_2samp
 
 from unlearnscope.cli import main
+from unlearnscope.data import encode_sample, load_samples
+from unlearnscope.models import load_model
 from unlearnscope.models.tiny import TinyConfig, build_tiny_model
 
 AUTHORS = ["Ada Brightwater", "Bo Castellanos", "Cy Drummond", "Di Eriksdottir"]
@@ -143,6 +145,42 @@ def test_bad_retain_logs_are_a_clean_error(workspace, capsys):
                  "--out", str(root / "junk_out")])
     assert code == 2
     assert "junk.json" in capsys.readouterr().err
+
+
+def test_max_length_cuts_the_sequences_and_config_json_counts_the_cut_samples(workspace):
+    root, data, models = workspace
+    tokenizer = load_model(models["unlearned"])[1]
+    longest = {}
+    for split in ("forget01_perturbed", "holdout01", "retain_perturbed",
+                  "real_authors_perturbed", "world_facts_perturbed"):
+        for s in load_samples(f"tofu:{split}", data_dir=data):
+            answers = [s.answer, *([s.extra["paraphrased_answer"]] if
+                                   "paraphrased_answer" in s.extra else []),
+                       *s.extra.get("perturbed_answer", [])]
+            longest[s.id] = max(len(encode_sample(tokenizer, s, answer=a).input_ids)
+                                for a in answers)
+    limit = sorted(longest.values())[len(longest) // 2]
+    expected = sum(n > limit for n in longest.values())
+    assert 0 < expected < len(longest)
+    cut = _evaluate(workspace, "cut", "--max-length", str(limit), "--no-gradnorm")
+    config = json.loads((root / "runs" / "cut" / "config.json").read_text())
+    assert config["n_truncated"] == expected and config["options"]["max_length"] == limit
+    whole = _evaluate(workspace, "whole", "--no-gradnorm")
+    assert json.loads((root / "runs" / "whole" / "config.json").read_text())["n_truncated"] == 0
+    # the cut answer variants give other truth ratios
+    assert list(cut["forget_truth_ratios"].values()) != pytest.approx(
+        list(whole["forget_truth_ratios"].values()))
+
+
+def test_a_max_length_over_the_retain_models_positions_is_refused_before_config_json(
+        workspace, capsys):
+    root, data, models = workspace
+    out = root / "runs" / "too_long"
+    assert main(["evaluate", "--model", models["unlearned"], "--data-dir", data,
+                 "--forget-split", "forget01", "--retain-model", models["retain"],
+                 "--max-length", "4096", "--out", str(out)]) == 2
+    assert "--max-length 4096" in capsys.readouterr().err
+    assert not (out / "config.json").exists()
 
 
 def test_synthetic_benchmark_uses_retain_numbers_only(workspace):

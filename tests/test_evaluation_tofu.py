@@ -12,6 +12,7 @@ from scipy.stats import ks_2samp
 from unlearnscope.data.sample import Sample
 from unlearnscope.data.tokenize import encode_sample
 from unlearnscope.evaluation.tofu import (
+    Truncation,
     answer_losses,
     answer_statistics,
     closer_to_1_better,
@@ -117,8 +118,8 @@ def tiny():
     return model, tokenizer
 
 
-def _single_loss(model, tokenizer, sample, answer=None) -> float:
-    encoded = encode_sample(tokenizer, sample, answer=answer)
+def _single_loss(model, tokenizer, sample, answer=None, max_length=None) -> float:
+    encoded = encode_sample(tokenizer, sample, answer=answer, max_length=max_length)
     ids = torch.tensor([encoded.input_ids])
     with torch.no_grad():
         logits = model(input_ids=ids).logits[0, :-1]
@@ -134,6 +135,44 @@ def test_answer_losses_match_a_per_sample_loop(tiny):
     batched = answer_losses(model, tokenizer, samples, batch_size=3)
     slow = [_single_loss(model, tokenizer, s) for s in samples]
     assert batched.tolist() == pytest.approx(slow, rel=1e-4)
+
+
+def _length(tokenizer, sample, answer=None) -> int:
+    return len(encode_sample(tokenizer, sample, answer=answer).input_ids)
+
+
+def test_answer_losses_honour_the_max_length_and_collect_the_cut_samples(tiny):
+    model, tokenizer = tiny
+    samples = _samples()
+    lengths = [_length(tokenizer, s) for s in samples]
+    limit = sorted(lengths)[len(lengths) // 2]  # about half the samples are longer
+    truncation = Truncation(limit)
+    cut = answer_losses(model, tokenizer, samples, batch_size=3, truncation=truncation)
+    longer = {s.id for s, n in zip(samples, lengths, strict=True) if n > limit}
+    assert truncation.sample_ids == longer and 0 < len(longer) < len(samples)
+    slow = [_single_loss(model, tokenizer, s, max_length=limit) for s in samples]
+    assert cut.tolist() == pytest.approx(slow, rel=1e-4)
+    whole = answer_losses(model, tokenizer, samples, batch_size=3)
+    changed = {s.id for s, a, b in zip(samples, cut.tolist(), whole.tolist(), strict=True)
+               if a != pytest.approx(b, rel=1e-4)}
+    assert changed == longer  # the cut sequences, and only those, give other losses
+
+
+def test_evaluate_tofu_counts_the_samples_cut_to_the_max_length(tiny):
+    model, tokenizer = tiny
+    samples = _samples()
+    holdout = [Sample(f"h{i}", q, a) for i, (q, a) in enumerate(QUESTIONS[::-1])]
+    longest = {s.id: max(_length(tokenizer, s, a) for a in
+                         [s.answer, s.extra["paraphrased_answer"], *s.extra["perturbed_answer"]])
+               for s in samples}
+    longest |= {h.id: _length(tokenizer, h) for h in holdout}
+    limit = sorted(longest.values())[len(longest) // 2]
+    common = {"forget": samples, "holdout": holdout, "retain_perturbed": samples,
+              "batch_size": 4, "max_new_tokens": 2, "gradnorm": False}
+    result = evaluate_tofu(model, tokenizer, max_length=limit, **common)
+    expected = sum(n > limit for n in longest.values())
+    assert 0 < expected < len(longest) and result["n_truncated"] == expected
+    assert evaluate_tofu(model, tokenizer, **common)["n_truncated"] == 0
 
 
 def test_option_losses_batch_every_variant(tiny):

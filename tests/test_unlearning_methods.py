@@ -391,18 +391,18 @@ def test_rmu_auto_steering_coeff_is_recorded_and_stable_across_resume(setup, tmp
     assert options["forget_hidden_norm"] == pytest.approx(norm, rel=1e-5)
     assert straight.summary["method_options"] == options
 
-    real_step = trainer._train_step
+    real_step = trainer._UnlearnRun.train_step
 
     def killed_at_step_three(*args, **kwargs):
-        if args[-1] == 2:
+        if args[1] == 2:  # (run, step, forget, retain)
             raise KeyboardInterrupt
         return real_step(*args, **kwargs)
 
-    monkeypatch.setattr(trainer, "_train_step", killed_at_step_three)
+    monkeypatch.setattr(trainer._UnlearnRun, "train_step", killed_at_step_three)
     with pytest.raises(KeyboardInterrupt):
         run_unlearning(toy_llama(tokenizer, layers=3), tokenizer, forget, retain, "rmu",
                        out_dir=tmp_path / "resumed", **settings)
-    monkeypatch.setattr(trainer, "_train_step", real_step)
+    monkeypatch.setattr(trainer._UnlearnRun, "train_step", real_step)
     resumed = run_unlearning(toy_llama(tokenizer, layers=3), tokenizer, forget, retain, "rmu",
                              out_dir=tmp_path / "resumed", resume=True, **settings)
     again = json.loads((tmp_path / "resumed" / "config.json").read_text())

@@ -140,6 +140,18 @@ def test_rmu_auto_steering_coeff_is_measured_on_the_samples(tokenizer, tmp_path)
     assert options["steering_coeff"] == pytest.approx(3.0 * sum(norms) / len(norms), rel=1e-5)
 
 
+def test_config_json_counts_the_samples_cut_to_max_length(tokenizer, tmp_path):
+    forget, retain = SAMPLES, toy_samples("r")[4:8]
+    lengths = [len(e.input_ids) for e in encode_samples(tokenizer, forget + retain).samples]
+    limit = sorted(lengths)[len(lengths) // 2]
+    config = StepsToForgetConfig(method="grad_diff", lr=2e-3, max_steps=1, copies=2,
+                                 max_length=limit)
+    steps_to_forget(toy_llama(tokenizer), tokenizer, forget, config=config, out_dir=tmp_path,
+                    retain_samples=retain)
+    recorded = json.loads((tmp_path / "config.json").read_text())
+    assert recorded["n_truncated"] == sum(n > limit for n in lengths) > 0
+
+
 def test_resume_skips_finished_samples(tokenizer, tmp_path, monkeypatch):
     config = StepsToForgetConfig(method="grad_ascent", lr=2e-3, max_steps=6, copies=2)
     full = steps_to_forget(toy_llama(tokenizer), tokenizer, SAMPLES, config=config)

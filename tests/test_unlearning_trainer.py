@@ -13,7 +13,7 @@ import torch
 from tiny_models import toy_llama, toy_tokenizer
 from unlearning_support import toy_samples
 from unlearnscope.data.sample import Sample
-from unlearnscope.data.tokenize import encode_samples, pad_id
+from unlearnscope.data.tokenize import encode_sample, encode_samples, pad_id
 from unlearnscope.errors import DataError
 from unlearnscope.models.generation import greedy_answers, rouge_l_recall
 from unlearnscope.models.logprobs import answer_nll
@@ -94,6 +94,18 @@ def test_run_writes_outcomes_summary_trajectory_and_model(tokenizer, tmp_path):
     assert not (tmp_path / "checkpoint").exists()
 
 
+def test_config_json_counts_the_samples_cut_to_max_length(tokenizer, tmp_path):
+    lengths = [len(encode_sample(tokenizer, s).input_ids) for s in FORGET + RETAIN]
+    prompts = [len(encode_sample(tokenizer, s).prompt_ids) for s in FORGET + RETAIN]
+    limit = sorted(lengths)[len(lengths) // 2]
+    assert max(prompts) < limit
+    run_unlearning(toy_llama(tokenizer), tokenizer, FORGET, RETAIN, "grad_ascent",
+                   out_dir=tmp_path, save=False, max_length=limit, **{**FAST, "epochs": 1})
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["n_truncated"] == sum(n > limit for n in lengths) > 0
+    assert config["options"]["settings"]["max_length"] == limit
+
+
 def test_methods_with_a_retain_term_need_retain_samples(tokenizer):
     with pytest.raises(DataError, match="give retain samples"):
         run_unlearning(toy_llama(tokenizer), tokenizer, FORGET, None, "npo", **FAST)
@@ -104,19 +116,19 @@ def test_resume_after_a_kill_reaches_the_same_final_model(tokenizer, tmp_path, m
     straight = run_unlearning(toy_llama(tokenizer), tokenizer, FORGET, RETAIN, "npo",
                               out_dir=tmp_path / "straight", **settings)
 
-    real_step = trainer._train_step
+    real_step = trainer._UnlearnRun.train_step
 
     def killed_at_step_four(*args, **kwargs):
-        if args[-1] == 3:
+        if args[1] == 3:  # (run, step, forget, retain)
             raise KeyboardInterrupt
         return real_step(*args, **kwargs)
 
-    monkeypatch.setattr(trainer, "_train_step", killed_at_step_four)
+    monkeypatch.setattr(trainer._UnlearnRun, "train_step", killed_at_step_four)
     with pytest.raises(KeyboardInterrupt):
         run_unlearning(toy_llama(tokenizer), tokenizer, FORGET, RETAIN, "npo",
                        out_dir=tmp_path / "resumed", **settings)
     assert (tmp_path / "resumed" / "checkpoint" / "latest" / "progress.json").is_file()
-    monkeypatch.setattr(trainer, "_train_step", real_step)
+    monkeypatch.setattr(trainer._UnlearnRun, "train_step", real_step)
     resumed = run_unlearning(toy_llama(tokenizer), tokenizer, FORGET, RETAIN, "npo",
                              out_dir=tmp_path / "resumed", resume=True, **settings)
     for a, b in zip(straight.model.parameters(), resumed.model.parameters(), strict=True):
@@ -194,15 +206,15 @@ def test_distinct_forget_samples_count_the_run_before_a_resume(tokenizer, tmp_pa
     straight = run_unlearning(toy_llama(tokenizer), tokenizer, forget, None, "grad_ascent",
                               out_dir=tmp_path / "straight", **settings)
     assert straight.summary["distinct_forget_samples_drawn"] == 8
-    real_step = trainer._train_step
+    real_step = trainer._UnlearnRun.train_step
     after_resume: list[int] = []
 
     def killed_at_step_five(*args, **kwargs):
-        if args[-1] == 4:
+        if args[1] == 4:  # (run, step, forget, retain)
             raise KeyboardInterrupt
         return real_step(*args, **kwargs)
 
-    monkeypatch.setattr(trainer, "_train_step", killed_at_step_five)
+    monkeypatch.setattr(trainer._UnlearnRun, "train_step", killed_at_step_five)
     with pytest.raises(KeyboardInterrupt):
         run_unlearning(toy_llama(tokenizer), tokenizer, forget, None, "grad_ascent",
                        out_dir=tmp_path / "resumed", **settings)
@@ -212,17 +224,17 @@ def test_distinct_forget_samples_count_the_run_before_a_resume(tokenizer, tmp_pa
     # A checkpoint without the record cannot give the count: refused, naming the field.
     progress_file.write_text(json.dumps({k: v for k, v in progress.items()
                                          if k != "forget_drawn"}))
-    monkeypatch.setattr(trainer, "_train_step", real_step)
+    monkeypatch.setattr(trainer._UnlearnRun, "train_step", real_step)
     with pytest.raises(DataError, match="forget_drawn"):
         run_unlearning(toy_llama(tokenizer), tokenizer, forget, None, "grad_ascent",
                        out_dir=tmp_path / "resumed", resume=True, **settings)
     progress_file.write_text(json.dumps(progress))
 
     def recorded(*args, **kwargs):
-        after_resume.extend(args[7])  # the step's forget indices
+        after_resume.extend(args[2])  # the step's forget indices
         return real_step(*args, **kwargs)
 
-    monkeypatch.setattr(trainer, "_train_step", recorded)
+    monkeypatch.setattr(trainer._UnlearnRun, "train_step", recorded)
     resumed = run_unlearning(toy_llama(tokenizer), tokenizer, forget, None, "grad_ascent",
                              out_dir=tmp_path / "resumed", resume=True, **settings)
     assert len(after_resume) == 4 and len(set(after_resume)) < 8

@@ -39,8 +39,9 @@ from unlearnscope.anchors.gradient_sketch import GradientSketch, gradient_featur
 from unlearnscope.anchors.projection import project_capped_simplex
 from unlearnscope.anchors.sets import check_k
 from unlearnscope.data.sample import Sample
-from unlearnscope.data.tokenize import encode_samples, iter_batches, pad_id, sequence_limit
+from unlearnscope.data.tokenize import iter_batches, pad_id
 from unlearnscope.errors import DataError, UnknownNameError
+from unlearnscope.models.inputs import encode_for, model_device, move_batch
 from unlearnscope.models.logprobs import mean_answer_nll
 from unlearnscope.progress import progress_bar
 from unlearnscope.runs import check_finite
@@ -65,13 +66,15 @@ class BilevelSettings:
 
 @dataclass
 class BilevelResult:
-    """Disjoint easy and hard sets (highest weight first), the final weights by sample id, and
-    the outer objective at the final weights."""
+    """Disjoint easy and hard sets (highest weight first), the final weights by sample id, the
+    outer objective at the final weights, and how many forget and retain samples were cut to
+    the length limit."""
 
     easy: list[str]
     hard: list[str]
     weights: dict[str, dict[str, float]]
     objective: dict[str, float]
+    n_truncated: int = 0
 
 
 def gram_forgetting(w: torch.Tensor, gram: torch.Tensor, retain_products: torch.Tensor | None,
@@ -168,11 +171,11 @@ def model_loss_functions(model: torch.nn.Module, forget_encoded, retain_encoded,
                                     Callable[[Params], torch.Tensor] | None]:
     """(trainable parameters by name, forget_losses(params) -> `[N]` mean answer NLLs,
     retain_loss(params) -> mean retain NLL or None) of an HF causal LM via `functional_call`."""
-    device = next(model.parameters()).device
+    device = model_device(model)
     params = {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
 
     def batches(encoded):
-        return [{k: v.to(device) for k, v in batch.items()}
+        return [move_batch(batch, device)
                 for _, batch in iter_batches(encoded, batch_size, pad_token_id)]
 
     def losses(params: Params, chunks) -> torch.Tensor:
@@ -222,9 +225,9 @@ def bilevel_anchors(model: torch.nn.Module, tokenizer, forget: Sequence[Sample],
     ids = [s.id for s in forget]
     check_k(k, len(ids))
     pad = pad_id(tokenizer)
-    limit = sequence_limit(tokenizer, model, max_length)
-    forget_encoded = encode_samples(tokenizer, forget, max_length=limit).samples
-    retain_encoded = encode_samples(tokenizer, retain, max_length=limit).samples if retain else []
+    forget_set = encode_for(model, tokenizer, forget, max_length)
+    retain_set = encode_for(model, tokenizer, retain or [], max_length)
+    forget_encoded, retain_encoded = forget_set.samples, retain_set.samples
     if solver == "gram":
         sketch = GradientSketch(sketch_dim, seed=seed, kind=sketch_kind) if sketch_dim else None
         features = gradient_features(model, forget_encoded, pad, sketch=sketch,
@@ -264,4 +267,5 @@ def bilevel_anchors(model: torch.nn.Module, tokenizer, forget: Sequence[Sample],
     easy, hard = round_disjoint(weights["easy"], weights["hard"], ids, k)
     return BilevelResult(easy, hard,
                          {name: dict(zip(ids, w.tolist(), strict=True))
-                          for name, w in weights.items()}, objective)
+                          for name, w in weights.items()}, objective,
+                         forget_set.n_truncated + retain_set.n_truncated)

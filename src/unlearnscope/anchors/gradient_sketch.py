@@ -24,6 +24,7 @@ import torch
 from unlearnscope.data.tokenize import EncodedSample, iter_batches
 from unlearnscope.errors import UnknownNameError
 from unlearnscope.models.gradients import per_sample_gradients, trainable_parameters
+from unlearnscope.models.inputs import model_device, move_batch
 from unlearnscope.models.logprobs import mean_answer_nll
 from unlearnscope.progress import progress_bar
 
@@ -34,10 +35,10 @@ def mean_loss_gradient(model: torch.nn.Module, encoded: Sequence[EncodedSample],
                        pad_token_id: int, *, batch_size: int = 8) -> list[torch.Tensor]:
     """Gradient of the mean answer NLL over `encoded`, per parameter `[1, *param.shape]`."""
     params = trainable_parameters(model)
-    device = params[0].device
+    device = model_device(model)
     total = [torch.zeros((1, *p.shape), dtype=torch.float32, device=device) for p in params]
     for _, batch in iter_batches(encoded, batch_size, pad_token_id):
-        batch = {k: v.to(device) for k, v in batch.items()}
+        batch = move_batch(batch, device)
         with torch.enable_grad():
             logits = model(input_ids=batch["input_ids"],
                            attention_mask=batch["attention_mask"]).logits

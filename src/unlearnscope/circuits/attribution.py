@@ -90,6 +90,7 @@ from unlearnscope.circuits.recorder import GraphRecorder, Writers
 from unlearnscope.data.tokenize import IGNORE_INDEX
 from unlearnscope.errors import DataError, UnknownNameError
 from unlearnscope.models.architecture import ModelParts, model_parts
+from unlearnscope.models.inputs import model_device
 from unlearnscope.progress import progress_bar
 from unlearnscope.runs import check_finite
 
@@ -248,7 +249,7 @@ def default_chunk_size(model: nn.Module, length: int, level: str = "edges") -> i
     layout = graph_layout(model)
     rows = layout.n_forward + (layout.n_backward if level == "edges" else layout.n_forward)
     per_sample = 4 * rows * max(length, 1) * int(model.config.hidden_size)  # float32 bytes
-    device = model_parts(model).embedding.weight.device
+    device = model_device(model)
     budget = (torch.cuda.mem_get_info(device)[0] // 4 if device.type == "cuda"
               else MEMORY_BUDGET)
     return max(1, budget // per_sample)

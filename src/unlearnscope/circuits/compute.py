@@ -26,8 +26,9 @@ from unlearnscope.circuits.store import (
     write_index,
 )
 from unlearnscope.data.sample import Sample
-from unlearnscope.data.tokenize import encode_samples, iter_batches, pad_id, sequence_limit
+from unlearnscope.data.tokenize import iter_batches, pad_id
 from unlearnscope.errors import DataError
+from unlearnscope.models.inputs import encode_for
 from unlearnscope.progress import progress_bar
 
 # What `compute_circuits` (and the `circuits` command, the `cud` scorer) attribute with by default.
@@ -79,8 +80,7 @@ def compute_circuits(model, tokenizer, samples: Sequence[Sample], directory: str
               "baseline": baseline, "rule": rule, "metric": metric}
     done = _start_store(directory, header, header_extra or {}, resume=resume)
     pending = [s for s in samples if s.id not in done]
-    limit = sequence_limit(tokenizer, model, max_length)
-    encoded = encode_samples(tokenizer, distributed.shard(pending), max_length=limit).samples
+    encoded = encode_for(model, tokenizer, distributed.shard(pending), max_length).samples
     # Scores do not depend on the batch composition, so sorting by length only saves padding.
     encoded = sorted(encoded, key=lambda e: len(e.prompt_ids) + len(e.answer_ids))
     writer = ShardWriter(directory, layout, rank=distributed.rank(), shard_size=shard_size)

@@ -113,7 +113,8 @@ def _vote(args: argparse.Namespace) -> AnchorSets:
                                    "data": args.data})
 
 
-def _bilevel(args: argparse.Namespace) -> AnchorSets:
+def _bilevel(args: argparse.Namespace) -> tuple[AnchorSets, int]:
+    """The bilevel anchor sets and how many samples were cut to the length limit."""
     _require(args, {"--model": args.model, "--data": args.data})
     forget = samples_from(args, args.data)
     retain = None
@@ -134,12 +135,12 @@ def _bilevel(args: argparse.Namespace) -> AnchorSets:
     return AnchorSets("bilevel", args.k, result.easy, result.hard, fit_ids, held_out,
                       options=options_of(args),
                       diagnostics={"weights": result.weights, "objective": result.objective,
-                                   "data": args.data})
+                                   "data": args.data}), result.n_truncated
 
 
 def run(args: argparse.Namespace) -> int:
-    anchors = _vote(args) if args.method == "vote" else _bilevel(args)
-    write_config(args.out, "anchors", options_of(args))
+    anchors, n_truncated = (_vote(args), None) if args.method == "vote" else _bilevel(args)
+    write_config(args.out, "anchors", options_of(args), n_truncated=n_truncated)
     path = write_anchors(args.out, anchors)
     print(f"{args.method} anchors from {len(anchors.fit_ids)} samples "
           f"({len(anchors.held_out_ids)} held out) -> {path}")

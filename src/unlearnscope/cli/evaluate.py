@@ -7,7 +7,14 @@ import json
 import re
 from pathlib import Path
 
-from unlearnscope.cli._common import add_model_args, options_of, output_folder, positive_int
+from unlearnscope.cli._common import (
+    add_model_args,
+    check_max_length,
+    load_args_model,
+    options_of,
+    output_folder,
+    positive_int,
+)
 from unlearnscope.data import load_samples
 from unlearnscope.errors import DataError
 from unlearnscope.evaluation.mia import DEFAULT_K
@@ -19,7 +26,7 @@ from unlearnscope.evaluation.tofu import (
 )
 from unlearnscope.models import load_model
 from unlearnscope.models.generation import DEFAULT_MAX_NEW_TOKENS
-from unlearnscope.runs import write_config, write_json, write_parquet
+from unlearnscope.runs import record_truncation, write_config, write_json, write_parquet
 
 BENCHMARKS = ("tofu", "synthetic")
 
@@ -53,6 +60,9 @@ def register(subparsers) -> None:
                         help="use only the first N samples of every split")
     parser.add_argument("--batch-size", type=positive_int, default=16,
                         help="samples per batch (default: %(default)s)")
+    parser.add_argument("--max-length", type=positive_int, default=None,
+                        help="cut sequences to this many tokens (default: the model's "
+                             "context size); the cut samples are counted in config.json")
     parser.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS,
                         help="greedy generation length for ROUGE")
     parser.add_argument("--k", type=float, default=DEFAULT_K,
@@ -142,9 +152,10 @@ def _retain_reference(args: argparse.Namespace, sets: dict[str, list], full_forg
     if args.retain_model:
         model, tokenizer = load_model(args.retain_model, dtype=args.dtype,
                                       trust_remote_code=args.trust_remote_code)
+        check_max_length(args, tokenizer, model)
         reference = retain_reference(model, tokenizer, forget=sets["forget"],
                                      holdout=sets.get("holdout"), batch_size=args.batch_size,
-                                     k=args.k)
+                                     k=args.k, max_length=args.max_length)
         del model
         return dict(reference.truth_ratios), reference.mia_auc, f"model:{args.retain_model}"
     return None, None, None
@@ -152,18 +163,18 @@ def _retain_reference(args: argparse.Namespace, sets: dict[str, list], full_forg
 
 def run(args: argparse.Namespace) -> int:
     sets, full_forget = _load_sets(args)
-    write_config(args.out, "evaluate", options_of(args))
     retain_ratios, retain_auc, reference_source = _retain_reference(args, sets, full_forget)
-    model, tokenizer = load_model(args.model, dtype=args.dtype,
-                                  trust_remote_code=args.trust_remote_code)
+    model, tokenizer = load_args_model(args)
+    write_config(args.out, "evaluate", options_of(args))
     result = evaluate_tofu(
         model, tokenizer, forget=sets["forget"], holdout=sets.get("holdout"),
         retain=sets.get("retain"), retain_perturbed=sets.get("retain_perturbed"),
         real_authors=sets.get("real_authors"), world_facts=sets.get("world_facts"),
         retain_truth_ratios=retain_ratios, retain_mia_auc=retain_auc,
         batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, k=args.k,
-        gradnorm=not args.no_gradnorm,
+        gradnorm=not args.no_gradnorm, max_length=args.max_length,
     )
+    record_truncation(args.out, result["n_truncated"])
     report = metrics_report(
         result, benchmark=args.benchmark, model=args.model, retain_reference=reference_source,
         forget_split=args.forget_split if args.benchmark == "tofu" else "synthetic:forget",

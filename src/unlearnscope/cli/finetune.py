@@ -20,7 +20,7 @@ from unlearnscope.errors import UnlearnscopeError
 from unlearnscope.models.finetune import FinetuneConfig, build_tiny, finetune, finished_run
 from unlearnscope.models.precision import PRECISIONS
 from unlearnscope.models.tiny import TinyConfig
-from unlearnscope.runs import write_config
+from unlearnscope.runs import read_json, record_truncation, write_config
 
 
 def register(subparsers) -> None:
@@ -99,4 +99,7 @@ def run(args: argparse.Namespace) -> int:
     write_config(args.out, "finetune", options_of(args))
     finetune(model, tokenizer, samples, args.out, config, resume=args.resume,
              target_samples=target or None)
+    recorded = read_json(Path(args.out) / "finetune.json")
+    if "n_truncated" in recorded:  # absent from runs finished by an older version
+        record_truncation(args.out, recorded["n_truncated"])
     return 0

@@ -57,6 +57,11 @@ class EncodedDataset:
     def __getitem__(self, index: int) -> EncodedSample:
         return self.samples[index]
 
+    @property
+    def n_truncated(self) -> int:
+        """How many samples lost answer tokens to the length limit."""
+        return len(self.truncated_ids)
+
 
 def uses_chat_template(tokenizer) -> bool:
     return bool(getattr(tokenizer, "chat_template", None))
@@ -140,10 +145,15 @@ def encode_sample(tokenizer, sample: Sample, *, answer: str | None = None,
 
 
 def encode_samples(tokenizer, samples: Sequence[Sample], *, max_length: int | None = None,
-                   on_overflow: str = "truncate") -> EncodedDataset:
-    """Encode a list of samples; truncations are logged with the sample ids, never silent."""
-    encoded = [encode_sample(tokenizer, s, max_length=max_length, on_overflow=on_overflow)
-               for s in samples]
+                   on_overflow: str = "truncate",
+                   answers: Sequence[str] | None = None) -> EncodedDataset:
+    """Encode a list of samples (`answers[i]`, when given, in place of `samples[i]`'s own);
+    truncations are logged with the sample ids, never silent."""
+    if answers is not None and len(answers) != len(samples):
+        raise DataError(f"{len(answers)} answers for {len(samples)} samples", field="answer")
+    encoded = [encode_sample(tokenizer, s, answer=None if answers is None else answers[i],
+                             max_length=max_length, on_overflow=on_overflow)
+               for i, s in enumerate(samples)]
     truncated = [e.sample_id for e in encoded if e.truncated]
     if truncated:
         log.warning("truncated %d of %d samples to %s tokens: %s", len(truncated), len(encoded),

@@ -9,6 +9,7 @@ from unlearnscope.evaluation.mia import (
     privleak,
 )
 from unlearnscope.evaluation.tofu import (
+    Truncation,
     answer_losses,
     answer_statistics,
     closer_to_1_better,
@@ -32,7 +33,7 @@ from unlearnscope.models.answer_stats import (
 from unlearnscope.models.generation import greedy_answers, left_pad, rouge_l_recall
 
 __all__ = [
-    "ATTACKS", "answer_losses", "answer_statistics", "closer_to_1_better",
+    "ATTACKS", "Truncation", "answer_losses", "answer_statistics", "closer_to_1_better",
     "evaluate_tofu", "exact_memorization", "extraction_strength", "forget_quality",
     "gradnorm_scores", "greedy_answers", "harmonic_mean", "left_pad", "metrics_report", "mia_auc",
     "min_k_plus_plus_scores", "min_k_scores", "normalized_probability", "option_losses",

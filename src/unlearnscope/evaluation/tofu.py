@@ -34,7 +34,6 @@ from scipy.stats import hmean, ks_2samp
 from unlearnscope.data.sample import Sample
 from unlearnscope.data.tokenize import (
     EncodedSample,
-    encode_sample,
     iter_batches_by_length,
     pad_id,
 )
@@ -59,6 +58,7 @@ from unlearnscope.models.generation import (
     greedy_answers,
     rouge_l_recall,
 )
+from unlearnscope.models.inputs import encode_for, model_device, move_batch
 from unlearnscope.models.logprobs import answer_nll
 from unlearnscope.progress import progress_bar
 from unlearnscope.runs import check_finite
@@ -145,20 +145,33 @@ def normalized_probability(correct_loss: torch.Tensor, wrong_loss: torch.Tensor,
 
 # ---------------------------------------------------------------- model-facing functions
 
-def _encode(tokenizer, model, samples: Sequence[Sample], answers: Sequence[str] | None = None
-            ) -> list[EncodedSample]:
-    limit = getattr(model.config, "max_position_embeddings", None)
-    return [encode_sample(tokenizer, s, answer=None if answers is None else answers[i],
-                          max_length=limit) for i, s in enumerate(samples)]
+@dataclass
+class Truncation:
+    """The length limit of an evaluation's sequences (`max_length`, None: the model's context
+    size) and the ids of the samples it cut (an answer, or an answer variant, lost tokens)."""
+
+    max_length: int | None = None
+    sample_ids: set[str] = field(default_factory=set)
+
+
+def _encode(model, tokenizer, samples: Sequence[Sample], answers: Sequence[str] | None = None,
+            truncation: Truncation | None = None) -> list[EncodedSample]:
+    truncation = truncation or Truncation()
+    encoded = encode_for(model, tokenizer, samples, truncation.max_length, answers=answers)
+    truncation.sample_ids.update(encoded.truncated_ids)
+    return encoded.samples
 
 
 @torch.no_grad()
 def answer_losses(model, tokenizer, samples: Sequence[Sample], *,
                   answers: Sequence[str] | None = None, batch_size: int = 16,
-                  desc: str = "answer loss") -> torch.Tensor:
+                  desc: str = "answer loss", truncation: Truncation | None = None
+                  ) -> torch.Tensor:
     """Mean answer NLL (EOS included) of each sample's answer, or of `answers[i]` given to
-    `samples[i]`'s question. `[n]` float32. Sequences are batched by length."""
-    encoded = _encode(tokenizer, model, samples, answers)
+    `samples[i]`'s question. `[n]` float32. Sequences are batched by length, cut to
+    `truncation.max_length` (default: the model's context size), the cut samples' ids added to
+    `truncation.sample_ids`; the same for every function here taking a `truncation`."""
+    encoded = _encode(model, tokenizer, samples, answers, truncation)
     losses = answer_nll(model, encoded, pad_id(tokenizer), batch_size=batch_size,
                         desc=desc).float()
     check_finite(losses, desc)
@@ -176,9 +189,9 @@ def _perturbed_options(sample: Sample) -> list[str]:
 
 
 def option_losses(model, tokenizer, samples: Sequence[Sample], *, correct_key: str | None,
-                  batch_size: int = 16, desc: str = "truth ratio") -> tuple[torch.Tensor,
-                                                                             torch.Tensor,
-                                                                             torch.Tensor]:
+                  batch_size: int = 16, desc: str = "truth ratio",
+                  truncation: Truncation | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Mean NLLs of the correct (`extra[correct_key]`, or the answer itself when `None`) and of
     every perturbed answer, all variants of all samples batched together.
 
@@ -195,7 +208,7 @@ def option_losses(model, tokenizer, samples: Sequence[Sample], *, correct_key: s
                                     for _ in opts]
     flat_answers = correct + [o for opts in options for o in opts]
     losses = answer_losses(model, tokenizer, flat_samples, answers=flat_answers,
-                           batch_size=batch_size, desc=desc)
+                           batch_size=batch_size, desc=desc, truncation=truncation)
     n, width = len(samples), max(len(o) for o in options)
     perturbed = torch.zeros((n, width), dtype=torch.float32)
     mask = torch.zeros((n, width), dtype=torch.bool)
@@ -208,11 +221,11 @@ def option_losses(model, tokenizer, samples: Sequence[Sample], *, correct_key: s
 
 
 def sample_truth_ratios(model, tokenizer, samples: Sequence[Sample], *,
-                        correct_key: str | None = PARAPHRASED, batch_size: int = 16
-                        ) -> torch.Tensor:
+                        correct_key: str | None = PARAPHRASED, batch_size: int = 16,
+                        truncation: Truncation | None = None) -> torch.Tensor:
     """Per-sample truth ratio `[n]` (see `truth_ratio`), paraphrased answer as the true one."""
     correct, perturbed, mask = option_losses(model, tokenizer, samples, correct_key=correct_key,
-                                             batch_size=batch_size)
+                                             batch_size=batch_size, truncation=truncation)
     return truth_ratio(correct, perturbed, mask)
 
 
@@ -229,22 +242,24 @@ class AnswerStatistics:
 @torch.no_grad()
 def answer_statistics(model, tokenizer, samples: Sequence[Sample], *, batch_size: int = 16,
                       k: float = DEFAULT_K, include_eos: bool = INCLUDE_EOS,
-                      desc: str = "answer statistics") -> AnswerStatistics:
+                      desc: str = "answer statistics", truncation: Truncation | None = None
+                      ) -> AnswerStatistics:
     """One forward pass per batch gives the answer loss, exact memorization, extraction
     strength and the loss / zlib / min-k / min-k++ attack scores of every sample.
 
     The loss (and zlib) counts the closing EOS; exact memorization, extraction strength, min-k
     and min-k++ count it only with `include_eos` (open-unlearning's rule, the default, leaves
     it out; `models.answer_stats`)."""
-    encoded = _encode(tokenizer, model, samples)
+    encoded = _encode(model, tokenizer, samples, truncation=truncation)
+    device = model_device(model)
     n = len(encoded)
     nll, em, es = np.zeros(n), np.zeros(n), np.zeros(n)
     scores = {name: np.zeros(n) for name in ("loss", "zlib", "min_k", "min_k_plus_plus")}
     batches = list(iter_batches_by_length(encoded, batch_size, pad_id(tokenizer)))
     for indices, batch in progress_bar(batches, desc=desc, leave=False):
-        logits = model(input_ids=batch["input_ids"].to(model.device),
-                       attention_mask=batch["attention_mask"].to(model.device)).logits
-        stats = token_stats(logits, batch["labels"].to(model.device), tokenizer.eos_token_id,
+        batch = move_batch(batch, device)
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        stats = token_stats(logits, batch["labels"], tokenizer.eos_token_id,
                             with_vocab_stats=True)
         tokens = stats.mask(include_eos=include_eos)
         nll[indices] = mean_nll(stats.logprobs, stats.mask(include_eos=True)).cpu().numpy()
@@ -259,10 +274,11 @@ def answer_statistics(model, tokenizer, samples: Sequence[Sample], *, batch_size
 
 
 def gradnorm_attack(model, tokenizer, samples: Sequence[Sample], *, batch_size: int = 16,
-                    desc: str = "gradnorm") -> np.ndarray:
+                    desc: str = "gradnorm", truncation: Truncation | None = None) -> np.ndarray:
     """Gradient-norm attack scores `[n]` (see `mia.gradnorm_scores`)."""
-    return gradnorm_scores(model, _encode(tokenizer, model, samples), pad_id(tokenizer),
-                           tokenizer.eos_token_id, batch_size=batch_size, desc=desc)
+    return gradnorm_scores(model, _encode(model, tokenizer, samples, truncation=truncation),
+                           pad_id(tokenizer), tokenizer.eos_token_id, batch_size=batch_size,
+                           desc=desc)
 
 
 # ---------------------------------------------------------------- the whole evaluation
@@ -293,20 +309,26 @@ def _aligned_retain_ratios(retain: Mapping[str, float] | Sequence[float], ids: S
 
 def retain_reference(model, tokenizer, *, forget: Sequence[Sample],
                      holdout: Sequence[Sample] | None = None, batch_size: int = 16,
-                     k: float = DEFAULT_K) -> RetainReference:
+                     k: float = DEFAULT_K, max_length: int | None = None) -> RetainReference:
     """Evaluate a retain model for forget quality (per-sample forget truth ratios, keyed by
-    sample id) and privleak (its min-k AUC, when a holdout set is given)."""
-    ratios = sample_truth_ratios(model, tokenizer, forget, batch_size=batch_size)
+    sample id) and privleak (its min-k AUC, when a holdout set is given), sequences cut to
+    `max_length` (default: the model's context size)."""
+    truncation = Truncation(max_length)
+    ratios = sample_truth_ratios(model, tokenizer, forget, batch_size=batch_size,
+                                 truncation=truncation)
     auc = None
     if holdout:
-        f = answer_statistics(model, tokenizer, forget, batch_size=batch_size, k=k)
-        h = answer_statistics(model, tokenizer, holdout, batch_size=batch_size, k=k)
+        f = answer_statistics(model, tokenizer, forget, batch_size=batch_size, k=k,
+                              truncation=truncation)
+        h = answer_statistics(model, tokenizer, holdout, batch_size=batch_size, k=k,
+                              truncation=truncation)
         auc = mia_auc(f.attack_scores[PRIVLEAK_ATTACK], h.attack_scores[PRIVLEAK_ATTACK])
     return RetainReference({s.id: float(r) for s, r in zip(forget, ratios, strict=True)}, auc)
 
 
 def _utility_split(model, tokenizer, name: str, samples: Sequence[Sample], *, batch_size: int,
-                   max_new_tokens: int) -> tuple[dict[str, float], pd.DataFrame]:
+                   max_new_tokens: int, truncation: Truncation
+                   ) -> tuple[dict[str, float], pd.DataFrame]:
     """Probability, ROUGE and truth ratio of one utility split (named with open-unlearning's
     prefixes: retain / ra / wf)."""
     prefix = UTILITY_SPLITS[name]
@@ -314,7 +336,8 @@ def _utility_split(model, tokenizer, name: str, samples: Sequence[Sample], *, ba
     options = None
     if _has_truth_ratio_fields(samples, correct_key):
         options = option_losses(model, tokenizer, samples, correct_key=correct_key,
-                                batch_size=batch_size, desc=f"{name} truth ratio")
+                                batch_size=batch_size, desc=f"{name} truth ratio",
+                                truncation=truncation)
     else:
         log.warning("%s samples lack %s; no truth ratio for it", name,
                     PERTURBED if correct_key is None else f"{correct_key}/{PERTURBED}")
@@ -322,7 +345,7 @@ def _utility_split(model, tokenizer, name: str, samples: Sequence[Sample], *, ba
         losses = options[0]  # the correct option is the answer itself
     else:
         losses = answer_losses(model, tokenizer, samples, batch_size=batch_size,
-                               desc=f"{name} loss")
+                               desc=f"{name} loss", truncation=truncation)
     prob = torch.exp(-losses)
     generations = greedy_answers(model, tokenizer, samples, batch_size=batch_size,
                                  max_new_tokens=max_new_tokens, desc=f"{name} generate")
@@ -365,7 +388,7 @@ def evaluate_tofu(model, tokenizer, *, forget: Sequence[Sample],
                   retain_truth_ratios: Mapping[str, float] | Sequence[float] | None = None,
                   retain_mia_auc: float | None = None, batch_size: int = 16,
                   max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, k: float = DEFAULT_K,
-                  gradnorm: bool = True) -> dict:
+                  gradnorm: bool = True, max_length: int | None = None) -> dict:
     """All TOFU metrics of one model.
 
     `forget` gives probability, ROUGE, exact memorization, extraction strength and the MIA
@@ -376,15 +399,17 @@ def evaluate_tofu(model, tokenizer, *, forget: Sequence[Sample],
     is left out of the harmonic mean and listed. `retain_truth_ratios` (per-sample forget truth
     ratios of a retain model, keyed by sample id or in order) and `retain_mia_auc` (its min-k
     AUC) enable forget quality and privleak; without them those are `None` with the reason in
-    `missing`.
+    `missing`. Sequences are cut to `max_length` tokens (default: the model's context size).
 
     Returns `{"metrics": {name: float | None}, "missing": {name: reason},
     "utility_components": [names], "forget_truth_ratios": {sample_id: R},
-    "per_sample": DataFrame}` (one row per sample and split, NaN where not applicable).
+    "per_sample": DataFrame, "n_truncated": int}` (`per_sample`: one row per sample and split,
+    NaN where not applicable; `n_truncated`: the samples with a sequence cut to the limit).
     """
     if not forget:
         raise DataError("the forget set is empty")
-    run = _TofuRun(model, tokenizer, batch_size=batch_size, max_new_tokens=max_new_tokens, k=k)
+    run = _TofuRun(model, tokenizer, batch_size=batch_size, max_new_tokens=max_new_tokens, k=k,
+                   truncation=Truncation(max_length))
     stats, forget_table = run.forget_split(forget)
     run.tables.append(forget_table)
     forget_ratios = run.truth_ratios(forget if forget_perturbed is None else forget_perturbed,
@@ -397,20 +422,22 @@ def evaluate_tofu(model, tokenizer, *, forget: Sequence[Sample],
                               "world_facts": world_facts})
     return {"metrics": run.metrics, "missing": run.missing, "utility_components": components,
             "forget_truth_ratios": forget_ratios,
-            "per_sample": pd.concat(run.tables, ignore_index=True)}
+            "per_sample": pd.concat(run.tables, ignore_index=True),
+            "n_truncated": len(run.truncation.sample_ids)}
 
 
 @dataclass
 class _TofuRun:
     """One model's TOFU evaluation in progress: each method computes one group of metrics into
     `metrics` (None where it cannot, with the reason in `missing`) and its per-sample rows
-    into `tables`."""
+    into `tables`; `truncation` collects the samples cut to its length limit."""
 
     model: object
     tokenizer: object
     batch_size: int
     max_new_tokens: int
     k: float
+    truncation: Truncation = field(default_factory=Truncation)
     metrics: dict[str, float | None] = field(default_factory=dict)
     missing: dict[str, str] = field(default_factory=dict)
     tables: list[pd.DataFrame] = field(default_factory=list)
@@ -419,7 +446,7 @@ class _TofuRun:
         """Probability, ROUGE, exact memorization, extraction strength and the MIA statistics
         of the forget samples: their statistics and per-sample table."""
         stats = answer_statistics(self.model, self.tokenizer, forget, batch_size=self.batch_size,
-                                  k=self.k, desc="forget statistics")
+                                  k=self.k, desc="forget statistics", truncation=self.truncation)
         generations = greedy_answers(self.model, self.tokenizer, forget,
                                      batch_size=self.batch_size,
                                      max_new_tokens=self.max_new_tokens, desc="forget generate")
@@ -448,7 +475,7 @@ class _TofuRun:
                                                   f"and {PERTURBED} fields")
             return {}
         ratios = sample_truth_ratios(self.model, self.tokenizer, samples,
-                                     batch_size=self.batch_size)
+                                     batch_size=self.batch_size, truncation=self.truncation)
         by_id = {s.id: float(r) for s, r in zip(samples, ratios, strict=True)}
         self.metrics["forget_truth_ratio"] = closer_to_1_better(ratios)
         if forget_table is not None:
@@ -486,13 +513,15 @@ class _TofuRun:
             return
         h_stats = answer_statistics(self.model, self.tokenizer, holdout,
                                     batch_size=self.batch_size, k=self.k,
-                                    desc="holdout statistics")
+                                    desc="holdout statistics", truncation=self.truncation)
         forget_scores, holdout_scores = dict(stats.attack_scores), dict(h_stats.attack_scores)
         if gradnorm:
             forget_scores["gradnorm"] = gradnorm_attack(self.model, self.tokenizer, forget,
-                                                        batch_size=self.batch_size)
+                                                        batch_size=self.batch_size,
+                                                        truncation=self.truncation)
             holdout_scores["gradnorm"] = gradnorm_attack(self.model, self.tokenizer, holdout,
-                                                         batch_size=self.batch_size)
+                                                         batch_size=self.batch_size,
+                                                         truncation=self.truncation)
             forget_table["mia_gradnorm"] = forget_scores["gradnorm"]
         else:
             self.missing["mia_gradnorm"] = "gradnorm attack switched off"
@@ -520,7 +549,8 @@ class _TofuRun:
                 continue
             split_metrics, table = _utility_split(self.model, self.tokenizer, name, samples,
                                                   batch_size=self.batch_size,
-                                                  max_new_tokens=self.max_new_tokens)
+                                                  max_new_tokens=self.max_new_tokens,
+                                                  truncation=self.truncation)
             self.metrics.update(split_metrics)
             self.tables.append(table)
         components = _utility_components(self.metrics)

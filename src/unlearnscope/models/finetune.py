@@ -28,10 +28,9 @@ from transformers import get_scheduler
 from unlearnscope.data.sample import Sample
 from unlearnscope.data.tokenize import (
     collate,
-    encode_samples,
     pad_id,
-    sequence_limit,
 )
+from unlearnscope.models.inputs import encode_for
 from unlearnscope.models.loading import MODEL_SUBDIR, load_model
 from unlearnscope.models.logprobs import answer_nll, mean_answer_nll
 from unlearnscope.models.precision import check_precision, training_autocast
@@ -78,7 +77,7 @@ def build_tiny(samples: Sequence[Sample], *, seed: int = 0, config: TinyConfig |
 def mean_answer_prob(model, tokenizer, samples: Sequence[Sample], *, batch_size: int = 16,
                      max_length: int | None = None) -> float:
     """Mean over samples of exp(-mean answer NLL)."""
-    encoded = encode_samples(tokenizer, samples, max_length=max_length).samples
+    encoded = encode_for(model, tokenizer, samples, max_length).samples
     nll = answer_nll(model, encoded, pad_id(tokenizer), batch_size=batch_size)
     return float(torch.exp(-nll).mean())
 
@@ -121,7 +120,8 @@ def finetune(model, tokenizer, samples: Sequence[Sample], out_dir: str | Path,
     forget + retain run) reaches it.
     Writes `out_dir/model/` with `save_pretrained` weights and the tokenizer (load it with
     `load_model(out_dir)`), `out_dir/finetune.json` with the final mean answer probability
-    on the training data, the number of epochs trained and, with `target_prob`, the target
+    on the training data, the number of epochs trained, the training samples cut to the length
+    limit (`n_truncated`) and, with `target_prob`, the target
     samples' mean answer probability after each epoch (`target_prob_by_epoch`, the last is the
     saved model's) and their number (`n_target_samples`), and `out_dir/training.parquet`, one
     row per optimizer update: `update` (1, 2, ...), `epoch`, `lr` (the rate that update used)
@@ -139,8 +139,8 @@ def finetune(model, tokenizer, samples: Sequence[Sample], out_dir: str | Path,
     accelerator = Accelerator(gradient_accumulation_steps=config.grad_accum,
                               cpu=not torch.cuda.is_available())
     set_seed(config.seed)
-    limit = sequence_limit(tokenizer, model, config.max_length)
-    encoded = encode_samples(tokenizer, samples, max_length=limit).samples
+    training_set = encode_for(model, tokenizer, samples, config.max_length)
+    encoded = training_set.samples
     sampler = EpochPermutation(len(encoded), config.seed)
     loader = DataLoader(encoded, batch_size=config.batch_size, sampler=sampler,
                         collate_fn=partial(collate, pad_token_id=pad_id(tokenizer)))
@@ -201,7 +201,7 @@ def finetune(model, tokenizer, samples: Sequence[Sample], out_dir: str | Path,
         epochs_trained = epoch + 1
         if config.target_prob is not None:
             prob = mean_answer_prob(accelerator.unwrap_model(model), tokenizer, target,
-                                    max_length=limit)
+                                    max_length=config.max_length)
             target_probs.append(prob)
             log.info("epoch %d: mean answer probability %.4f on the %d target samples",
                      epoch + 1, prob, len(target))
@@ -215,7 +215,7 @@ def finetune(model, tokenizer, samples: Sequence[Sample], out_dir: str | Path,
     bar.close()
     model = accelerator.unwrap_model(model)
     model.eval()
-    final_prob = mean_answer_prob(model, tokenizer, samples, max_length=limit)
+    final_prob = mean_answer_prob(model, tokenizer, samples, max_length=config.max_length)
     if accelerator.is_main_process:
         if save:
             model.save_pretrained(out / MODEL_SUBDIR, safe_serialization=True)
@@ -224,7 +224,8 @@ def finetune(model, tokenizer, samples: Sequence[Sample], out_dir: str | Path,
                     {"target_prob_by_epoch": target_probs, "n_target_samples": len(target)})
         write_json(out / "finetune.json", {"mean_answer_prob": final_prob,
                                            "epochs_trained": epochs_trained,
-                                           "n_samples": len(samples), **targeted,
+                                           "n_samples": len(samples),
+                                           "n_truncated": training_set.n_truncated, **targeted,
                                            **asdict(config)})
         write_parquet(out / "training.parquet",
                       pd.DataFrame(history, columns=["update", "epoch", "lr", "loss"]))

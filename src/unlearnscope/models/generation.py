@@ -15,6 +15,7 @@ from rouge_score import rouge_scorer
 
 from unlearnscope.data.sample import Sample
 from unlearnscope.data.tokenize import encode_sample, pad_id
+from unlearnscope.models.inputs import model_device
 from unlearnscope.progress import progress_bar
 
 DEFAULT_MAX_NEW_TOKENS = 200
@@ -53,7 +54,7 @@ def greedy_answers(model, tokenizer, samples: Sequence[Sample], *, batch_size: i
     pad = pad_id(tokenizer)
     eos = tokenizer.eos_token_id
     answers: list[str] = [""] * len(samples)
-    device = next(model.parameters()).device
+    device = model_device(model)
     was_training = model.training
     model.eval()
     starts = range(0, len(order), batch_size)

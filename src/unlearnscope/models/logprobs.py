@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from unlearnscope.data.tokenize import IGNORE_INDEX, iter_batches_by_length
+from unlearnscope.models.inputs import model_device, move_batch
 from unlearnscope.progress import progress_bar
 
 
@@ -53,13 +54,13 @@ def answer_nll(model, encoded, pad_token_id: int, *, batch_size: int = 16,
                desc: str | None = None) -> torch.Tensor:
     """Mean answer NLL of each encoded sample: `[n_samples]` float64 in the order of `encoded`,
     batched by length, eval mode; `desc` shows a progress bar over batches."""
-    device = next(model.parameters()).device
+    device = model_device(model)
     was_training = model.training
     model.eval()
     out = torch.empty(len(encoded), dtype=torch.float64)
     batches = list(iter_batches_by_length(encoded, batch_size, pad_token_id))
     for indices, batch in progress_bar(batches, desc=desc, leave=False, disable=desc is None):
-        batch = {k: v.to(device) for k, v in batch.items()}
+        batch = move_batch(batch, device)
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         out[indices] = mean_answer_nll(logits, batch["labels"]).double().cpu()
     model.train(was_training)

@@ -16,6 +16,7 @@ import torch
 from unlearnscope.data.sample import Sample
 from unlearnscope.data.tokenize import EncodedSample, iter_batches, pad_id
 from unlearnscope.errors import DataError, UnknownNameError
+from unlearnscope.models.inputs import model_device, move_batch
 
 SCORERS: dict[str, type[Scorer]] = {}
 
@@ -116,20 +117,16 @@ class LogitScorer(Scorer):
                                  batch_size=batch_size)[self.name]
 
 
-def _device_of(model) -> torch.device:
-    return next(model.parameters()).device
-
-
 @torch.no_grad()
 def run_logit_scorers(scorers: Sequence[LogitScorer], model, tokenizer,
                       samples: Sequence[Sample], encoded: Sequence[EncodedSample], *,
                       batch_size: int,
                       on_batch: Callable[[int], None] | None = None) -> dict[str, torch.Tensor]:
     """One forward pass per batch, shared by all `scorers`: name -> `[n_samples]` float64."""
-    device = _device_of(model)
+    device = model_device(model)
     out = {s.name: torch.empty(len(encoded), dtype=torch.float64) for s in scorers}
     for indices, batch in iter_batches(encoded, batch_size, pad_id(tokenizer)):
-        batch = {k: v.to(device) for k, v in batch.items()}
+        batch = move_batch(batch, device)
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         chunk = [samples[i] for i in indices]
         for scorer in scorers:

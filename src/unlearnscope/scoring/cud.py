@@ -69,12 +69,11 @@ from unlearnscope.data import load_samples
 from unlearnscope.data.sample import Sample
 from unlearnscope.data.tokenize import (
     EncodedSample,
-    encode_samples,
     iter_batches,
-    model_max_length,
     pad_id,
 )
 from unlearnscope.errors import DataError, UnknownNameError
+from unlearnscope.models.inputs import encode_for
 from unlearnscope.runs import check_finite
 from unlearnscope.scoring.base import Scorer, register_scorer
 
@@ -337,8 +336,7 @@ class CUD(Scorer):
             scores = self._stored(ids)
         else:
             anchor_samples = self._anchor_samples(set(ids), samples)
-            encoded = encode_samples(tokenizer, anchor_samples,
-                                     max_length=model_max_length(tokenizer, model)).samples
+            encoded = encode_for(model, tokenizer, anchor_samples).samples
             scores = self._attribute(model, tokenizer, encoded, batch_size)
             ids = [s.id for s in anchor_samples]
         return dict(zip(ids, scores, strict=True))

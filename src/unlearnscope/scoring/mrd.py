@@ -38,6 +38,7 @@ from unlearnscope.data.tokenize import (
     pad_id,
 )
 from unlearnscope.models.gradients import per_sample_gradient_norms
+from unlearnscope.models.inputs import model_device, move_batch
 from unlearnscope.models.logprobs import shift_labels
 from unlearnscope.progress import progress_bar
 from unlearnscope.scoring.base import Scorer, is_number, option_error, register_scorer
@@ -125,7 +126,7 @@ def device_batches(encoded: Sequence[EncodedSample], batch_size: int, pad_token_
     Batches are formed in order of sequence length, so that little compute goes to padding
     (the K perturbed passes repeat whatever padding a batch carries).
     """
-    return [(indices, {k: v.to(device) for k, v in batch.items()})
+    return [(indices, move_batch(batch, device))
             for indices, batch in iter_batches_by_length(encoded, batch_size, pad_token_id)]
 
 
@@ -153,7 +154,7 @@ def monte_carlo_mrd(model, encoded: Sequence[EncodedSample], pad_token_id: int, 
     """
     model = full_precision(model)
     weights = list(model.parameters())
-    device = weights[0].device
+    device = model_device(model)
     batches = device_batches(encoded, batch_size, pad_token_id, device)
     base = answer_logprobs(model, batches, len(encoded))
     noise = SharedNoise(weights, sigma=sigma, seed=seed)
@@ -189,7 +190,7 @@ def _single_sample_batches(encoded: Sequence[EncodedSample], pad_token_id: int,
                            device: torch.device) -> Iterator[dict[str, torch.Tensor]]:
     for sample in progress_bar(encoded, desc="mrd gradients", unit="sample", leave=False,
                                disable=not _show_bar()):
-        yield {k: v.to(device) for k, v in collate([sample], pad_token_id).items()}
+        yield move_batch(collate([sample], pad_token_id), device)
 
 
 def _logprob_of(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:

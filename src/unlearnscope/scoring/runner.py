@@ -26,8 +26,8 @@ import torch
 
 from unlearnscope import distributed
 from unlearnscope.data.sample import Sample
-from unlearnscope.data.tokenize import encode_samples, sequence_limit
 from unlearnscope.errors import DataError
+from unlearnscope.models.inputs import encode_for
 from unlearnscope.progress import progress_bar
 from unlearnscope.runs import (
     ProgressLog,
@@ -213,14 +213,13 @@ def score_samples(model, tokenizer, samples: Sequence[Sample], scorers: Sequence
                if any((s.id, name, digest) not in done for name, digest in keys)]
     mine = distributed.shard(pending)
     progress = ProgressLog(out / PROGRESS_DIR / f"scores-rank{distributed.rank()}.jsonl")
-    limit = sequence_limit(tokenizer, model, max_length)
     bar = progress_bar(total=len(pending), desc="scoring", unit="sample",
                        disable=not distributed.is_main(), initial=0)
     for start in range(0, len(mine), chunk_size):
         chunk_samples = [samples[i] for i in mine[start:start + chunk_size]]
         todo = [s for s in scorers
                 if any((x.id, s.name, digests[s.name]) not in done for x in chunk_samples)]
-        encoded = encode_samples(tokenizer, chunk_samples, max_length=limit).samples
+        encoded = encode_for(model, tokenizer, chunk_samples, max_length).samples
         values = _score_chunk(todo, model, tokenizer, chunk_samples, encoded, batch_size, bar)
         progress.append({"sample_id": sample.id, "scorer": name, "options": digests[name],
                          "value": float(values[name][row])}

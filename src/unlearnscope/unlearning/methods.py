@@ -31,6 +31,7 @@ from torch import nn
 from unlearnscope.data.tokenize import IGNORE_INDEX, EncodedSample, iter_batches_by_length
 from unlearnscope.errors import DataError, UnknownNameError
 from unlearnscope.models.architecture import decoder_layers
+from unlearnscope.models.inputs import model_device, move_batch
 from unlearnscope.models.logprobs import mean_answer_nll, sequence_logprob
 from unlearnscope.unlearning import losses
 
@@ -391,12 +392,12 @@ class RMU(UnlearningMethod):
         """Mean L2 norm of block `layer`'s output (a `[d_model]` vector per position) over the
         answer positions (`labels != -100`) of `forget`, every token of every sample pooled,
         with `model` in eval mode."""
-        device = next(model.parameters()).device
+        device = model_device(model)
         was_training = model.training
         model.eval()
         total, count = 0.0, 0
         for _, batch in iter_batches_by_length(forget, batch_size, pad_token_id):
-            batch = {k: v.to(device) for k, v in batch.items()}
+            batch = move_batch(batch, device)
             norms = self.hidden_state(model, batch).double().norm(dim=-1)
             answer = batch["labels"] != IGNORE_INDEX
             total += float(norms[answer].sum())

@@ -42,8 +42,9 @@ from torch.func import functional_call, grad, vmap
 
 from unlearnscope import distributed
 from unlearnscope.data.sample import Sample
-from unlearnscope.data.tokenize import collate, encode_samples, pad_id, sequence_limit
+from unlearnscope.data.tokenize import EncodedDataset, collate, pad_id
 from unlearnscope.errors import DataError
+from unlearnscope.models.inputs import encode_for, move_batch
 from unlearnscope.models.logprobs import mean_answer_nll
 from unlearnscope.progress import progress_bar
 from unlearnscope.runs import ProgressLog, check_finite, write_config, write_parquet
@@ -141,7 +142,7 @@ def _run_chunk(model, unlearner: UnlearningMethod, reference, encoded, retain, r
         retain_batch = None
         if retain:
             chosen = [retain[i] for i in retain_stream.draw(config.retain_batch_size)]
-            retain_batch = {k: v.to(device) for k, v in _without_mask(collate(chosen, pad)).items()}
+            retain_batch = move_batch(_without_mask(collate(chosen, pad)), device)
         grads = gradients(stacked, forget, retain_batch)
         check_finite(torch.stack([g.flatten(1).sum(1) for g in grads.values()]),
                      f"{config.method} gradient at step {step}")
@@ -201,27 +202,27 @@ def steps_to_forget(model, tokenizer, samples: list[Sample], *,
     state = distributed.process_state()
     device = state.device
     model.to(device).eval()
-    limit = sequence_limit(tokenizer, model, config.max_length)
     pad = pad_id(tokenizer)
-    retain = (encode_samples(tokenizer, retain_samples, max_length=limit).samples
-              if unlearner.uses_retain else [])
+    retain = (encode_for(model, tokenizer, retain_samples, config.max_length)
+              if unlearner.uses_retain else EncodedDataset([]))
     reference = None
     if unlearner.uses_reference:
         reference = copy.deepcopy(model).requires_grad_(False)
-    unlearner.prepare(model, encode_samples(tokenizer, samples, max_length=limit).samples,
-                      pad_token_id=pad)
+    forget = encode_for(model, tokenizer, samples, config.max_length)
+    unlearner.prepare(model, forget.samples, pad_token_id=pad)
     trainable = [p for p in model.parameters() if p.requires_grad]
     copies = config.copies or auto_copies(trainable, config.memory_budget_gb)
     if out is not None and state.is_main_process:
         write_config(out, "steps-to-forget", {**(run_options or {}), "settings": asdict(config),
                                               "method_options": unlearner.options,
-                                              "copies": copies, "n_samples": len(samples)})
+                                              "copies": copies, "n_samples": len(samples)},
+                     n_truncated=forget.n_truncated + retain.n_truncated)
 
     done_records = _read_progress(out) if resume and out is not None else []
     done = {r["sample_id"] for r in done_records}
     todo = [s for s in samples if s.id not in done]
     mine = distributed.shard(todo)
-    encoded = encode_samples(tokenizer, mine, max_length=limit).samples
+    encoded = encode_for(model, tokenizer, mine, config.max_length).samples
     progress = None if out is None else ProgressLog(out / f"progress-{state.process_index}.jsonl")
     retain_stream = UniformStream(max(len(retain), 1), config.seed + 1)
     records: list[dict[str, Any]] = []

@@ -37,8 +37,9 @@ from accelerate.utils import set_seed
 from transformers import get_scheduler
 
 from unlearnscope.data.sample import Sample
-from unlearnscope.data.tokenize import collate, encode_samples, pad_id, sequence_limit
+from unlearnscope.data.tokenize import EncodedSample, collate, pad_id
 from unlearnscope.errors import DataError
+from unlearnscope.models.inputs import encode_for, move_batch
 from unlearnscope.models.precision import training_autocast
 from unlearnscope.progress import progress_bar
 from unlearnscope.runs import (
@@ -58,7 +59,12 @@ from unlearnscope.unlearning.outcomes import (
     loss_summary,
     outcome_table,
 )
-from unlearnscope.unlearning.samplers import UniformStream, build_stream, load_difficulty
+from unlearnscope.unlearning.samplers import (
+    EpochStream,
+    UniformStream,
+    build_stream,
+    load_difficulty,
+)
 
 log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint"
@@ -258,137 +264,38 @@ def run_unlearning(model, tokenizer, forget_samples: list[Sample],
     (`UnlearnConfig`), e.g. `run_unlearning(m, tok, forget, retain, "npo", epochs=5, lr=1e-4,
     schedule="weighted", difficulty="scores.parquet", scorer="mrd")`. With `out_dir`, the
     run folder files of the module docstring are written (by the main process), and
-    `config.json` with `run_options` (e.g. the command line) plus every resolved setting.
+    `config.json` with `run_options` (e.g. the command line) plus every resolved setting, and
+    `n_truncated`, the forget and retain samples cut to `max_length` (default: the model's
+    context size).
     """
+    config = _resolved_config(config, method, settings)
+    if not forget_samples:
+        raise DataError("the forget set is empty")
+    out = None if out_dir is None else Path(out_dir)
+    if resume and out is not None:
+        check_resume(out, config)
+    run = _UnlearnRun(model, tokenizer, config, out, list(forget_samples),
+                      list(retain_samples or []))
+    run.setup()
+    run.build_streams(difficulty, scorer)
+    run.measure_before(resume)
+    run.prepare_method(run_options)
+    run.prepare_optimizer()
+    run.restore()
+    run.train()
+    return run.finish(save)
+
+
+def _resolved_config(config: UnlearnConfig | None, method: str | None,
+                     settings: dict[str, Any]) -> UnlearnConfig:
+    """A copy of `config` (default `UnlearnConfig()`) with `method` and `settings` set; an
+    unknown setting is a `TypeError`."""
     config = copy.deepcopy(config or UnlearnConfig())
     for key, value in {**settings, **({"method": method} if method else {})}.items():
         if not hasattr(config, key):
             raise TypeError(f"run_unlearning got an unknown setting '{key}'")
         setattr(config, key, value)
-    if not forget_samples:
-        raise DataError("the forget set is empty")
-    retain_samples = list(retain_samples or [])
-    out = None if out_dir is None else Path(out_dir)
-    if resume and out is not None:
-        check_resume(out, config)
-    unlearner = get_method(config.method, **config.method_options)
-    if unlearner.uses_retain and not retain_samples:
-        raise DataError(f"method '{config.method}' has a retain term (alpha="
-                        f"{unlearner.alpha}, {unlearner.retain_loss}): give retain samples, or "
-                        "set alpha=0")
-
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
-    set_seed(config.seed)
-    limit = sequence_limit(tokenizer, model, config.max_length)
-    pad = pad_id(tokenizer)
-    forget = encode_samples(tokenizer, forget_samples, max_length=limit).samples
-    retain = encode_samples(tokenizer, retain_samples, max_length=limit).samples
-    forget_ids = [s.id for s in forget_samples]
-    if len(set(forget_ids)) != len(forget_ids):
-        raise DataError("forget sample ids are not unique", field="id")
-    retain_eval = _retain_eval_subset(retain, config)
-    plan = plan_steps(config, len(forget), accelerator.num_processes)
-    if accelerator.is_main_process:
-        warn_about_idle_steps(plan)
-    scored = ((None, None, None) if difficulty is None
-              else load_difficulty(difficulty, forget_ids, scorer))
-    forget_stream = build_stream(
-        config.schedule, len(forget), seed=config.seed,
-        total_slots=plan.total_steps * plan.global_batch, scorer=scored[0], value=scored[1],
-        difficulty=scored[2], chunks=config.curriculum_chunks or config.epochs)
-    retain_stream = UniformStream(len(retain), config.seed + 1) if unlearner.uses_retain else None
-    checkpoints = _Checkpointer(accelerator, out)
-    resuming = resume and checkpoints.has_state()
-
-    model.to(accelerator.device)
-    tracked: list[dict] = []
-    before = checkpoints.read_before() if resuming else None
-    if before is None:
-        before = _evaluate(model, tokenizer, forget_samples, forget, retain_eval, pad, config,
-                           "before")
-        checkpoints.write_before(before)
-        if checkpoints.trajectory is not None and accelerator.is_main_process:
-            checkpoints.trajectory.clear()
-        if config.track_every:
-            _track(tracked, checkpoints, accelerator, 0, forget_ids,
-                   np.asarray(before["forget_loss"]))
-
-    reference = None
-    if unlearner.uses_reference:
-        reference = copy.deepcopy(model).eval().requires_grad_(False)
-    unlearner.prepare(model, forget, pad_token_id=pad)
-    masker = _masked_updates(model, config, forget_ids)
-    if out is not None and accelerator.is_main_process:
-        write_config(out, "unlearn", {**(run_options or {}), "settings": asdict(config),
-                                      "method_options": unlearner.options,
-                                      "circuit_mask": None if masker is None
-                                      else masker.mask.details,
-                                      "n_forget": len(forget), "n_retain": len(retain),
-                                      "steps": plan.total_steps,
-                                      "steps_with_lr": plan.steps_with_lr, "resumed": resuming})
-    model.train()
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
-    scheduler = get_scheduler(config.lr_scheduler, optimizer,
-                              num_warmup_steps=plan.warmup_steps,
-                              num_training_steps=plan.total_steps)
-    # The scheduler is stepped by hand once per optimizer step; preparing it would make
-    # Accelerate step it once per process.
-    model, optimizer = accelerator.prepare(model, optimizer)
-    accelerator.register_for_checkpointing(scheduler)
-
-    start, history = 0, []
-    drawn = np.zeros(len(forget), dtype=bool)  # forget samples drawn so far
-    if resuming:
-        progress = checkpoints.load()
-        start, history = progress["step"], progress["history"]
-        if "forget_drawn" not in progress:
-            raise DataError("the checkpoint does not record which forget samples were drawn "
-                            "(an older version wrote it): rerun without resume",
-                            source=str(checkpoints.latest / "progress.json"),
-                            field="forget_drawn")
-        drawn[progress["forget_drawn"]] = True
-        forget_stream.load_state_dict(progress["forget_stream"])
-        if retain_stream is not None:
-            retain_stream.load_state_dict(progress["retain_stream"])
-        tracked = _restore_trajectory(checkpoints, accelerator, start)
-        log.info("resuming unlearning at step %d of %d", start, plan.total_steps)
-
-    bar = progress_bar(total=plan.total_steps, initial=start, desc=f"unlearn {config.method}",
-                       unit="step", disable=not accelerator.is_main_process)
-    for step in range(start, plan.total_steps):
-        forget_indices = forget_stream.draw(plan.global_batch)
-        retain_indices = (None if retain_stream is None
-                          else retain_stream.draw(plan.global_batch))
-        drawn[forget_indices] = True
-        record = _train_step(model, unlearner, reference, optimizer, accelerator, forget,
-                             retain, forget_indices, retain_indices, pad, config, step,
-                             masker=masker)
-        scheduler.step()
-        history.append(record)
-        bar.set_postfix(loss=f"{record['loss']:.4f}", refresh=False)
-        bar.update(1)
-        done = step + 1
-        if config.track_every and done % config.track_every == 0:
-            losses = answer_losses(accelerator.unwrap_model(model), forget, pad,
-                                   batch_size=config.eval_batch_size,
-                                   where=f"forget loss at step {done}")
-            _track(tracked, checkpoints, accelerator, done, forget_ids, losses)
-        if config.checkpoint_every and done % config.checkpoint_every == 0 \
-                and done < plan.total_steps:
-            checkpoints.save({"step": done, "history": history,
-                              "forget_drawn": np.flatnonzero(drawn).tolist(),
-                              "forget_stream": forget_stream.state_dict(),
-                              "retain_stream": None if retain_stream is None
-                              else retain_stream.state_dict()})
-    bar.close()
-
-    model = accelerator.unwrap_model(model)
-    model.eval().requires_grad_(True)
-    after = _evaluate(model, tokenizer, forget_samples, forget, retain_eval, pad, config, "after")
-    return _finish(model, tokenizer, accelerator, checkpoints, out, save, config, unlearner,
-                   forget_ids, before, after, history, tracked, plan, len(retain),
-                   int(drawn.sum()), masker)
+    return config
 
 
 def _masked_updates(model, config: UnlearnConfig, forget_ids: list[str]) -> MaskedUpdates | None:
@@ -412,135 +319,336 @@ def _retain_eval_subset(retain, config: UnlearnConfig):
     return [retain[i] for i in sorted(keep[: config.retain_eval_limit].tolist())]
 
 
-def _evaluate(model, tokenizer, samples, forget, retain_eval, pad, config: UnlearnConfig,
-              when: str) -> dict[str, Any]:
-    result: dict[str, Any] = {
-        "forget_loss": answer_losses(model, forget, pad, batch_size=config.eval_batch_size,
-                                     where=f"forget loss {when} unlearning").tolist(),
-        "retain_loss": answer_losses(model, retain_eval, pad, batch_size=config.eval_batch_size,
-                                     where=f"retain loss {when} unlearning").tolist()
-        if retain_eval else [],
-    }
-    if config.rouge:
-        result["forget_rouge"] = greedy_rouge_recall(
-            model, tokenizer, samples, batch_size=config.eval_batch_size,
-            max_new_tokens=config.max_new_tokens).tolist()
-    return result
+@dataclass
+class _UnlearnRun:
+    """One unlearning run in progress. `run_unlearning` calls its stages in order, each doing
+    one job: `setup` (method, Accelerate, encoded samples, step plan), `build_streams`,
+    `measure_before`, `prepare_method` (reference model, method state, circuit mask,
+    `config.json`), `prepare_optimizer`, `restore` (a checkpoint's progress), `train`, and
+    `finish` (measurements after, outcomes, summary, the run folder's files). The fields
+    below the inputs are what the stages compute for the later ones."""
 
+    model: torch.nn.Module
+    tokenizer: Any
+    config: UnlearnConfig
+    out: Path | None
+    forget_samples: list[Sample]
+    retain_samples: list[Sample]
+    unlearner: UnlearningMethod = field(init=False)
+    accelerator: Accelerator = field(init=False)
+    pad: int = field(init=False)
+    forget: list[EncodedSample] = field(init=False)
+    retain: list[EncodedSample] = field(init=False)
+    n_truncated: int = field(init=False)
+    forget_ids: list[str] = field(init=False)
+    retain_eval: list[EncodedSample] = field(init=False)
+    plan: _Plan = field(init=False)
+    forget_stream: EpochStream = field(init=False)
+    retain_stream: UniformStream | None = field(init=False)
+    checkpoints: _Checkpointer = field(init=False)
+    resuming: bool = field(init=False)
+    before: dict[str, Any] = field(init=False)
+    optimizer: torch.optim.Optimizer = field(init=False)
+    scheduler: torch.optim.lr_scheduler.LRScheduler = field(init=False)
+    reference: torch.nn.Module | None = None
+    masker: MaskedUpdates | None = None
+    tracked: list[dict] = field(default_factory=list)  # trajectory rows
+    history: list[dict] = field(default_factory=list)  # one record per optimizer step
+    start: int = 0  # the first step to train (a resumed run's checkpoint step)
+    drawn: np.ndarray = field(init=False)  # [n_forget] bool: forget samples drawn so far
 
-def _batch_for_rank(encoded, indices: list[int], micro: int, accelerator: Accelerator,
-                    config: UnlearnConfig, pad: int) -> dict[str, torch.Tensor]:
-    width = config.batch_size * accelerator.num_processes
-    start = micro * width + accelerator.process_index * config.batch_size
-    chosen = [encoded[i] for i in indices[start: start + config.batch_size]]
-    return {k: v.to(accelerator.device) for k, v in collate(chosen, pad).items()}
+    def setup(self) -> None:
+        """The method (refused when its retain term has no retain samples), Accelerate, the
+        seed, the encoded samples and the plan of optimizer steps."""
+        config = self.config
+        self.unlearner = get_method(config.method, **config.method_options)
+        if self.unlearner.uses_retain and not self.retain_samples:
+            raise DataError(f"method '{config.method}' has a retain term (alpha="
+                            f"{self.unlearner.alpha}, {self.unlearner.retain_loss}): give "
+                            "retain samples, or set alpha=0")
+        self.accelerator = Accelerator(cpu=not torch.cuda.is_available())
+        set_seed(config.seed)
+        self.pad = pad_id(self.tokenizer)
+        forget = encode_for(self.model, self.tokenizer, self.forget_samples, config.max_length)
+        retain = encode_for(self.model, self.tokenizer, self.retain_samples, config.max_length)
+        self.forget, self.retain = forget.samples, retain.samples
+        self.n_truncated = forget.n_truncated + retain.n_truncated
+        self.forget_ids = [s.id for s in self.forget_samples]
+        if len(set(self.forget_ids)) != len(self.forget_ids):
+            raise DataError("forget sample ids are not unique", field="id")
+        self.retain_eval = _retain_eval_subset(self.retain, config)
+        self.plan = plan_steps(config, len(self.forget), self.accelerator.num_processes)
+        if self.accelerator.is_main_process:
+            warn_about_idle_steps(self.plan)
+        self.drawn = np.zeros(len(self.forget), dtype=bool)
 
+    def build_streams(self, difficulty: str | Path | pd.DataFrame | None,
+                      scorer: str | None) -> None:
+        """The forget stream of the schedule (scored by `difficulty`'s `scorer` column when
+        given) and, for a method with a retain term, the uniform retain stream."""
+        config, plan = self.config, self.plan
+        scored = ((None, None, None) if difficulty is None
+                  else load_difficulty(difficulty, self.forget_ids, scorer))
+        self.forget_stream = build_stream(
+            config.schedule, len(self.forget), seed=config.seed,
+            total_slots=plan.total_steps * plan.global_batch, scorer=scored[0],
+            value=scored[1], difficulty=scored[2],
+            chunks=config.curriculum_chunks or config.epochs)
+        self.retain_stream = (UniformStream(len(self.retain), config.seed + 1)
+                              if self.unlearner.uses_retain else None)
 
-def _train_step(model, unlearner: UnlearningMethod, reference, optimizer, accelerator,
-                forget, retain, forget_indices: list[int], retain_indices: list[int] | None,
-                pad: int, config: UnlearnConfig, step: int, *,
-                masker: MaskedUpdates | None = None) -> dict[str, Any]:
-    """One optimizer step over `grad_accum` micro-batches on the global batch of dataset
-    indices `forget_indices` (and `retain_indices`); returns this process's losses (and,
-    with `masker`, the number of parameter entries the step could update)."""
-    totals = {"loss": 0.0, "forget_loss": 0.0, "retain_loss": 0.0}
-    for micro in range(config.grad_accum):
-        forget_batch = _batch_for_rank(forget, forget_indices, micro, accelerator, config, pad)
-        retain_batch = None if retain_indices is None else _batch_for_rank(
-            retain, retain_indices, micro, accelerator, config, pad)
-        last = micro == config.grad_accum - 1
-        with nullcontext() if last else accelerator.no_sync(model):
-            with training_autocast(config.precision, model):
-                parts = unlearner.loss(model, forget_batch, retain_batch, reference)
-            check_finite(parts.total.detach(), f"{config.method} loss at step {step + 1}")
-            accelerator.backward(parts.total / config.grad_accum)
-        totals["loss"] += parts.total.item() / config.grad_accum
-        totals["forget_loss"] += parts.forget.item() / config.grad_accum
-        if parts.retain is not None:
-            totals["retain_loss"] += parts.retain.item() / config.grad_accum
-    if masker is not None:
-        masker.before_step(masker.mask.for_step(forget_indices))
-        totals["update_params"] = masker.last_count
-    if config.max_grad_norm:
-        accelerator.clip_grad_norm_([p for p in model.parameters() if p.requires_grad],
-                                    config.max_grad_norm)
-    lr = optimizer.param_groups[0]["lr"]
-    optimizer.step()
-    if masker is not None:
-        masker.after_step()
-    optimizer.zero_grad(set_to_none=True)
-    return {"step": step + 1, "lr": lr, **totals}
+    def measure_before(self, resume: bool) -> None:
+        """The losses (and ROUGE) before unlearning: measured, or read from the checkpoint of
+        a run resumed from one; a fresh run starts its trajectory at step 0."""
+        self.checkpoints = _Checkpointer(self.accelerator, self.out)
+        self.resuming = resume and self.checkpoints.has_state()
+        self.model.to(self.accelerator.device)
+        before = self.checkpoints.read_before() if self.resuming else None
+        if before is None:
+            before = self.evaluate("before")
+            self.checkpoints.write_before(before)
+            if self.checkpoints.trajectory is not None and self.accelerator.is_main_process:
+                self.checkpoints.trajectory.clear()
+            if self.config.track_every:
+                self.track(0, np.asarray(before["forget_loss"]))
+        self.before = before
 
+    def prepare_method(self, run_options: dict[str, Any] | None) -> None:
+        """The frozen reference model (for methods that use one), the method's state from the
+        forget samples, the circuit mask, and `config.json` (main process)."""
+        config = self.config
+        if self.unlearner.uses_reference:
+            self.reference = copy.deepcopy(self.model).eval().requires_grad_(False)
+        self.unlearner.prepare(self.model, self.forget, pad_token_id=self.pad)
+        self.masker = _masked_updates(self.model, config, self.forget_ids)
+        if self.out is not None and self.accelerator.is_main_process:
+            write_config(self.out, "unlearn", {
+                **(run_options or {}), "settings": asdict(config),
+                "method_options": self.unlearner.options,
+                "circuit_mask": None if self.masker is None else self.masker.mask.details,
+                "n_forget": len(self.forget), "n_retain": len(self.retain),
+                "steps": self.plan.total_steps, "steps_with_lr": self.plan.steps_with_lr,
+                "resumed": self.resuming}, n_truncated=self.n_truncated)
 
-def _track(tracked: list[dict], checkpoints: _Checkpointer, accelerator: Accelerator, step: int,
-           sample_ids: list[str], losses: np.ndarray) -> None:
-    """Record per-sample losses at `step`, in memory and (main process) in the checkpoint."""
-    rows = [{"step": step, "sample_id": sid, "loss": float(loss), "prob": float(np.exp(-loss))}
-            for sid, loss in zip(sample_ids, losses, strict=True)]
-    tracked.extend(rows)
-    if checkpoints.trajectory is not None and accelerator.is_main_process:
-        checkpoints.trajectory.append(rows)
+    def prepare_optimizer(self) -> None:
+        """AdamW over the trainable parameters, the learning-rate schedule, and the model and
+        optimizer prepared by Accelerate."""
+        config = self.config
+        self.model.train()
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
+        self.scheduler = get_scheduler(config.lr_scheduler, optimizer,
+                                       num_warmup_steps=self.plan.warmup_steps,
+                                       num_training_steps=self.plan.total_steps)
+        # The scheduler is stepped by hand once per optimizer step; preparing it would make
+        # Accelerate step it once per process.
+        self.model, self.optimizer = self.accelerator.prepare(self.model, optimizer)
+        self.accelerator.register_for_checkpointing(self.scheduler)
 
+    def restore(self) -> None:
+        """A resumed run's step, history, drawn samples, stream states and trajectory from its
+        checkpoint; nothing for a fresh run."""
+        if not self.resuming:
+            return
+        progress = self.checkpoints.load()
+        self.start, self.history = progress["step"], progress["history"]
+        if "forget_drawn" not in progress:
+            raise DataError("the checkpoint does not record which forget samples were drawn "
+                            "(an older version wrote it): rerun without resume",
+                            source=str(self.checkpoints.latest / "progress.json"),
+                            field="forget_drawn")
+        self.drawn[progress["forget_drawn"]] = True
+        self.forget_stream.load_state_dict(progress["forget_stream"])
+        if self.retain_stream is not None:
+            self.retain_stream.load_state_dict(progress["retain_stream"])
+        self.tracked = self.restore_trajectory(self.start)
+        log.info("resuming unlearning at step %d of %d", self.start, self.plan.total_steps)
 
-def _restore_trajectory(checkpoints: _Checkpointer, accelerator: Accelerator,
-                        step: int) -> list[dict]:
-    """Trajectory rows up to the checkpoint's step; later ones (the killed run got further)
-    are dropped from the record."""
-    if checkpoints.trajectory is None:
-        return []
-    kept = [r for r in checkpoints.trajectory.read() if r["step"] <= step]
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        checkpoints.trajectory.clear()
-        checkpoints.trajectory.append(kept)
-    return kept
+    def train(self) -> None:
+        """The optimizer steps from `start` to the plan's end, with the tracked losses every
+        `track_every` steps and a checkpoint every `checkpoint_every`."""
+        config, plan = self.config, self.plan
+        bar = progress_bar(total=plan.total_steps, initial=self.start,
+                           desc=f"unlearn {config.method}", unit="step",
+                           disable=not self.accelerator.is_main_process)
+        for step in range(self.start, plan.total_steps):
+            forget_indices = self.forget_stream.draw(plan.global_batch)
+            retain_indices = (None if self.retain_stream is None
+                              else self.retain_stream.draw(plan.global_batch))
+            self.drawn[forget_indices] = True
+            record = self.train_step(step, forget_indices, retain_indices)
+            self.scheduler.step()
+            self.history.append(record)
+            bar.set_postfix(loss=f"{record['loss']:.4f}", refresh=False)
+            bar.update(1)
+            done = step + 1
+            if config.track_every and done % config.track_every == 0:
+                losses = answer_losses(self.accelerator.unwrap_model(self.model), self.forget,
+                                       self.pad, batch_size=config.eval_batch_size,
+                                       where=f"forget loss at step {done}")
+                self.track(done, losses)
+            if config.checkpoint_every and done % config.checkpoint_every == 0 \
+                    and done < plan.total_steps:
+                self.save_checkpoint(done)
+        bar.close()
 
+    def train_step(self, step: int, forget_indices: list[int],
+                   retain_indices: list[int] | None) -> dict[str, Any]:
+        """One optimizer step over `grad_accum` micro-batches on the global batch of dataset
+        indices `forget_indices` (and `retain_indices`); returns this process's losses (and,
+        with a circuit mask, the number of parameter entries the step could update)."""
+        config, accelerator, model = self.config, self.accelerator, self.model
+        totals = {"loss": 0.0, "forget_loss": 0.0, "retain_loss": 0.0}
+        for micro in range(config.grad_accum):
+            forget_batch = self.batch_for_rank(self.forget, forget_indices, micro)
+            retain_batch = (None if retain_indices is None
+                            else self.batch_for_rank(self.retain, retain_indices, micro))
+            last = micro == config.grad_accum - 1
+            with nullcontext() if last else accelerator.no_sync(model):
+                with training_autocast(config.precision, model):
+                    parts = self.unlearner.loss(model, forget_batch, retain_batch,
+                                                self.reference)
+                check_finite(parts.total.detach(), f"{config.method} loss at step {step + 1}")
+                accelerator.backward(parts.total / config.grad_accum)
+            totals["loss"] += parts.total.item() / config.grad_accum
+            totals["forget_loss"] += parts.forget.item() / config.grad_accum
+            if parts.retain is not None:
+                totals["retain_loss"] += parts.retain.item() / config.grad_accum
+        if self.masker is not None:
+            self.masker.before_step(self.masker.mask.for_step(forget_indices))
+            totals["update_params"] = self.masker.last_count
+        if config.max_grad_norm:
+            accelerator.clip_grad_norm_([p for p in model.parameters() if p.requires_grad],
+                                        config.max_grad_norm)
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.optimizer.step()
+        if self.masker is not None:
+            self.masker.after_step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return {"step": step + 1, "lr": lr, **totals}
 
-def _finish(model, tokenizer, accelerator: Accelerator, checkpoints: _Checkpointer,
-            out: Path | None, save: bool, config: UnlearnConfig, unlearner: UnlearningMethod,
-            forget_ids: list[str], before: dict, after: dict, history: list[dict],
-            tracked: list[dict], plan: _Plan, n_retain: int,
-            distinct_drawn: int, masker: MaskedUpdates | None = None) -> UnlearnResult:
-    outcomes = outcome_table(forget_ids, before["forget_loss"], after["forget_loss"],
-                             before.get("forget_rouge"), after.get("forget_rouge"))
-    summary: dict[str, Any] = {
-        "method": config.method, "method_options": unlearner.options,
-        "steps": plan.total_steps, "steps_with_lr": plan.steps_with_lr,
-        "n_forget": len(forget_ids), "n_retain": n_retain,
-        "forget_slots": plan.total_steps * plan.global_batch,
-        "distinct_forget_samples_drawn": distinct_drawn,
-        "forget": loss_summary(np.asarray(before["forget_loss"]),
-                               np.asarray(after["forget_loss"])),
-        "mean_efficacy": float(outcomes["efficacy"].mean()),
-        "settings": asdict(config),
-    }
-    if before["retain_loss"]:
-        summary["retain"] = loss_summary(np.asarray(before["retain_loss"]),
-                                         np.asarray(after["retain_loss"]))
-        summary["n_retain_evaluated"] = len(before["retain_loss"])
-    if config.rouge:
-        summary["forget"]["rouge_before"] = float(np.mean(before["forget_rouge"]))
-        summary["forget"]["rouge_after"] = float(np.mean(after["forget_rouge"]))
-    columns = ["step", "lr", "loss", "forget_loss", "retain_loss"]
-    if masker is not None:
-        counts = [record["update_params"] for record in history]
-        summary["circuit_mask"] = {
-            **masker.mask.details,
-            "parameters_total": sum(p.numel() for p in model.parameters()),
-            "update_params_mean": float(np.mean(counts)), "update_params_max": max(counts)}
-        columns.append("update_params")
-    training = pd.DataFrame(history, columns=columns)
-    trajectory = (pd.DataFrame(tracked, columns=["step", "sample_id", "loss", "prob"])
-                  if config.track_every else None)
-    if out is not None and accelerator.is_main_process:
+    def batch_for_rank(self, encoded: list[EncodedSample], indices: list[int],
+                       micro: int) -> dict[str, torch.Tensor]:
+        """This process's slice of micro-batch `micro` of the global batch `indices`, collated
+        (`[batch_size, pos]` tensors) on its device."""
+        batch_size, accelerator = self.config.batch_size, self.accelerator
+        start = micro * batch_size * accelerator.num_processes \
+            + accelerator.process_index * batch_size
+        chosen = [encoded[i] for i in indices[start: start + batch_size]]
+        return move_batch(collate(chosen, self.pad), accelerator.device)
+
+    def evaluate(self, when: str) -> dict[str, Any]:
+        """Per-sample forget and retain-evaluation losses (and forget ROUGE with `rouge`)."""
+        config = self.config
+        result: dict[str, Any] = {
+            "forget_loss": answer_losses(self.model, self.forget, self.pad,
+                                         batch_size=config.eval_batch_size,
+                                         where=f"forget loss {when} unlearning").tolist(),
+            "retain_loss": answer_losses(self.model, self.retain_eval, self.pad,
+                                         batch_size=config.eval_batch_size,
+                                         where=f"retain loss {when} unlearning").tolist()
+            if self.retain_eval else [],
+        }
+        if config.rouge:
+            result["forget_rouge"] = greedy_rouge_recall(
+                self.model, self.tokenizer, self.forget_samples,
+                batch_size=config.eval_batch_size, max_new_tokens=config.max_new_tokens).tolist()
+        return result
+
+    def track(self, step: int, losses: np.ndarray) -> None:
+        """Record per-sample losses at `step`, in memory and (main process) in the
+        checkpoint."""
+        rows = [{"step": step, "sample_id": sid, "loss": float(loss),
+                 "prob": float(np.exp(-loss))}
+                for sid, loss in zip(self.forget_ids, losses, strict=True)]
+        self.tracked.extend(rows)
+        if self.checkpoints.trajectory is not None and self.accelerator.is_main_process:
+            self.checkpoints.trajectory.append(rows)
+
+    def restore_trajectory(self, step: int) -> list[dict]:
+        """Trajectory rows up to the checkpoint's step; later ones (the killed run got further)
+        are dropped from the record."""
+        trajectory = self.checkpoints.trajectory
+        if trajectory is None:
+            return []
+        kept = [r for r in trajectory.read() if r["step"] <= step]
+        self.accelerator.wait_for_everyone()
+        if self.accelerator.is_main_process:
+            trajectory.clear()
+            trajectory.append(kept)
+        return kept
+
+    def save_checkpoint(self, done: int) -> None:
+        """The checkpoint after `done` steps: its progress and the streams' states."""
+        self.checkpoints.save({
+            "step": done, "history": self.history,
+            "forget_drawn": np.flatnonzero(self.drawn).tolist(),
+            "forget_stream": self.forget_stream.state_dict(),
+            "retain_stream": None if self.retain_stream is None
+            else self.retain_stream.state_dict()})
+
+    def finish(self, save: bool) -> UnlearnResult:
+        """The measurements after unlearning, the outcomes and summary, and (main process)
+        the run folder's files; the checkpoint is removed."""
+        self.model = self.accelerator.unwrap_model(self.model)
+        self.model.eval().requires_grad_(True)
+        after = self.evaluate("after")
+        outcomes = outcome_table(self.forget_ids, self.before["forget_loss"],
+                                 after["forget_loss"], self.before.get("forget_rouge"),
+                                 after.get("forget_rouge"))
+        summary = self.summary(outcomes, after)
+        columns = ["step", "lr", "loss", "forget_loss", "retain_loss"]
+        if self.masker is not None:
+            columns.append("update_params")
+        training = pd.DataFrame(self.history, columns=columns)
+        trajectory = (pd.DataFrame(self.tracked, columns=["step", "sample_id", "loss", "prob"])
+                      if self.config.track_every else None)
+        if self.out is not None and self.accelerator.is_main_process:
+            self.write(outcomes, summary, training, trajectory, save)
+        self.accelerator.wait_for_everyone()
+        self.checkpoints.remove()
+        return UnlearnResult(self.model, outcomes, summary, trajectory, training)
+
+    def summary(self, outcomes: pd.DataFrame, after: dict[str, Any]) -> dict[str, Any]:
+        """`summary.json`: the method, the steps, the forget (and retain) losses before and
+        after, the mean efficacy, the settings, and the circuit mask's update counts."""
+        config, plan, before = self.config, self.plan, self.before
+        summary: dict[str, Any] = {
+            "method": config.method, "method_options": self.unlearner.options,
+            "steps": plan.total_steps, "steps_with_lr": plan.steps_with_lr,
+            "n_forget": len(self.forget_ids), "n_retain": len(self.retain),
+            "forget_slots": plan.total_steps * plan.global_batch,
+            "distinct_forget_samples_drawn": int(self.drawn.sum()),
+            "forget": loss_summary(np.asarray(before["forget_loss"]),
+                                   np.asarray(after["forget_loss"])),
+            "mean_efficacy": float(outcomes["efficacy"].mean()),
+            "settings": asdict(config),
+        }
+        if before["retain_loss"]:
+            summary["retain"] = loss_summary(np.asarray(before["retain_loss"]),
+                                             np.asarray(after["retain_loss"]))
+            summary["n_retain_evaluated"] = len(before["retain_loss"])
+        if config.rouge:
+            summary["forget"]["rouge_before"] = float(np.mean(before["forget_rouge"]))
+            summary["forget"]["rouge_after"] = float(np.mean(after["forget_rouge"]))
+        if self.masker is not None:
+            counts = [record["update_params"] for record in self.history]
+            summary["circuit_mask"] = {
+                **self.masker.mask.details,
+                "parameters_total": sum(p.numel() for p in self.model.parameters()),
+                "update_params_mean": float(np.mean(counts)), "update_params_max": max(counts)}
+        return summary
+
+    def write(self, outcomes: pd.DataFrame, summary: dict[str, Any], training: pd.DataFrame,
+              trajectory: pd.DataFrame | None, save: bool) -> None:
+        """`outcomes.parquet`, `summary.json`, `training.parquet`, `trajectory.parquet` (with
+        `track_every`) and, with `save`, the model and tokenizer in `model/`."""
+        out = self.out
         write_parquet(out / "outcomes.parquet", outcomes)
         write_json(out / "summary.json", summary)
         write_parquet(out / "training.parquet", training)
         if trajectory is not None:
             write_parquet(out / "trajectory.parquet", trajectory)
         if save:
-            model.save_pretrained(out / MODEL_SUBDIR, safe_serialization=True)
-            tokenizer.save_pretrained(out / MODEL_SUBDIR)
-    accelerator.wait_for_everyone()
-    checkpoints.remove()
-    return UnlearnResult(model, outcomes, summary, trajectory, training)
+            self.model.save_pretrained(out / MODEL_SUBDIR, safe_serialization=True)
+            self.tokenizer.save_pretrained(out / MODEL_SUBDIR)
