@@ -20,6 +20,7 @@ from unlearnscope.evaluation.experiments import (
     set_rank_p_value,
     steps_to_target,
     to_markdown,
+    write_table,
 )
 from unlearnscope.unlearning.samplers import build_stream
 
@@ -183,6 +184,17 @@ def test_schedule_table_skips_schedules_without_their_scorer():
 def test_markdown_rendering():
     text = to_markdown(pd.DataFrame({"a": ["x"], "b": [0.12345]}))
     assert text.splitlines() == ["| a | b |", "|---|---|", "| x | 0.123 |"]
+
+
+def test_write_table_writes_the_csv_and_its_markdown(tmp_path):
+    table = pd.DataFrame({"a": ["x", "y"], "b": [0.12345, 2.0]})
+    write_table(table, tmp_path / "t.csv", tmp_path / "out" / "t.md")
+    assert (tmp_path / "t.csv").read_text() == "a,b\nx,0.12345\ny,2.0\n"
+    assert (tmp_path / "out" / "t.md").read_text().splitlines() == [
+        "| a | b |", "|---|---|", "| x | 0.123 |", "| y | 2 |"]
+    write_table(table, tmp_path / "t.csv", tmp_path / "t.md", markdown="header\n")
+    assert (tmp_path / "t.md").read_text() == "header\n"
+    assert pd.read_csv(tmp_path / "t.csv").equals(table)
 
 
 def test_validate_sets_and_schedules_cli_on_a_tiny_model(tiny_model_dir, tmp_path, capsys):

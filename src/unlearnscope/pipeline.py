@@ -50,6 +50,7 @@ from unlearnscope.evaluation.experiments import (
     method_settings,
     schedule_comparison,
     to_markdown,
+    write_table,
 )
 from unlearnscope.evaluation.holdout import resolve_holdout
 from unlearnscope.evaluation.partial import write_partial_correlations
@@ -74,7 +75,6 @@ from unlearnscope.runs import (
     write_config,
     write_json,
     write_parquet,
-    write_text,
 )
 from unlearnscope.scoring import (
     BASELINES,
@@ -505,8 +505,7 @@ def _validation(demo: PipelineRun, sets: AnchorSets, steps: dict[str, pd.DataFra
                                demo.forget, scores, scorers=demo.config.set_scorers,
                                methods=demo.config.set_methods, k=demo.config.set_k,
                                eligible_ids=sets.held_out_ids)
-        write_text(folder / "sets.csv", table.to_csv(index=False))
-        write_text(folder / "sets.md", to_markdown(table))
+        write_table(table, folder / "sets.csv", folder / "sets.md")
 
     if demo.config.set_methods:
         demo.stage(f"easy/hard set experiment (k={demo.config.set_k}, held-out samples)",
@@ -534,8 +533,7 @@ def _validation(demo: PipelineRun, sets: AnchorSets, steps: dict[str, pd.DataFra
             budget_steps=demo.config.schedule_budget,
             target_efficacy=demo.config.target_efficacy, evaluate=evaluate,
             schedules=demo.config.schedules, track_every=demo.config.schedule_track_every)
-        write_text(folder / "schedules.csv", table.to_csv(index=False))
-        write_text(folder / "schedules.md", to_markdown(table))
+        write_table(table, folder / "schedules.csv", folder / "schedules.md")
 
     if demo.config.schedule_methods:
         demo.stage(f"schedule experiment ({demo.config.schedule_budget} steps)",

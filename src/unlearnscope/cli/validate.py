@@ -34,6 +34,7 @@ from unlearnscope.evaluation.experiments import (
     easy_hard_sets,
     schedule_comparison,
     to_markdown,
+    write_table,
 )
 from unlearnscope.evaluation.holdout import resolve_holdout
 from unlearnscope.evaluation.tofu import evaluate_tofu, retain_reference
@@ -51,7 +52,7 @@ from unlearnscope.evaluation.validation import (
     write_validation,
 )
 from unlearnscope.models import load_model
-from unlearnscope.runs import write_config, write_text
+from unlearnscope.runs import write_config
 from unlearnscope.scoring import read_scorer_configs
 from unlearnscope.scoring.cud import SIMILARITIES, VECTORS
 from unlearnscope.unlearning.trainer import UnlearnConfig
@@ -278,8 +279,7 @@ def _write_table(args: argparse.Namespace, name: str, table) -> None:
     folder = Path(args.out or args.run) / "validation"
     write_config(folder / name, f"validate {name}",
                  {k: v for k, v in vars(args).items() if k != "func"})
-    write_text(folder / f"{name}.csv", table.to_csv(index=False))
-    write_text(folder / f"{name}.md", to_markdown(table))
+    write_table(table, folder / f"{name}.csv", folder / f"{name}.md")
     print(to_markdown(table), end="")
     print(f"-> {folder / (name + '.csv')}")
 

@@ -21,6 +21,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from itertools import combinations
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -28,6 +29,7 @@ import pandas as pd
 from unlearnscope.data.sample import Sample
 from unlearnscope.errors import DataError
 from unlearnscope.progress import progress_bar
+from unlearnscope.runs import write_text
 from unlearnscope.unlearning.trainer import run_unlearning
 
 SET_COLUMNS = ["scorer", "method", "set", "k", "efficacy", "delta_vs_random", "random_std",
@@ -302,3 +304,12 @@ def to_markdown(table: pd.DataFrame, floatfmt: str = ".3g") -> str:
     rule = "|" + "|".join("---" for _ in table.columns) + "|"
     body = ["| " + " | ".join(cell(v) for v in row) + " |" for row in table.itertuples(False)]
     return "\n".join([header, rule, *body]) + "\n"
+
+
+def write_table(table: pd.DataFrame, csv_path: str | Path, markdown_path: str | Path, *,
+                markdown: str | None = None) -> None:
+    """`table` as CSV (no index) at `csv_path` and as markdown at `markdown_path`: `markdown`
+    when given (a table with its header lines), else `to_markdown(table)`; each written
+    atomically."""
+    write_text(csv_path, table.to_csv(index=False))
+    write_text(markdown_path, to_markdown(table) if markdown is None else markdown)

@@ -27,10 +27,9 @@ from unlearnscope.circuits.selection import edge_count
 from unlearnscope.circuits.store import CircuitStore
 from unlearnscope.errors import DataError
 from unlearnscope.evaluation.anchored_cud import read_run_outcomes
-from unlearnscope.evaluation.experiments import to_markdown
+from unlearnscope.evaluation.experiments import to_markdown, write_table
 from unlearnscope.evaluation.validation import MEAN_METHOD, measured_difficulty
 from unlearnscope.report.plots import file_plot_uri
-from unlearnscope.runs import write_text
 from unlearnscope.scoring.cud import STORE_SUBDIR
 
 DEFAULT_TOP_N = 0.05  # as `unlearnscope circuits analyze`: 5% of the graph's edges
@@ -175,8 +174,7 @@ def write_claims(run_dir: str | Path, *, top_n: float = DEFAULT_TOP_N, quantile:
                                    n_resamples=n_resamples, seed=seed)
     table = claims_table(signatures)
     folder = run_dir / "validation"
-    write_text(folder / "claims.csv", table.to_csv(index=False))
-    write_text(folder / "claims.md", "\n".join([
+    write_table(table, folder / "claims.csv", folder / "claims.md", markdown="\n".join([
         f"The CUD paper's circuit claims: the {len(easy)} easiest vs the {len(hard)} hardest "
         f"samples by measured difficulty (quantile {quantile}), each circuit its top "
         f"{signatures.n_edges_selected} of {signatures.n_edges_in_graph} edges, pruned; effect "
