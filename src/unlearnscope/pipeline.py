@@ -34,7 +34,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from unlearnscope.anchors import read_anchors, split_fit, vote_anchors, write_anchors
+from unlearnscope.anchors import read_anchors, vote_anchor_sets, write_anchors
 from unlearnscope.anchors.sets import AnchorSets
 from unlearnscope.circuits.compute import ATTRIBUTION_PRESETS, compute_circuits
 from unlearnscope.data import load_samples
@@ -454,15 +454,11 @@ def _anchors_and_cud(demo: PipelineRun) -> AnchorSets:
     ids = [s.id for s in demo.forget]
 
     def anchors() -> None:
-        fit, held_out = split_fit(ids, 0.5, seed=demo.config.seed)
         means = {m: seed_mean_outcomes(tables)
                  for m, tables in _outcomes(demo, demo.config.anchor_methods).items()}
-        vote = vote_anchors(means, demo.config.anchor_k, sample_ids=fit)
-        write_anchors(folder, AnchorSets(
-            method="vote", k=demo.config.anchor_k, easy=vote.easy, hard=vote.hard,
-            fit_ids=fit, held_out_ids=held_out, per_method=vote.per_method,
-            options={"methods": list(demo.config.anchor_methods), "fit_fraction": 0.5},
-            diagnostics={"mean_rank": vote.mean_rank}))
+        write_anchors(folder, vote_anchor_sets(
+            means, demo.config.anchor_k, ids, fit_fraction=0.5, seed=demo.config.seed,
+            options={"methods": list(demo.config.anchor_methods), "fit_fraction": 0.5}))
 
     demo.stage("vote easy/hard anchors on half of the forget set", folder / "anchors.json",
                anchors)
