@@ -13,6 +13,7 @@ from unlearnscope.evaluation.experiments import (
     SCHEDULE_COLUMNS,
     SET_COLUMNS,
     CachedUnlearning,
+    ScheduleMetrics,
     easy_hard_sets,
     permutation_p_value,
     schedule_comparison,
@@ -22,6 +23,7 @@ from unlearnscope.evaluation.experiments import (
     to_markdown,
     write_table,
 )
+from unlearnscope.evaluation.tofu import evaluate_tofu
 from unlearnscope.unlearning.samplers import build_stream
 
 IDS = [f"s{i}" for i in range(8)]
@@ -179,6 +181,33 @@ def test_schedule_table_skips_schedules_without_their_scorer():
         schedule_comparison(fake, FORGET, _scores(), methods=["a"], budget_steps=3,
                             target_efficacy=0.15, evaluate=lambda model: (0.5, 0.7),
                             track_every=0)
+
+
+def test_schedule_metrics_evaluate_against_the_retain_model_loaded_once():
+    tokenizer = toy_tokenizer()
+    facts = toy_samples("f")
+    forget = [Sample(s.id, s.question, s.answer,
+                     {"paraphrased_answer": s.answer + " Indeed.",
+                      "perturbed_answer": ["No idea.", s.answer[::-1]]}) for s in facts[:4]]
+    retain = facts[4:7]
+    retain_model, other = toy_llama(tokenizer, seed=1), toy_llama(tokenizer, seed=2)
+    loads = []
+
+    def load_retain():
+        loads.append(1)
+        return retain_model, tokenizer
+
+    metrics = ScheduleMetrics(tokenizer, forget, retain, load_retain, max_new_tokens=3)
+    assert loads == []  # nothing loaded until a model is evaluated
+    # the retain model against itself: identical truth ratios, KS p-value 1
+    quality, utility = metrics(retain_model)
+    assert quality == pytest.approx(1.0)
+    expected = evaluate_tofu(other, tokenizer, forget=forget, retain=retain,
+                             retain_truth_ratios=metrics.reference().truth_ratios,
+                             max_new_tokens=3, gradnorm=False)["metrics"]
+    assert metrics(other) == (expected["forget_quality"], expected["model_utility"])
+    assert expected["forget_quality"] < 1.0 and utility is not None
+    assert loads == [1]
 
 
 def test_markdown_rendering():

@@ -46,6 +46,7 @@ from unlearnscope.evaluation.depth_ablation import write_depth_ablation
 from unlearnscope.evaluation.experiments import (
     DEFAULT_SCHEDULES,
     CachedUnlearning,
+    ScheduleMetrics,
     easy_hard_sets,
     method_settings,
     schedule_comparison,
@@ -508,26 +509,15 @@ def _validation(demo: PipelineRun, sets: AnchorSets, steps: dict[str, pd.DataFra
                    folder / "sets.csv", sets_experiment)
 
     def schedules() -> None:
-        reference = None
-
-        def evaluate(model) -> tuple[float | None, float | None]:
-            nonlocal reference
-            if not demo.config.schedule_tofu_metrics:
-                return None, None
-            if reference is None:
-                retain_model, retain_tok = load_model(str(demo.out / "retain"), dtype="float32")
-                reference = retain_reference(retain_model, retain_tok, forget=demo.forget)
-            metrics = evaluate_tofu(model, demo.tokenizer, forget=demo.forget,
-                                    retain=demo.retain,
-                                    retain_truth_ratios=reference.truth_ratios,
-                                    max_new_tokens=32, gradnorm=False)["metrics"]
-            return metrics["forget_quality"], metrics["model_utility"]
-
+        evaluate = ScheduleMetrics(
+            demo.tokenizer, demo.forget, demo.retain,
+            lambda: load_model(str(demo.out / "retain"), dtype="float32"), max_new_tokens=32)
         table = schedule_comparison(
             demo.config.unlearner(demo.target, demo.tokenizer, demo.retain), demo.forget,
             scores, methods=demo.config.schedule_methods,
             budget_steps=demo.config.schedule_budget,
-            target_efficacy=demo.config.target_efficacy, evaluate=evaluate,
+            target_efficacy=demo.config.target_efficacy,
+            evaluate=evaluate if demo.config.schedule_tofu_metrics else None,
             schedules=demo.config.schedules, track_every=demo.config.schedule_track_every)
         write_table(table, folder / "schedules.csv", folder / "schedules.md")
 
