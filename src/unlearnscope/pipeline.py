@@ -38,6 +38,7 @@ from unlearnscope.anchors import read_anchors, vote_anchor_sets, write_anchors
 from unlearnscope.anchors.sets import AnchorSets
 from unlearnscope.circuits.compute import ATTRIBUTION_PRESETS, compute_circuits
 from unlearnscope.data import load_samples
+from unlearnscope.data.tofu import evaluation_splits
 from unlearnscope.errors import DataError
 from unlearnscope.evaluation.circuit_guided import write_circuit_guided
 from unlearnscope.evaluation.cross_method import write_cross_method
@@ -191,10 +192,10 @@ class PipelineConfig:
         if self.tofu_dir is None:
             return tuple(load_samples(self.spec(split)) for split in
                          ("forget", "retain", "holdout"))
-        forget = load_samples(f"tofu:{self.forget_split}_perturbed", data_dir=self.tofu_dir)
+        splits = evaluation_splits(self.forget_split)
+        forget = load_samples(f"tofu:{splits['forget']}", data_dir=self.tofu_dir)
         retain = load_samples("tofu:retain90", data_dir=self.tofu_dir)
-        holdout = load_samples(f"tofu:{self.forget_split.replace('forget', 'holdout')}",
-                               data_dir=self.tofu_dir)
+        holdout = load_samples(f"tofu:{splits['holdout']}", data_dir=self.tofu_dir)
         return forget, retain[: 20 * self.retain_authors], holdout
 
     def unlearner(self, target, tokenizer, retain) -> CachedUnlearning:
@@ -403,10 +404,9 @@ def _unlearn(demo: PipelineRun) -> None:
                                        retain_truth_ratios=reference.truth_ratios,
                                        retain_mia_auc=reference.mia_auc, max_new_tokens=32,
                                        gradnorm=config.tofu_gradnorm)
-            tofu = config.tofu_dir is not None
             write_json(folder / "metrics.json", metrics_report(
-                evaluation, benchmark="tofu" if tofu else "synthetic",
-                forget_split=config.forget_split if tofu else "synthetic:forget",
+                evaluation, benchmark="synthetic" if config.tofu_dir is None else "tofu",
+                forget_split=config.forget_split,
                 model=f"{demo.out / 'target'} + {method} (seed {seed})",
                 retain_reference=str(demo.out / "retain")))
             write_parquet(folder / "per_sample.parquet", evaluation["per_sample"])
