@@ -19,6 +19,7 @@ from unlearnscope.anchors import (
     project_capped_simplex,
     read_anchors,
     split_fit,
+    vote_anchor_sets,
     vote_anchors,
     write_anchors,
 )
@@ -121,6 +122,29 @@ def test_split_fit_is_disjoint_deterministic_and_order_free():
     assert split_fit(ids, 1.0) == (ids, [])
     with pytest.raises(DataError, match="fit fraction"):
         split_fit(ids, 0.0)
+
+
+def test_vote_anchor_sets_vote_on_the_fit_part_only():
+    order = "abcdefghij"  # every method: a most forgotten, j least
+    tables = {m: table_from_order(order) for m in ("npo", "rmu", "simnpo")}
+    ids = list("jihgfedcba")  # the sets do not depend on the given order
+    everything = vote_anchor_sets(tables, 2, ids, fit_fraction=1.0, seed=0,
+                                  options={"fit_fraction": 1.0},
+                                  diagnostics={"methods": ["npo", "rmu", "simnpo"]})
+    assert (everything.method, everything.k) == ("vote", 2)
+    assert (everything.easy, everything.hard) == (["a", "b"], ["j", "i"])
+    assert (everything.fit_ids, everything.held_out_ids) == (ids, [])
+    assert everything.options == {"fit_fraction": 1.0}
+    assert list(everything.diagnostics) == ["mean_rank", "methods"]
+    ranks = everything.diagnostics["mean_rank"]
+    assert (ranks["a"], ranks["j"]) == (0, 9)
+    assert everything.per_method["rmu"] == {"easy": ["a", "b"], "hard": ["j", "i"]}
+    half = vote_anchor_sets(tables, 2, ids, fit_fraction=0.5, seed=1)
+    assert len(half.fit_ids) == 5 and sorted(half.fit_ids + half.held_out_ids) == sorted(ids)
+    fit = sorted(half.fit_ids)  # in `order`, the fit samples' own ranking
+    assert (half.easy, half.hard) == (fit[:2], fit[::-1][:2])
+    assert half.options == {} and list(half.diagnostics) == ["mean_rank"]
+    assert sorted(half.diagnostics["mean_rank"]) == fit
 
 
 def test_anchor_file_round_trip(tmp_path):

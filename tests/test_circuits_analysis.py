@@ -13,20 +13,25 @@ from scipy import stats
 
 from unlearnscope.circuits.analysis import (
     SCALAR_STATISTICS,
+    aggregate_statistics,
     circuit_statistics,
     compare_edge_frequencies,
     compare_groups,
     compare_statistics,
     edge_frequency,
+    group_circuits,
     layer_histogram,
     longest_path,
     plot_depth_distributions,
     plot_edge_frequencies,
     plot_layer_histograms,
+    save_png,
     set_summary,
 )
 from unlearnscope.circuits.graph import GraphLayout
 from unlearnscope.circuits.selection import edge_names
+from unlearnscope.circuits.store import CircuitStore, ShardWriter, write_header, write_index
+from unlearnscope.errors import DataError
 
 LAYOUT = GraphLayout(3, 1)  # writers input, a0.h0, m0, a1.h0, m1, a2.h0, m2
 
@@ -279,10 +284,84 @@ def test_compare_groups_and_plots(tmp_path) -> None:
     assert differences[0] == pytest.approx(largest)
 
     tables = {k: circuit_statistics(v, layout) for k, v in masks.items()}
-    paths = [plot_layer_histograms(masks, layout, tmp_path / "layers.png"),
-             plot_depth_distributions(tables, tmp_path / "depth.png"),
-             plot_edge_frequencies(masks, layout, tmp_path / "edges.png")]
+    layers = plot_layer_histograms(masks, layout)
+    bars = layers.axes[0].patches
+    n_labels = layout.n_layers + 1  # the reader layers, then the logits
+    assert len(bars) == len(masks) * n_labels
+    for index, group in enumerate(sorted(masks)):  # one run of bars per group, in name order
+        fractions = []
+        for m in masks[group]:
+            per_layer = np.zeros(n_labels)
+            for _, v in m.nonzero().tolist():
+                name = layout.backward_names[v]
+                per_layer[layout.n_layers if name == "logits" else int(name[1])] += 1
+            fractions.append(per_layer / max(per_layer.sum(), 1))
+        heights = [bar.get_height() for bar in bars[index * n_labels:(index + 1) * n_labels]]
+        assert heights == pytest.approx(np.mean(fractions, axis=0))
+    depth = plot_depth_distributions(tables)
+    for ax, column in zip(depth.axes, ("mean_depth", "max_depth"), strict=True):
+        patches = ax.patches
+        for index, group in enumerate(sorted(tables)):  # 20 bins a group: every circuit counted
+            counted = sum(bar.get_height() for bar in patches[20 * index:20 * (index + 1)])
+            assert counted == tables[group][column].notna().sum(), (column, group)
+    frequencies = plot_edge_frequencies(masks, layout)
+    used = counts["easy"].keys() | counts["hard"].keys()
+    assert len(frequencies.axes) == 2
+    assert len(frequencies.axes[1].collections[0].get_offsets()) == len(used)
+    paths = [save_png(layers, tmp_path / "layers.png"), save_png(depth, tmp_path / "depth.png"),
+             save_png(frequencies, tmp_path / "edges.png")]
     for path in paths:
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["depth.png", "edges.png",
                                                           "layers.png"]
+
+
+def _store(directory, layout: GraphLayout, ids: list[str], scores: torch.Tensor) -> CircuitStore:
+    write_header(directory, {"model": "tiny", "n_layers": layout.n_layers,
+                             "n_heads": layout.n_heads, "d_model": 16,
+                             "method": "EAP-IG-inputs", "ig_steps": 5, "baseline": "zero",
+                             "rule": "left", "metric": "answer_logprob"})
+    writer = ShardWriter(directory, layout, shard_size=2)
+    writer.add(ids, scores)
+    writer.close()
+    write_index(directory)
+    return CircuitStore.open(directory)
+
+
+def test_group_circuits_keep_stored_samples_in_order_and_name_empty_groups(tmp_path) -> None:
+    layout = GraphLayout(2, 2)
+    scores = torch.randn(5, layout.n_forward, layout.n_backward,
+                         generator=torch.Generator().manual_seed(3)) * layout.real_edge_mask
+    store = _store(tmp_path, layout, [f"s{i}" for i in range(5)], scores)
+    circuits = group_circuits(store, {"b": ["s3", "nope", "s1"], "a": ["s0"]}, "topn", n=4)
+    assert circuits.ids == {"b": ["s3", "s1"], "a": ["s0"]}
+    assert circuits.not_stored == {"b": ["nope"], "a": []}
+    for mask, sample in zip(circuits.masks["b"], store.scores(["s3", "s1"]), strict=True):
+        # each stored sample's own circuit: its kept edges among its 4 largest |score|
+        top4 = set(torch.topk(sample[layout.real_edge_mask].abs(), 4).indices.tolist())
+        assert set(torch.nonzero(mask[layout.real_edge_mask]).flatten().tolist()) <= top4
+    assert circuits.masks["b"].any() and circuits.masks["b"].sum() <= 8
+    assert circuits.tables["b"]["sample_id"].tolist() == ["s3", "s1"]
+    assert circuits.tables["b"]["n_edges"].tolist() == circuits.masks["b"].sum(
+        dim=(1, 2)).tolist()
+    assert set(circuits.figures()) == {"layer_histogram", "depth", "edge_frequency"}
+    with pytest.raises(DataError, match=r"group\(s\) c, d") as error:
+        group_circuits(store, {"a": ["s0"], "c": ["x"], "d": []}, "topn", n=4,
+                       source="groups.csv")
+    assert "groups.csv" in str(error.value)
+
+
+def test_aggregate_circuit_selects_from_the_mean_scores(tmp_path) -> None:
+    layout = GraphLayout(2, 2)
+    path = [("input", "a0.h0<q>"), ("a0.h0", "logits")]
+    both = mask_of(path, layout).float()
+    other = mask_of([("input", "m1")], layout).float()
+    # each sample alone puts input -> m1 first; in the mean it cancels and the path remains
+    scores = torch.stack([both + 1.5 * other, both - 1.5 * other])
+    store = _store(tmp_path, layout, ["s0", "s1"], scores)
+    aggregate = aggregate_statistics(store, ["s0", "s1"], "topn", n=2)
+    # input (layer -1) -> a0 (0) spans 1 layer, a0 -> logits (layer 2) spans 2
+    assert (aggregate["n_edges"], aggregate["max_depth"]) == (2, 1)
+    assert aggregate["mean_depth"] == pytest.approx(1.5)
+    alone = circuit_statistics(store.circuits(["s0"], "topn", n=2), layout).iloc[0]
+    assert alone["n_edges"] != 2 or alone["mean_depth"] != pytest.approx(1.5)

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from unlearnscope.data import load_samples, parse_spec
+from unlearnscope.data import load_samples, parse_spec, tofu
 from unlearnscope.data.synthetic import generate_authors
 from unlearnscope.errors import DataError, UnknownNameError
 
@@ -201,3 +201,18 @@ def test_tofu_ids_of_other_splits_keep_their_name(tmp_path):
     for split in ("retain90", "holdout01", "retain_perturbed", "full"):
         _write(tmp_path / f"{split}.json", [json.dumps({"question": "Q?", "answer": "A."})])
         assert load_samples(f"tofu:{split}", data_dir=str(tmp_path))[0].id == f"{split}-00000"
+
+
+def test_tofu_evaluation_splits_of_a_forget_split():
+    assert tofu.evaluation_splits("forget05") == {
+        "forget": "forget05_perturbed", "holdout": "holdout05",
+        "retain_perturbed": "retain_perturbed", "real_authors": "real_authors_perturbed",
+        "world_facts": "world_facts_perturbed"}
+    assert tofu.evaluation_splits("forget10")["holdout"] == "holdout10"
+    assert set(tofu.evaluation_splits("forget01").values()) <= set(tofu.SPLITS)
+    for name in ("forget10_perturbed", "forget5", "retain90", "holdout01"):
+        with pytest.raises(DataError, match=f"'{name}' is not forgetXX") as error:
+            tofu.evaluation_splits(name, field="--forget-split")
+        assert error.value.field == "--forget-split"
+    assert [tofu.forget_percent(s) for s in ("forget01", "forget10_perturbed", "retain90")] == [
+        1, 10, None]

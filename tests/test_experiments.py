@@ -13,6 +13,7 @@ from unlearnscope.evaluation.experiments import (
     SCHEDULE_COLUMNS,
     SET_COLUMNS,
     CachedUnlearning,
+    ScheduleMetrics,
     easy_hard_sets,
     permutation_p_value,
     schedule_comparison,
@@ -20,7 +21,9 @@ from unlearnscope.evaluation.experiments import (
     set_rank_p_value,
     steps_to_target,
     to_markdown,
+    write_table,
 )
+from unlearnscope.evaluation.tofu import evaluate_tofu
 from unlearnscope.unlearning.samplers import build_stream
 
 IDS = [f"s{i}" for i in range(8)]
@@ -180,9 +183,47 @@ def test_schedule_table_skips_schedules_without_their_scorer():
                             track_every=0)
 
 
+def test_schedule_metrics_evaluate_against_the_retain_model_loaded_once():
+    tokenizer = toy_tokenizer()
+    facts = toy_samples("f")
+    forget = [Sample(s.id, s.question, s.answer,
+                     {"paraphrased_answer": s.answer + " Indeed.",
+                      "perturbed_answer": ["No idea.", s.answer[::-1]]}) for s in facts[:4]]
+    retain = facts[4:7]
+    retain_model, other = toy_llama(tokenizer, seed=1), toy_llama(tokenizer, seed=2)
+    loads = []
+
+    def load_retain():
+        loads.append(1)
+        return retain_model, tokenizer
+
+    metrics = ScheduleMetrics(tokenizer, forget, retain, load_retain, max_new_tokens=3)
+    assert loads == []  # nothing loaded until a model is evaluated
+    # the retain model against itself: identical truth ratios, KS p-value 1
+    quality, utility = metrics(retain_model)
+    assert quality == pytest.approx(1.0)
+    expected = evaluate_tofu(other, tokenizer, forget=forget, retain=retain,
+                             retain_truth_ratios=metrics.reference().truth_ratios,
+                             max_new_tokens=3, gradnorm=False)["metrics"]
+    assert metrics(other) == (expected["forget_quality"], expected["model_utility"])
+    assert expected["forget_quality"] < 1.0 and utility is not None
+    assert loads == [1]
+
+
 def test_markdown_rendering():
     text = to_markdown(pd.DataFrame({"a": ["x"], "b": [0.12345]}))
     assert text.splitlines() == ["| a | b |", "|---|---|", "| x | 0.123 |"]
+
+
+def test_write_table_writes_the_csv_and_its_markdown(tmp_path):
+    table = pd.DataFrame({"a": ["x", "y"], "b": [0.12345, 2.0]})
+    write_table(table, tmp_path / "t.csv", tmp_path / "out" / "t.md")
+    assert (tmp_path / "t.csv").read_text() == "a,b\nx,0.12345\ny,2.0\n"
+    assert (tmp_path / "out" / "t.md").read_text().splitlines() == [
+        "| a | b |", "|---|---|", "| x | 0.123 |", "| y | 2 |"]
+    write_table(table, tmp_path / "t.csv", tmp_path / "t.md", markdown="header\n")
+    assert (tmp_path / "t.md").read_text() == "header\n"
+    assert pd.read_csv(tmp_path / "t.csv").equals(table)
 
 
 def test_validate_sets_and_schedules_cli_on_a_tiny_model(tiny_model_dir, tmp_path, capsys):

@@ -14,6 +14,7 @@ from unlearnscope.cli import main
 from unlearnscope.errors import DataError, UnknownNameError
 from unlearnscope.evaluation.open_unlearning import (
     import_outcomes,
+    read_retain_logs,
     read_weights,
     sample_id,
     split_sample_id,
@@ -165,6 +166,39 @@ def test_bad_logs_name_the_file_and_the_field(logs, edit, message):
     with pytest.raises(DataError, match=message) as info:
         import_outcomes(before, after, id_prefix="toy")
     assert str(info.value).startswith(str(after))
+
+
+def test_retain_logs_of_open_unlearning_map_rows_to_forget_ids(tmp_path, caplog):
+    ids = ["f-0", "f-1", "f-2"]
+    path = tmp_path / "TOFU_EVAL.json"
+    path.write_text(json.dumps({
+        "forget_truth_ratio": {"agg_value": 0.6, "value_by_index": {
+            "2": {"score": 0.25}, "0": {"score": 0.5}, "1": None}},
+        "mia_min_k": {"agg_value": 0.375}}))
+    with caplog.at_level(logging.WARNING):
+        reference = read_retain_logs(path, ids)
+    assert reference.truth_ratios == {"f-2": 0.25, "f-0": 0.5}
+    assert reference.mia_auc == 0.375
+    assert "1 rows of forget_truth_ratio are null" in caplog.text
+    with pytest.raises(DataError, match="row 2 is beyond the 2 forget samples"):
+        read_retain_logs(path, ids[:2])
+    path.write_text(json.dumps({"forget_truth_ratio": {"value_by_index": {"0": {"x": 1}}}}))
+    with pytest.raises(DataError, match=r"value_by_index\.0\.score': expected a number"):
+        read_retain_logs(path, ids)
+
+
+def test_retain_logs_of_evaluate_and_their_split(tmp_path):
+    path = tmp_path / "metrics.json"
+    path.write_text(json.dumps({"forget_split": "forget05", "mia_min_k": 0.5,
+                                "forget_truth_ratios": {"a": 1, "b": 0.5}}))
+    reference = read_retain_logs(path, ["ignored"], "forget05")
+    assert (reference.truth_ratios, reference.mia_auc) == ({"a": 1.0, "b": 0.5}, 0.5)
+    assert read_retain_logs(path, []).truth_ratios == {"a": 1.0, "b": 0.5}
+    with pytest.raises(DataError, match="logs are for forget05, not forget10"):
+        read_retain_logs(path, [], "forget10")
+    path.write_text(json.dumps({"forget_quality": 0.1}))
+    with pytest.raises(DataError, match=r"neither an `evaluate` metrics\.json"):
+        read_retain_logs(path, [])
 
 
 def test_malformed_json_names_the_file_and_line(logs):

@@ -11,6 +11,7 @@ from unlearnscope.cli import demo as cli_demo
 from unlearnscope.cli import main
 from unlearnscope.cli.demo import method_seeds, method_settings
 from unlearnscope.errors import DataError, UnlearnscopeError
+from unlearnscope.evaluation import experiments
 from unlearnscope.evaluation.validation import read_seed_outcomes
 from unlearnscope.pipeline import PHASE_NAMES, PipelineConfig, load_pipeline_config, run_demo
 
@@ -72,6 +73,7 @@ def test_a_minimal_run_writes_every_product_and_resumes(tmp_path, capsys, monkey
         return real_evaluate(model, *args, **kwargs)
 
     monkeypatch.setattr(pipeline, "evaluate_tofu", counting)
+    monkeypatch.setattr(experiments, "evaluate_tofu", counting)  # ScheduleMetrics'
     summary = run_demo(tmp_path, config)
     out = tmp_path
     assert len(evaluated) == 2  # TOFU evaluation once per method, not per seed

@@ -35,10 +35,11 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from unlearnscope.anchors import read_anchors, split_fit, vote_anchors, write_anchors
+from unlearnscope.anchors import read_anchors, vote_anchor_sets, write_anchors
 from unlearnscope.anchors.sets import AnchorSets
 from unlearnscope.circuits.compute import ATTRIBUTION_PRESETS, compute_circuits
 from unlearnscope.data import load_samples
+from unlearnscope.data.tofu import evaluation_splits
 from unlearnscope.errors import DataError
 from unlearnscope.evaluation.circuit_guided import write_circuit_guided
 from unlearnscope.evaluation.cross_method import write_cross_method
@@ -47,10 +48,12 @@ from unlearnscope.evaluation.depth_ablation import write_depth_ablation
 from unlearnscope.evaluation.experiments import (
     DEFAULT_SCHEDULES,
     CachedUnlearning,
+    ScheduleMetrics,
     easy_hard_sets,
     method_settings,
     schedule_comparison,
     to_markdown,
+    write_table,
 )
 from unlearnscope.evaluation.holdout import resolve_holdout
 from unlearnscope.evaluation.partial import write_partial_correlations
@@ -75,7 +78,6 @@ from unlearnscope.runs import (
     write_config,
     write_json,
     write_parquet,
-    write_text,
 )
 from unlearnscope.scoring import (
     BASELINES,
@@ -191,10 +193,10 @@ class PipelineConfig:
         if self.tofu_dir is None:
             return tuple(load_samples(self.spec(split)) for split in
                          ("forget", "retain", "holdout"))
-        forget = load_samples(f"tofu:{self.forget_split}_perturbed", data_dir=self.tofu_dir)
+        splits = evaluation_splits(self.forget_split)
+        forget = load_samples(f"tofu:{splits['forget']}", data_dir=self.tofu_dir)
         retain = load_samples("tofu:retain90", data_dir=self.tofu_dir)
-        holdout = load_samples(f"tofu:{self.forget_split.replace('forget', 'holdout')}",
-                               data_dir=self.tofu_dir)
+        holdout = load_samples(f"tofu:{splits['holdout']}", data_dir=self.tofu_dir)
         return forget, retain[: 20 * self.retain_authors], holdout
 
     def unlearner(self, target, tokenizer, retain) -> CachedUnlearning:
@@ -403,10 +405,9 @@ def _unlearn(demo: PipelineRun) -> None:
                                        retain_truth_ratios=reference.truth_ratios,
                                        retain_mia_auc=reference.mia_auc, max_new_tokens=32,
                                        gradnorm=config.tofu_gradnorm)
-            tofu = config.tofu_dir is not None
             write_json(folder / "metrics.json", metrics_report(
-                evaluation, benchmark="tofu" if tofu else "synthetic",
-                forget_split=config.forget_split if tofu else "synthetic:forget",
+                evaluation, benchmark="synthetic" if config.tofu_dir is None else "tofu",
+                forget_split=config.forget_split,
                 model=f"{demo.out / 'target'} + {method} (seed {seed})",
                 retain_reference=str(demo.out / "retain")))
             write_parquet(folder / "per_sample.parquet", evaluation["per_sample"])
@@ -455,15 +456,11 @@ def _anchors_and_cud(demo: PipelineRun) -> AnchorSets:
     ids = [s.id for s in demo.forget]
 
     def anchors() -> None:
-        fit, held_out = split_fit(ids, 0.5, seed=demo.config.seed)
         means = {m: seed_mean_outcomes(tables)
                  for m, tables in _outcomes(demo, demo.config.anchor_methods).items()}
-        vote = vote_anchors(means, demo.config.anchor_k, sample_ids=fit)
-        write_anchors(folder, AnchorSets(
-            method="vote", k=demo.config.anchor_k, easy=vote.easy, hard=vote.hard,
-            fit_ids=fit, held_out_ids=held_out, per_method=vote.per_method,
-            options={"methods": list(demo.config.anchor_methods), "fit_fraction": 0.5},
-            diagnostics={"mean_rank": vote.mean_rank}))
+        write_anchors(folder, vote_anchor_sets(
+            means, demo.config.anchor_k, ids, fit_fraction=0.5, seed=demo.config.seed,
+            options={"methods": list(demo.config.anchor_methods), "fit_fraction": 0.5}))
 
     demo.stage("vote easy/hard anchors on half of the forget set", folder / "anchors.json",
                anchors)
@@ -506,37 +503,24 @@ def _validation(demo: PipelineRun, sets: AnchorSets, steps: dict[str, pd.DataFra
                                demo.forget, scores, scorers=demo.config.set_scorers,
                                methods=demo.config.set_methods, k=demo.config.set_k,
                                eligible_ids=sets.held_out_ids)
-        write_text(folder / "sets.csv", table.to_csv(index=False))
-        write_text(folder / "sets.md", to_markdown(table))
+        write_table(table, folder / "sets.csv", folder / "sets.md")
 
     if demo.config.set_methods:
         demo.stage(f"easy/hard set experiment (k={demo.config.set_k}, held-out samples)",
                    folder / "sets.csv", sets_experiment)
 
     def schedules() -> None:
-        reference = None
-
-        def evaluate(model) -> tuple[float | None, float | None]:
-            nonlocal reference
-            if not demo.config.schedule_tofu_metrics:
-                return None, None
-            if reference is None:
-                retain_model, retain_tok = load_model(str(demo.out / "retain"), dtype="float32")
-                reference = retain_reference(retain_model, retain_tok, forget=demo.forget)
-            metrics = evaluate_tofu(model, demo.tokenizer, forget=demo.forget,
-                                    retain=demo.retain,
-                                    retain_truth_ratios=reference.truth_ratios,
-                                    max_new_tokens=32, gradnorm=False)["metrics"]
-            return metrics["forget_quality"], metrics["model_utility"]
-
+        evaluate = ScheduleMetrics(
+            demo.tokenizer, demo.forget, demo.retain,
+            lambda: load_model(str(demo.out / "retain"), dtype="float32"), max_new_tokens=32)
         table = schedule_comparison(
             demo.config.unlearner(demo.target, demo.tokenizer, demo.retain), demo.forget,
             scores, methods=demo.config.schedule_methods,
             budget_steps=demo.config.schedule_budget,
-            target_efficacy=demo.config.target_efficacy, evaluate=evaluate,
+            target_efficacy=demo.config.target_efficacy,
+            evaluate=evaluate if demo.config.schedule_tofu_metrics else None,
             schedules=demo.config.schedules, track_every=demo.config.schedule_track_every)
-        write_text(folder / "schedules.csv", table.to_csv(index=False))
-        write_text(folder / "schedules.md", to_markdown(table))
+        write_table(table, folder / "schedules.csv", folder / "schedules.md")
 
     if demo.config.schedule_methods:
         demo.stage(f"schedule experiment ({demo.config.schedule_budget} steps)",

@@ -10,8 +10,8 @@ from unlearnscope.anchors.sets import (
     split_fit,
     write_anchors,
 )
-from unlearnscope.anchors.vote import VoteResult, read_outcomes, vote_anchors
+from unlearnscope.anchors.vote import VoteResult, read_outcomes, vote_anchor_sets, vote_anchors
 
 __all__ = ["ANCHORS_FILE", "AnchorSets", "BilevelResult", "BilevelSettings", "VoteResult",
            "bilevel_anchors", "project_capped_simplex", "read_anchors", "read_outcomes",
-           "split_fit", "vote_anchors", "write_anchors"]
+           "split_fit", "vote_anchor_sets", "vote_anchors", "write_anchors"]

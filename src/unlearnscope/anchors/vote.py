@@ -19,12 +19,13 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 
-from unlearnscope.anchors.sets import check_k
+from unlearnscope.anchors.sets import AnchorSets, check_k, split_fit
 from unlearnscope.errors import DataError
 from unlearnscope.runs import check_finite
 
@@ -127,6 +128,19 @@ def vote_anchors(outcomes: Mapping[str, pd.DataFrame], k: int, *,
                       hard=sorted(hard, key=position.__getitem__, reverse=True),
                       per_method=per_method,
                       mean_rank={i: float(r) for i, r in zip(ids, mean_rank, strict=True)})
+
+
+def vote_anchor_sets(outcomes: Mapping[str, pd.DataFrame], k: int, sample_ids: Sequence[str],
+                     *, fit_fraction: float, seed: int, options: dict[str, Any] | None = None,
+                     diagnostics: dict[str, Any] | None = None) -> AnchorSets:
+    """The `vote` anchor sets of `sample_ids`: `vote_anchors` over the fit part of
+    `split_fit(sample_ids, fit_fraction, seed)`, the rest held out. `options` (how they were
+    asked for) are recorded as given; `diagnostics` after the vote's `mean_rank`."""
+    fit_ids, held_out = split_fit(list(sample_ids), fit_fraction, seed)
+    vote = vote_anchors(outcomes, k, sample_ids=fit_ids)
+    return AnchorSets("vote", k, vote.easy, vote.hard, fit_ids, held_out,
+                      per_method=vote.per_method, options=dict(options or {}),
+                      diagnostics={"mean_rank": vote.mean_rank, **(diagnostics or {})})
 
 
 def read_outcomes(paths: Sequence[str], names: Sequence[str] | None = None

@@ -17,11 +17,18 @@ at layer `n_layers`. Per circuit:
 
 Values that do not exist for an empty circuit (means, depth) are NaN and are left out of the
 set statistics and tests.
+
+Named groups of samples (`group_circuits`: their stored circuits, selected alike) are what
+`unlearnscope circuits analyze` (`write_group_analysis`) and the report's easy vs hard
+comparison analyze. The plots are `matplotlib.figure.Figure`s, built without pyplot (no global
+backend or figure registry is touched); `save_png` writes one, the report embeds them.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from itertools import combinations
 from pathlib import Path
 from typing import Any
@@ -39,12 +46,16 @@ from unlearnscope.circuits.selection import (
     edge_names,
     edge_vector,
     node_adjacency,
+    select,
 )
-from unlearnscope.runs import atomic_write
+from unlearnscope.circuits.store import CircuitStore
+from unlearnscope.errors import DataError
+from unlearnscope.runs import atomic_write, write_json, write_parquet
 
 SCALAR_STATISTICS = ("n_edges", "n_nodes", "n_attention_nodes", "n_mlp_nodes",
                      "attention_fraction", "mean_depth", "max_edge_span", "max_depth",
                      "last_third_fraction")
+PNG_DPI = 100  # resolution of the circuit plots, as files and in the report
 
 
 def _batched(in_graph: torch.Tensor) -> torch.Tensor:
@@ -315,8 +326,7 @@ def compare_groups(masks: dict[str, torch.Tensor], layout: GraphLayout, *,
     return result
 
 
-def plot_layer_histograms(masks: dict[str, torch.Tensor], layout: GraphLayout,
-                          path: str | Path) -> Path:
+def plot_layer_histograms(masks: dict[str, torch.Tensor], layout: GraphLayout) -> Figure:
     """Grouped bars: mean fraction of a circuit's edges per reader layer, one colour a group."""
     labels = [str(layer) for layer in range(layout.n_layers)] + ["logits"]
     x = np.arange(len(labels))
@@ -331,10 +341,10 @@ def plot_layer_histograms(masks: dict[str, torch.Tensor], layout: GraphLayout,
            title="Edges by layer")
     ax.set_xticklabels(labels)
     ax.legend()
-    return _save(fig, path)
+    return fig
 
 
-def plot_depth_distributions(tables: dict[str, pd.DataFrame], path: str | Path) -> Path:
+def plot_depth_distributions(tables: dict[str, pd.DataFrame]) -> Figure:
     """Histograms of `mean_depth` and `max_depth` per group."""
     fig = Figure(figsize=(10, 4))
     axes = fig.subplots(1, 2)
@@ -350,11 +360,10 @@ def plot_depth_distributions(tables: dict[str, pd.DataFrame], path: str | Path) 
             ax.legend()
     axes[0].set_title("mean layer span of edges")
     axes[1].set_title("longest path (components)")
-    return _save(fig, path)
+    return fig
 
 
-def plot_edge_frequencies(masks: dict[str, torch.Tensor], layout: GraphLayout,
-                          path: str | Path) -> Path:
+def plot_edge_frequencies(masks: dict[str, torch.Tensor], layout: GraphLayout) -> Figure:
     """Histogram of the frequencies of the edges used by a group; with two groups also a
     scatter of one group's edge frequency against the other's."""
     freqs = {name: edge_frequency(m, layout).numpy() for name, m in sorted(masks.items())}
@@ -371,13 +380,110 @@ def plot_edge_frequencies(masks: dict[str, torch.Tensor], layout: GraphLayout,
         axes[0, 1].scatter(fa[used], fb[used], s=6, alpha=0.5)
         axes[0, 1].plot([0, 1], [0, 1], color="grey", linewidth=0.8)
         axes[0, 1].set(xlabel=f"frequency in {a}", ylabel=f"frequency in {b}")
-    return _save(fig, path)
+    return fig
 
 
-def _save(fig: Figure, path: str | Path) -> Path:
-    """Write the figure as PNG atomically (temporary file, then rename). Figures are built
-    without pyplot, so no global backend or figure registry is touched."""
+def save_png(fig: Figure, path: str | Path) -> Path:
+    """Write the figure (laid out tight) as a `PNG_DPI` PNG atomically (temporary file, then
+    rename); returns `path`."""
     path = Path(path)
     fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=PNG_DPI, format="png"))
     return path
+
+
+@dataclass
+class GroupCircuits:
+    """The stored circuits of named groups of samples, all selected alike. Per group: `ids`,
+    its samples with a stored circuit (in the group's order); `not_stored`, those without;
+    `masks` `[n_ids, n_forward, n_backward]`; `tables`, their `circuit_statistics` (one row
+    per id, with `sample_id`)."""
+
+    layout: GraphLayout
+    ids: dict[str, list[str]]
+    not_stored: dict[str, list[str]]
+    masks: dict[str, torch.Tensor]
+    tables: dict[str, pd.DataFrame]
+
+    def figures(self) -> dict[str, Figure]:
+        """The layer-histogram, depth and edge-frequency plots of the groups, by name."""
+        return {"layer_histogram": plot_layer_histograms(self.masks, self.layout),
+                "depth": plot_depth_distributions(self.tables),
+                "edge_frequency": plot_edge_frequencies(self.masks, self.layout)}
+
+
+def group_circuits(store: CircuitStore, groups: Mapping[str, Sequence[str]],
+                   selection: str = "topn", *, n: int | None = None,
+                   threshold: float | None = None, source: str | None = None
+                   ) -> GroupCircuits:
+    """Each group's stored circuits by `selection` (`n` edges, or `threshold`; then pruning).
+    A group none of whose samples has a stored circuit is a `DataError` naming it, with
+    `source` (the file that named the groups; default the store)."""
+    ids = {name: [i for i in group if i in store] for name, group in groups.items()}
+    not_stored = {name: [i for i in group if i not in store] for name, group in groups.items()}
+    empty = [name for name, group in ids.items() if not group]
+    if empty:
+        raise DataError(f"no stored circuit for any sample of group(s) {', '.join(empty)}",
+                        source=source or str(store.directory))
+    layout = store.layout
+    masks = {name: store.circuits(group, selection, n=n, threshold=threshold)
+             for name, group in ids.items()}
+    tables = {name: circuit_statistics(masks[name], layout, group) for name, group in ids.items()}
+    return GroupCircuits(layout, ids, not_stored, masks, tables)
+
+
+def aggregate_statistics(store: CircuitStore, sample_ids: Sequence[str], selection: str, *,
+                         n: int | None = None, threshold: float | None = None
+                         ) -> dict[str, float]:
+    """Statistics of a set's aggregate circuit (mean scores over the set, then selection)."""
+    layout = store.layout
+    mask = select(store.mean_scores(sample_ids), layout, selection, n=n, threshold=threshold)
+    return circuit_statistics(mask, layout).iloc[0].to_dict()
+
+
+def write_group_analysis(store: CircuitStore, circuits: GroupCircuits, out_dir: str | Path, *,
+                         selection: str, n: int | None, threshold: float | None,
+                         n_resamples: int = 9999, seed: int = 0) -> dict[str, Any]:
+    """`unlearnscope circuits analyze`'s products in `out_dir`: `circuit_statistics.parquet`
+    (the groups' `tables` with a `group` column), `summary.json` (the store, the selection, per
+    group `set_summary`, its aggregate circuit's statistics and the samples without a stored
+    circuit; `compare_groups` of every pair; the plot files; NaN written as null) and the three
+    PNG plots. Returns the summary."""
+    out = Path(out_dir)
+    layout = circuits.layout
+    tables = []
+    for name, table in circuits.tables.items():
+        table = table.copy()
+        table.insert(1, "group", name)
+        tables.append(table)
+    write_parquet(out / "circuit_statistics.parquet", pd.concat(tables))
+    figures = circuits.figures()
+    summary = {
+        "store": str(store.directory), "header": store.header,
+        "selection": {"method": selection, "n": n, "threshold": threshold},
+        "n_edges_in_graph": layout.n_edges,
+        "groups": {name: {**set_summary(circuits.masks[name], layout),
+                          "aggregate_circuit": aggregate_statistics(
+                              store, ids, selection, n=n, threshold=threshold),
+                          "missing_samples": circuits.not_stored[name]}
+                   for name, ids in circuits.ids.items()},
+        "comparisons": compare_groups(circuits.masks, layout, n_resamples=n_resamples,
+                                      seed=seed) if len(circuits.ids) > 1 else {},
+        "plots": [p.name for p in (
+            save_png(figures["layer_histogram"], out / "layer_histogram.png"),
+            save_png(figures["depth"], out / "depth.png"),
+            save_png(figures["edge_frequency"], out / "edge_frequency.png"))],
+    }
+    write_json(out / "summary.json", _strict_json(summary))
+    return summary
+
+
+def _strict_json(value):
+    """NaN (undefined statistics, untestable groups) as null, so any JSON reader accepts it."""
+    if isinstance(value, dict):
+        return {key: _strict_json(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_strict_json(item) for item in value]
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value

@@ -14,7 +14,7 @@ from unlearnscope.anchors import (
     bilevel_anchors,
     read_outcomes,
     split_fit,
-    vote_anchors,
+    vote_anchor_sets,
     write_anchors,
 )
 from unlearnscope.anchors.bilevel import SOLVERS
@@ -104,13 +104,10 @@ def _vote(args: argparse.Namespace) -> AnchorSets:
     _require(args, {"--outcomes": args.outcomes})
     tables = read_outcomes(args.outcomes, args.method_names)
     first = next(iter(tables.values()))
-    fit_ids, held_out = split_fit(first["sample_id"].astype(str).tolist(), args.fit_fraction,
-                                  args.seed)
-    result = vote_anchors(tables, args.k, sample_ids=fit_ids)
-    return AnchorSets("vote", args.k, result.easy, result.hard, fit_ids, held_out,
-                      per_method=result.per_method, options=options_of(args),
-                      diagnostics={"mean_rank": result.mean_rank, "methods": list(tables),
-                                   "data": args.data})
+    return vote_anchor_sets(tables, args.k, first["sample_id"].astype(str).tolist(),
+                            fit_fraction=args.fit_fraction, seed=args.seed,
+                            options=options_of(args),
+                            diagnostics={"methods": list(tables), "data": args.data})
 
 
 def _bilevel(args: argparse.Namespace) -> tuple[AnchorSets, int]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import csv
 import logging
-import math
 from pathlib import Path
 
 import pandas as pd
@@ -26,7 +25,7 @@ from unlearnscope.circuits.compute import (
 from unlearnscope.circuits.export import FORMATS, export_from_store
 from unlearnscope.circuits.metrics import METRICS
 from unlearnscope.circuits.plan import METHODS, RULES
-from unlearnscope.circuits.selection import SELECTORS, edge_count, select
+from unlearnscope.circuits.selection import SELECTORS, edge_count
 from unlearnscope.circuits.store import HEADER_FILE, CircuitStore
 from unlearnscope.cli._common import (
     add_data_args,
@@ -38,7 +37,7 @@ from unlearnscope.cli._common import (
     samples_from,
 )
 from unlearnscope.errors import DataError, UnlearnscopeError
-from unlearnscope.runs import read_json, write_config, write_json, write_parquet
+from unlearnscope.runs import read_json, write_config
 
 log = logging.getLogger(__name__)
 
@@ -229,78 +228,25 @@ def read_groups(path: str | Path) -> dict[str, list[str]]:
 
 def run_analyze(args: argparse.Namespace) -> int:
     # imported here: scipy.stats and matplotlib would slow down every other command's start
-    from unlearnscope.circuits.analysis import (
-        circuit_statistics,
-        compare_groups,
-        plot_depth_distributions,
-        plot_edge_frequencies,
-        plot_layer_histograms,
-        set_summary,
-    )
+    from unlearnscope.circuits.analysis import group_circuits, write_group_analysis
 
     store = CircuitStore.open(store_dir(args.dir))
-    layout = store.layout
     groups = read_groups(args.groups) if args.groups else {"all": store.sample_ids}
-    n = None if args.selection == "threshold" else edge_count(args.top_n, layout.n_edges)
-    missing = {name: [i for i in ids if i not in store] for name, ids in groups.items()}
-    groups = {name: [i for i in ids if i in store] for name, ids in groups.items()}
-    for name, ids in missing.items():
-        if ids:
-            log.warning("group %s: %d samples have no stored circuit (%s)", name, len(ids),
-                        ", ".join(ids[:5]))
-    empty = [name for name, ids in groups.items() if not ids]
-    if empty:
-        raise DataError(f"no stored circuit for any sample of group(s) {', '.join(empty)}",
-                        source=args.groups)
-    masks = {name: store.circuits(ids, args.selection, n=n, threshold=args.threshold)
-             for name, ids in groups.items()}
-    out = Path(args.dir) / ANALYSIS_DIR
-    tables = {}
+    n = None if args.selection == "threshold" else edge_count(args.top_n, store.layout.n_edges)
     for name, ids in groups.items():
-        tables[name] = circuit_statistics(masks[name], layout, ids)
-        tables[name].insert(1, "group", name)
-    write_parquet(out / "circuit_statistics.parquet", pd.concat(tables.values()))
-    summary = {
-        "store": str(store.directory), "header": store.header,
-        "selection": {"method": args.selection, "n": n, "threshold": args.threshold},
-        "n_edges_in_graph": layout.n_edges,
-        "groups": {name: {**set_summary(masks[name], layout),
-                          "aggregate_circuit": _aggregate_statistics(store, ids, args, n),
-                          "missing_samples": missing[name]}
-                   for name, ids in groups.items()},
-        "comparisons": compare_groups(masks, layout, n_resamples=args.n_resamples,
-                                      seed=args.seed) if len(groups) > 1 else {},
-        "plots": [p.name for p in (
-            plot_layer_histograms(masks, layout, out / "layer_histogram.png"),
-            plot_depth_distributions(tables, out / "depth.png"),
-            plot_edge_frequencies(masks, layout, out / "edge_frequency.png"))],
-    }
-    write_json(out / "summary.json", _strict_json(summary))
+        missing = [i for i in ids if i not in store]
+        if missing:
+            log.warning("group %s: %d samples have no stored circuit (%s)", name, len(missing),
+                        ", ".join(missing[:5]))
+    circuits = group_circuits(store, groups, args.selection, n=n, threshold=args.threshold,
+                              source=args.groups)
+    out = Path(args.dir) / ANALYSIS_DIR
+    summary = write_group_analysis(store, circuits, out, selection=args.selection, n=n,
+                                   threshold=args.threshold, n_resamples=args.n_resamples,
+                                   seed=args.seed)
     _print_analysis(summary)
     print(f"-> {out / 'summary.json'}")
     return 0
-
-
-def _strict_json(value):
-    """NaN (undefined statistics, untestable groups) as null, so any JSON reader accepts it."""
-    if isinstance(value, dict):
-        return {key: _strict_json(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_strict_json(item) for item in value]
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    return value
-
-
-def _aggregate_statistics(store: CircuitStore, sample_ids: list[str], args: argparse.Namespace,
-                          n: int | None) -> dict[str, float]:
-    """Statistics of a set's aggregate circuit (mean scores over the set, then selection)."""
-    from unlearnscope.circuits.analysis import circuit_statistics
-
-    layout = store.layout
-    mean = store.mean_scores(sample_ids)
-    mask = select(mean, layout, args.selection, n=n, threshold=args.threshold)
-    return circuit_statistics(mask, layout).iloc[0].to_dict()
 
 
 def _print_analysis(summary: dict) -> None:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
-import re
 from pathlib import Path
 
 from unlearnscope.cli._common import (
@@ -16,10 +14,11 @@ from unlearnscope.cli._common import (
     positive_int,
 )
 from unlearnscope.data import load_samples
-from unlearnscope.errors import DataError
+from unlearnscope.data.tofu import evaluation_splits
 from unlearnscope.evaluation.mia import DEFAULT_K
+from unlearnscope.evaluation.open_unlearning import read_retain_logs
 from unlearnscope.evaluation.tofu import (
-    PRIVLEAK_ATTACK,
+    RetainReference,
     evaluate_tofu,
     metrics_report,
     retain_reference,
@@ -79,15 +78,8 @@ def _split_specs(args: argparse.Namespace) -> dict[str, str]:
         query = f"?{args.data_options}" if args.data_options else ""
         return {name: f"synthetic:authors/{name}{query}"
                 for name in ("forget", "holdout", "retain")}
-    match = re.fullmatch(r"forget(\d\d)", args.forget_split)
-    if match is None:
-        raise DataError(f"TOFU forget split '{args.forget_split}' is not forgetXX "
-                        "(forget01, forget05, forget10)", field="--forget-split")
-    return {"forget": f"tofu:{args.forget_split}_perturbed",
-            "holdout": f"tofu:holdout{match.group(1)}",
-            "retain_perturbed": "tofu:retain_perturbed",
-            "real_authors": "tofu:real_authors_perturbed",
-            "world_facts": "tofu:world_facts_perturbed"}
+    return {name: f"tofu:{split}" for name, split in
+            evaluation_splits(args.forget_split, field="--forget-split").items()}
 
 
 def _load_sets(args: argparse.Namespace) -> tuple[dict[str, list], list]:
@@ -101,54 +93,14 @@ def _load_sets(args: argparse.Namespace) -> tuple[dict[str, list], list]:
     return sets, full_forget
 
 
-def read_retain_logs(path: str | Path, forget_ids: list[str], forget_split: str | None = None
-                     ) -> tuple[dict[str, float], float | None]:
-    """(per-sample forget truth ratios keyed by sample id, min-k MIA AUC or None) from a
-    metrics.json written by `evaluate`, or from an open-unlearning TOFU_EVAL.json (whose
-    `value_by_index` keys are row numbers of the forget split, mapped to `forget_ids`)."""
-    source = str(path)
-    try:
-        logs = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DataError("retain logs not found", source=source) from None
-    except json.JSONDecodeError as error:
-        raise DataError(f"not JSON ({error})", source=source) from None
-    if not isinstance(logs, dict):
-        raise DataError("expected a JSON object", source=source)
-    if "forget_truth_ratios" in logs:
-        logged_split = logs.get("forget_split")
-        if forget_split is not None and logged_split not in (None, forget_split):
-            raise DataError(f"logs are for {logged_split}, not {forget_split}", source=source,
-                            field="forget_split")
-        ratios = logs["forget_truth_ratios"]
-        if not isinstance(ratios, dict) or not ratios:
-            raise DataError("no per-sample truth ratios", source=source,
-                            field="forget_truth_ratios")
-        auc = logs.get(f"mia_{PRIVLEAK_ATTACK}")
-        return {str(k): float(v) for k, v in ratios.items()}, auc
-    entry = logs.get("forget_truth_ratio")
-    if isinstance(entry, dict) and isinstance(entry.get("value_by_index"), dict):
-        ratios = {}
-        for index, value in entry["value_by_index"].items():
-            row = int(index)
-            if row >= len(forget_ids):
-                raise DataError(f"row {row} is beyond the {len(forget_ids)} forget samples",
-                                source=source, field="forget_truth_ratio")
-            ratios[forget_ids[row]] = float(value["score"])
-        mia = logs.get(f"mia_{PRIVLEAK_ATTACK}")
-        auc = mia.get("agg_value") if isinstance(mia, dict) else None
-        return ratios, auc
-    raise DataError("neither an `evaluate` metrics.json (forget_truth_ratios) nor an "
-                    "open-unlearning log (forget_truth_ratio.value_by_index)", source=source)
-
-
 def _retain_reference(args: argparse.Namespace, sets: dict[str, list], full_forget: list
-                      ) -> tuple[dict[str, float] | None, float | None, str | None]:
-    """Forget truth ratios and min-k AUC of the retain model, and where they came from."""
+                      ) -> tuple[RetainReference, str | None]:
+    """Forget truth ratios and min-k AUC of the retain model (None without one), and where
+    they came from."""
     if args.retain_logs:
-        ratios, auc = read_retain_logs(args.retain_logs, [s.id for s in full_forget],
-                                       args.forget_split if args.benchmark == "tofu" else None)
-        return ratios, auc, f"logs:{args.retain_logs}"
+        reference = read_retain_logs(args.retain_logs, [s.id for s in full_forget],
+                                     args.forget_split if args.benchmark == "tofu" else None)
+        return reference, f"logs:{args.retain_logs}"
     if args.retain_model:
         model, tokenizer = load_model(args.retain_model, dtype=args.dtype,
                                       trust_remote_code=args.trust_remote_code)
@@ -157,27 +109,27 @@ def _retain_reference(args: argparse.Namespace, sets: dict[str, list], full_forg
                                      holdout=sets.get("holdout"), batch_size=args.batch_size,
                                      k=args.k, max_length=args.max_length)
         del model
-        return dict(reference.truth_ratios), reference.mia_auc, f"model:{args.retain_model}"
-    return None, None, None
+        return reference, f"model:{args.retain_model}"
+    return RetainReference(), None
 
 
 def run(args: argparse.Namespace) -> int:
     sets, full_forget = _load_sets(args)
-    retain_ratios, retain_auc, reference_source = _retain_reference(args, sets, full_forget)
+    reference, reference_source = _retain_reference(args, sets, full_forget)
     model, tokenizer = load_args_model(args)
     write_config(args.out, "evaluate", options_of(args))
     result = evaluate_tofu(
         model, tokenizer, forget=sets["forget"], holdout=sets.get("holdout"),
         retain=sets.get("retain"), retain_perturbed=sets.get("retain_perturbed"),
         real_authors=sets.get("real_authors"), world_facts=sets.get("world_facts"),
-        retain_truth_ratios=retain_ratios, retain_mia_auc=retain_auc,
+        retain_truth_ratios=reference.truth_ratios, retain_mia_auc=reference.mia_auc,
         batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, k=args.k,
         gradnorm=not args.no_gradnorm, max_length=args.max_length,
     )
     record_truncation(args.out, result["n_truncated"])
     report = metrics_report(
         result, benchmark=args.benchmark, model=args.model, retain_reference=reference_source,
-        forget_split=args.forget_split if args.benchmark == "tofu" else "synthetic:forget",
+        forget_split=args.forget_split,
         n_samples={name: len(samples) for name, samples in sets.items()},
     )
     out = Path(args.out)

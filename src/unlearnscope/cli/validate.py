@@ -31,12 +31,13 @@ from unlearnscope.errors import DataError
 from unlearnscope.evaluation import cross_method, cud_choice
 from unlearnscope.evaluation.experiments import (
     CachedUnlearning,
+    ScheduleMetrics,
     easy_hard_sets,
     schedule_comparison,
     to_markdown,
+    write_table,
 )
 from unlearnscope.evaluation.holdout import resolve_holdout
-from unlearnscope.evaluation.tofu import evaluate_tofu, retain_reference
 from unlearnscope.evaluation.validation import (
     SEED_DIR,
     correlation_markdown,
@@ -51,7 +52,7 @@ from unlearnscope.evaluation.validation import (
     write_validation,
 )
 from unlearnscope.models import load_model
-from unlearnscope.runs import write_config, write_text
+from unlearnscope.runs import write_config
 from unlearnscope.scoring import read_scorer_configs
 from unlearnscope.scoring.cud import SIMILARITIES, VECTORS
 from unlearnscope.unlearning.trainer import UnlearnConfig
@@ -278,8 +279,7 @@ def _write_table(args: argparse.Namespace, name: str, table) -> None:
     folder = Path(args.out or args.run) / "validation"
     write_config(folder / name, f"validate {name}",
                  {k: v for k, v in vars(args).items() if k != "func"})
-    write_text(folder / f"{name}.csv", table.to_csv(index=False))
-    write_text(folder / f"{name}.md", to_markdown(table))
+    write_table(table, folder / f"{name}.csv", folder / f"{name}.md")
     print(to_markdown(table), end="")
     print(f"-> {folder / (name + '.csv')}")
 
@@ -298,16 +298,9 @@ def run_schedules(args: argparse.Namespace) -> int:
         raise DataError("validate schedules needs --retain-model (forget quality compares "
                         "truth ratios with the retain model's)", field="--retain-model")
     scores, _, forget, retain, unlearner, methods = _experiment_inputs(args, "schedules")
-    retain_model, retain_tokenizer = load_model(args.retain_model, dtype=args.dtype)
-    reference = retain_reference(retain_model, retain_tokenizer, forget=forget)
-    del retain_model
-
-    def evaluate(model) -> tuple[float | None, float | None]:
-        metrics = evaluate_tofu(model, unlearner.tokenizer, forget=forget, retain=retain,
-                                retain_truth_ratios=reference.truth_ratios,
-                                gradnorm=False)["metrics"]
-        return metrics["forget_quality"], metrics["model_utility"]
-
+    evaluate = ScheduleMetrics(unlearner.tokenizer, forget, retain,
+                               lambda: load_model(args.retain_model, dtype=args.dtype))
+    evaluate.reference()  # the retain model now: a bad --retain-model fails before unlearning
     table = schedule_comparison(unlearner, forget, scores, methods=methods,
                                 budget_steps=args.budget, target_efficacy=args.target_efficacy,
                                 evaluate=evaluate)

@@ -36,6 +36,7 @@ N_AUTHORS = 200
 # split -> its `_perturbed` twin: the same questions in the same order
 PERTURBED_TWINS = {split: f"{split}_perturbed" for split in
                    ("forget01", "forget05", "forget10", "real_authors", "world_facts")}
+_FORGET_SPLIT = re.compile(r"forget(\d\d)(_perturbed)?")
 
 
 def id_prefix(split: str) -> str:
@@ -44,13 +45,34 @@ def id_prefix(split: str) -> str:
     return PERTURBED_TWINS.get(split, split)
 
 
+def forget_percent(split: str) -> int | None:
+    """The percentage of the authors a forget split holds (`forget05` and `forget05_perturbed`:
+    5), None for another split."""
+    match = _FORGET_SPLIT.fullmatch(split)
+    return None if match is None else int(match.group(1))
+
+
+def evaluation_splits(forget_split: str, *, field: str = "forget_split") -> dict[str, str]:
+    """The TOFU splits an evaluation of unlearning `forget_split` (`forgetXX`) reads, by role:
+    `forget`, its `_perturbed` twin (the same questions with paraphrased and perturbed
+    answers); `holdout`, `holdoutXX`; `retain_perturbed`, `real_authors` and `world_facts`,
+    the `_perturbed` files of the utility splits. Another name is a `DataError` on `field`."""
+    percent = forget_percent(forget_split)
+    if percent is None or forget_split != f"forget{percent:02d}":
+        raise DataError(f"TOFU forget split '{forget_split}' is not forgetXX "
+                        "(forget01, forget05, forget10)", field=field)
+    return {"forget": f"{forget_split}_perturbed", "holdout": f"holdout{percent:02d}",
+            "retain_perturbed": "retain_perturbed", "real_authors": "real_authors_perturbed",
+            "world_facts": "world_facts_perturbed"}
+
+
 def _first_row_in_full(split: str) -> int | None:
     """Row offset of a split inside `full` (forget splits are the last authors)."""
     if split == "full" or split.startswith("retain9"):
         return 0
-    match = re.fullmatch(r"forget(\d\d)(_perturbed)?", split)
-    if match:
-        return N_AUTHORS * QUESTIONS_PER_AUTHOR * (100 - int(match.group(1))) // 100
+    percent = forget_percent(split)
+    if percent is not None:
+        return N_AUTHORS * QUESTIONS_PER_AUTHOR * (100 - percent) // 100
     return None
 
 

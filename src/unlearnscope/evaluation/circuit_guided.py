@@ -31,10 +31,9 @@ from unlearnscope.anchors.sets import ANCHORS_FILE, read_anchors
 from unlearnscope.data.sample import Sample
 from unlearnscope.errors import DataError
 from unlearnscope.evaluation.anchored_cud import read_run_outcomes
-from unlearnscope.evaluation.experiments import CachedUnlearning, to_markdown
+from unlearnscope.evaluation.experiments import CachedUnlearning, to_markdown, write_table
 from unlearnscope.evaluation.validation import MEAN_METHOD, measured_difficulty
 from unlearnscope.progress import progress_bar
-from unlearnscope.runs import write_text
 
 ARMS = ("global", "hard-anchors", "batch", "random")
 CIRCUIT_GUIDED_COLUMNS = ["method", "arm", "steps", "forget_slots", "distinct_samples_drawn",
@@ -162,11 +161,11 @@ def write_circuit_guided(run_dir: str | Path, unlearner: CachedUnlearning, forge
                                       anchors=anchors_path, arms=arms, mask_seed=seed,
                                       evaluate=evaluate)
     folder = run_dir / "validation"
-    write_text(folder / CSV_FILE, table.to_csv(index=False))
     header = [f"Circuit-guided unlearning: {budget_steps} steps per run, the same lr in every "
               f"arm; circuits = each sample's top {top_n} edges, pruned; masks from the "
               f"{len(anchors.hard)} hard anchors (fit half). efficacy x100 on the {n_hard} "
               f"hardest held-out samples ({', '.join(hard)}) and on all {len(forget)} forget "
               "samples; p_hard_vs_random: paired sign-flip test against the random control."]
-    write_text(folder / MD_FILE, circuit_guided_markdown(table, header))
+    write_table(table, folder / CSV_FILE, folder / MD_FILE,
+                markdown=circuit_guided_markdown(table, header))
     return table

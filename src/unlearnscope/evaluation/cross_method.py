@@ -40,8 +40,8 @@ from unlearnscope.evaluation.anchored_cud import (
     seed_mean,
     vote_sets,
 )
-from unlearnscope.evaluation.experiments import to_markdown
-from unlearnscope.runs import write_config, write_text
+from unlearnscope.evaluation.experiments import to_markdown, write_table
+from unlearnscope.runs import write_config
 
 CROSS_METHOD_COLUMNS = ["kind", "anchors", "target", "pairing", "spearman", "spearman_low",
                         "spearman_high", "n", "target_seeds", "anchor_seeds", "note"]
@@ -255,6 +255,6 @@ def write_cross_method(run_dir: str | Path, *, top_n: float = 0.05, vector: str 
         "seeds, rho averaged over target seeds (pairing 'different seeds'); 'same seed' / "
         "'same run' where only single-seed runs with one seed exist (see note).",
     ]
-    write_text(folder / CSV_FILE, table.to_csv(index=False))
-    write_text(folder / MD_FILE, cross_method_markdown(table, header))
+    write_table(table, folder / CSV_FILE, folder / MD_FILE,
+                markdown=cross_method_markdown(table, header))
     return table

@@ -65,7 +65,7 @@ from unlearnscope.evaluation.anchored_cud import (
     seed_mean,
     vote_sets,
 )
-from unlearnscope.evaluation.experiments import to_markdown
+from unlearnscope.evaluation.experiments import to_markdown, write_table
 from unlearnscope.evaluation.holdout import uses_anchors
 from unlearnscope.evaluation.validation import (
     MEAN_METHOD,
@@ -73,7 +73,7 @@ from unlearnscope.evaluation.validation import (
     measured_difficulty,
     read_scores,
 )
-from unlearnscope.runs import write_config, write_text
+from unlearnscope.runs import write_config
 from unlearnscope.scoring.cud import SIMILARITIES, VECTORS
 from unlearnscope.scoring.runner import read_scorer_configs
 
@@ -452,6 +452,6 @@ def write_cud_choice(run_dir: str | Path, *, top_n: Sequence[float] = TOP_N,
         f"choice, with anchors (k={halves.k}) voted on the whole fit half (bootstrap interval "
         f"over samples, {n_boot} resamples).",
     ]
-    write_text(folder / CSV_FILE, table.to_csv(index=False))
-    write_text(folder / MD_FILE, cud_choice_markdown(table, header))
+    write_table(table, folder / CSV_FILE, folder / MD_FILE,
+                markdown=cud_choice_markdown(table, header))
     return table

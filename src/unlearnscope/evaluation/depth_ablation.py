@@ -25,13 +25,12 @@ from unlearnscope.anchors.sets import ANCHORS_FILE, read_anchors
 from unlearnscope.circuits.graph import GraphLayout
 from unlearnscope.circuits.selection import edge_count, edge_index
 from unlearnscope.evaluation.anchored_cud import open_run_store, read_run_outcomes
-from unlearnscope.evaluation.experiments import to_markdown
+from unlearnscope.evaluation.experiments import to_markdown, write_table
 from unlearnscope.evaluation.validation import (
     MEAN_METHOD,
     bootstrap_spearman_interval,
     measured_difficulty,
 )
-from unlearnscope.runs import write_text
 from unlearnscope.scoring.cud import anchor_aggregate, circuit_vectors, cud
 
 BANDS = ("first", "middle", "last")
@@ -105,10 +104,11 @@ def write_depth_ablation(run_dir: str | Path, *, top_n: float = 0.05, vector: st
                                  anchors.hard, truth, top_n=top_n, vector=vector,
                                  similarity=similarity, n_boot=n_boot, seed=seed)
     folder = run_dir / "validation"
-    write_text(folder / "depth_ablation.csv", table.to_csv(index=False))
-    write_text(folder / "depth_ablation.md", "\n".join([
+    markdown = "\n".join([
         f"CUD over the edges read in each third of the layers ({vector} vectors, {similarity}, "
         f"top {top_n} of the band's edges, unpruned), Spearman with measured difficulty on "
         f"the {len(truth)} held-out samples, 95% bootstrap interval.", "",
-        to_markdown(table)]))
+        to_markdown(table)])
+    write_table(table, folder / "depth_ablation.csv", folder / "depth_ablation.md",
+                markdown=markdown)
     return table

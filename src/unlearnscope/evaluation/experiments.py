@@ -21,13 +21,17 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from itertools import combinations
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from unlearnscope.data.sample import Sample
 from unlearnscope.errors import DataError
+from unlearnscope.evaluation.tofu import RetainReference, evaluate_tofu, retain_reference
+from unlearnscope.models.generation import DEFAULT_MAX_NEW_TOKENS
 from unlearnscope.progress import progress_bar
+from unlearnscope.runs import write_text
 from unlearnscope.unlearning.trainer import run_unlearning
 
 SET_COLUMNS = ["scorer", "method", "set", "k", "efficacy", "delta_vs_random", "random_std",
@@ -261,7 +265,8 @@ def steps_to_target(trajectory: pd.DataFrame, target_efficacy: float) -> float:
 
 def schedule_comparison(unlearner: CachedUnlearning, forget: Sequence[Sample], scores: pd.DataFrame,
                         *, methods: Sequence[str], budget_steps: int, target_efficacy: float,
-                        evaluate: Callable[[object], tuple[float | None, float | None]],
+                        evaluate: Callable[[object], tuple[float | None, float | None]]
+                        | None,
                         schedules: Sequence[tuple[str, str | None]] = DEFAULT_SCHEDULES,
                         track_every: int = 1) -> pd.DataFrame:
     """The schedule table (`SCHEDULE_COLUMNS`), all runs at `budget_steps` optimizer steps, so
@@ -269,7 +274,8 @@ def schedule_comparison(unlearner: CachedUnlearning, forget: Sequence[Sample], s
     each arm's slots reached (all of them for uniform and curricula once the slots are at least
     the forget set's size; weighted sampling draws with replacement and may miss some).
 
-    `evaluate(model) -> (forget_quality, model_utility)` scores each unlearned model.
+    `evaluate(model) -> (forget_quality, model_utility)` scores each unlearned model (e.g.
+    `ScheduleMetrics`); None leaves both empty.
     Schedules whose scorer is missing from `scores` are skipped.
     """
     if track_every < 1:
@@ -283,12 +289,43 @@ def schedule_comparison(unlearner: CachedUnlearning, forget: Sequence[Sample], s
             result = unlearner.run(forget, method, schedule=schedule,
                                    difficulty=scores if scorer else None, scorer=scorer,
                                    max_steps=budget_steps, track_every=track_every)
-            quality, utility = evaluate(result.model)
+            quality, utility = (None, None) if evaluate is None else evaluate(result.model)
             rows.append((method, schedule, scorer or "-", result.summary["forget_slots"],
                          result.summary["distinct_forget_samples_drawn"],
                          100.0 * float(result.outcomes.efficacy.mean()), quality, utility,
                          steps_to_target(result.trajectory, target_efficacy)))
     return pd.DataFrame(rows, columns=SCHEDULE_COLUMNS)
+
+
+class ScheduleMetrics:
+    """`schedule_comparison`'s `evaluate`: `(forget_quality, model_utility)` of an unlearned
+    model from the TOFU evaluation on `forget` and `retain` (greedy answers of at most
+    `max_new_tokens`, no membership attacks), forget quality against the forget truth ratios
+    of the retain model that `load_retain() -> (model, tokenizer)` gives, evaluated once, on
+    first use (`reference`), and then released."""
+
+    def __init__(self, tokenizer, forget: Sequence[Sample], retain: Sequence[Sample],
+                 load_retain: Callable[[], tuple[object, object]], *,
+                 max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS) -> None:
+        self.tokenizer = tokenizer
+        self.forget = forget
+        self.retain = retain
+        self.max_new_tokens = max_new_tokens
+        self._load_retain = load_retain
+        self._reference: RetainReference | None = None
+
+    def reference(self) -> RetainReference:
+        """The retain model's per-sample forget truth ratios (computed on the first call)."""
+        if self._reference is None:
+            model, tokenizer = self._load_retain()
+            self._reference = retain_reference(model, tokenizer, forget=self.forget)
+        return self._reference
+
+    def __call__(self, model) -> tuple[float | None, float | None]:
+        metrics = evaluate_tofu(model, self.tokenizer, forget=self.forget, retain=self.retain,
+                                retain_truth_ratios=self.reference().truth_ratios,
+                                max_new_tokens=self.max_new_tokens, gradnorm=False)["metrics"]
+        return metrics["forget_quality"], metrics["model_utility"]
 
 
 def to_markdown(table: pd.DataFrame, floatfmt: str = ".3g") -> str:
@@ -302,3 +339,12 @@ def to_markdown(table: pd.DataFrame, floatfmt: str = ".3g") -> str:
     rule = "|" + "|".join("---" for _ in table.columns) + "|"
     body = ["| " + " | ".join(cell(v) for v in row) + " |" for row in table.itertuples(False)]
     return "\n".join([header, rule, *body]) + "\n"
+
+
+def write_table(table: pd.DataFrame, csv_path: str | Path, markdown_path: str | Path, *,
+                markdown: str | None = None) -> None:
+    """`table` as CSV (no index) at `csv_path` and as markdown at `markdown_path`: `markdown`
+    when given (a table with its header lines), else `to_markdown(table)`; each written
+    atomically."""
+    write_text(csv_path, table.to_csv(index=False))
+    write_text(markdown_path, to_markdown(table) if markdown is None else markdown)

@@ -13,6 +13,9 @@ loss_before`), so `validate` can score our difficulty metrics on runs made with 
 Row `i` of the forget split becomes sample `forgetXX_perturbed-<i:05d>`, the id our TOFU loader
 gives row `i` of `tofu:forgetXX` and of `tofu:forgetXX_perturbed` (the same questions in the same
 order; open-unlearning evaluates the latter); another `id_prefix` gives `<id_prefix>-<i:05d>`.
+`read_retain_logs` reads what forget quality and privleak need from a retain model's log: its
+`forget_truth_ratio` rows (`{"score": R}`) and `mia_min_k` AUC, or the same numbers from the
+`metrics.json` that `unlearnscope evaluate` wrote for it.
 
 **Writing.** `weight_table` turns one scorer's difficulty into a weight per row, written by
 `write_weights` as JSON in the same per-index layout:
@@ -38,7 +41,7 @@ import json
 import logging
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +52,7 @@ from scipy.stats import rankdata
 from unlearnscope.data import tofu
 from unlearnscope.data.tofu import N_AUTHORS, QUESTIONS_PER_AUTHOR
 from unlearnscope.errors import DataError
+from unlearnscope.evaluation.tofu import PRIVLEAK_ATTACK, RetainReference
 from unlearnscope.evaluation.validation import read_scores
 from unlearnscope.runs import read_json, write_text
 from unlearnscope.unlearning.outcomes import outcome_table
@@ -59,11 +63,11 @@ logger = logging.getLogger(__name__)
 LOSS_METRIC = "forget_Q_A_Prob"
 ROUGE_METRIC = "forget_Q_A_ROUGE"
 ROUGE_FIELD = "rougeL_recall"
+TRUTH_RATIO_METRIC = "forget_truth_ratio"
 WEIGHTS_FORMAT = "unlearnscope-weights/1"
 WEIGHTINGS = ("ease", "hardness")
 WEIGHT_COLUMNS = ["index", "sample_id", "difficulty", "weight"]
 _ROW_ID = re.compile(r"(?P<prefix>.+)-(?P<index>\d+)")
-_FORGET_SPLIT = re.compile(r"forget(\d\d)(_perturbed)?")
 
 
 def sample_id(id_prefix: str, index: int) -> str:
@@ -85,10 +89,10 @@ def split_sample_id(value: str, *, source: str | None = None) -> tuple[str, int]
 def tofu_forget_rows(id_prefix: str) -> int | None:
     """Rows of the TOFU forget split `id_prefix` (`forget10` or `forget10_perturbed`: 400),
     None for another prefix."""
-    match = _FORGET_SPLIT.fullmatch(id_prefix)
-    if match is None:
+    percent = tofu.forget_percent(id_prefix)
+    if percent is None:
         return None
-    return N_AUTHORS * QUESTIONS_PER_AUTHOR * int(match.group(1)) // 100
+    return N_AUTHORS * QUESTIONS_PER_AUTHOR * percent // 100
 
 
 def _infer_id_prefix(n_rows: int, source: str) -> str:
@@ -231,6 +235,46 @@ def import_outcomes(before: str | Path, after: str | Path, *, id_prefix: str | N
     return outcome_table([sample_id(id_prefix, row) for row in kept],
                          np.array([loss_before[row] for row in kept]),
                          np.array([loss_after[row] for row in kept]), rouge_before, rouge_after)
+
+
+def read_retain_logs(path: str | Path, forget_ids: Sequence[str],
+                     forget_split: str | None = None) -> RetainReference:
+    """A retain model's per-sample forget truth ratios (keyed by sample id) and min-k MIA AUC
+    (None when not logged), from the `metrics.json` `unlearnscope evaluate` wrote for it
+    (`metrics_report`; logs of another `forget_split` than the given one are refused), or from
+    an open-unlearning `TOFU_EVAL.json`, whose `forget_truth_ratio` rows are row numbers of the
+    forget split, mapped to `forget_ids` (rows logged as null are left out, with a warning)."""
+    source = str(path)
+    logs = read_json(path)
+    auc_key = f"mia_{PRIVLEAK_ATTACK}"
+    if "forget_truth_ratios" in logs:
+        logged_split = logs.get("forget_split")
+        if forget_split is not None and logged_split not in (None, forget_split):
+            raise DataError(f"logs are for {logged_split}, not {forget_split}", source=source,
+                            field="forget_split")
+        ratios = logs["forget_truth_ratios"]
+        if not isinstance(ratios, dict) or not ratios:
+            raise DataError("no per-sample truth ratios", source=source,
+                            field="forget_truth_ratios")
+        return RetainReference({str(k): float(v) for k, v in ratios.items()}, logs.get(auc_key))
+    entry = logs.get(TRUTH_RATIO_METRIC)
+    if not (isinstance(entry, dict) and isinstance(entry.get("value_by_index"), dict)):
+        raise DataError("neither an `evaluate` metrics.json (forget_truth_ratios) nor an "
+                        f"open-unlearning log ({TRUTH_RATIO_METRIC}.value_by_index)",
+                        source=source)
+    ratios = {}
+    for row, value in _rows(logs, TRUTH_RATIO_METRIC, source).items():
+        if row >= len(forget_ids):
+            raise DataError(f"row {row} is beyond the {len(forget_ids)} forget samples",
+                            source=source, field=TRUTH_RATIO_METRIC)
+        if value is not None:
+            ratios[forget_ids[row]] = _number(value.get("score"), source,
+                                              f"{TRUTH_RATIO_METRIC}.value_by_index.{row}.score")
+    if len(ratios) < len(entry["value_by_index"]):
+        logger.warning("%d rows of %s are null in %s and are left out",
+                       len(entry["value_by_index"]) - len(ratios), TRUTH_RATIO_METRIC, source)
+    mia = logs.get(auc_key)
+    return RetainReference(ratios, mia.get("agg_value") if isinstance(mia, dict) else None)
 
 
 def weight_table(scores: str | Path, scorer: str, *, weighting: str = "ease",

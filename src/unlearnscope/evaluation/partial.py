@@ -18,9 +18,8 @@ import pandas as pd
 from scipy import stats
 
 from unlearnscope.errors import DataError
-from unlearnscope.evaluation.experiments import to_markdown
+from unlearnscope.evaluation.experiments import to_markdown, write_table
 from unlearnscope.evaluation.validation import difficulty_matrix, measured_difficulty
-from unlearnscope.runs import write_text
 
 PARTIAL_COLUMNS = ["scorer", "method", "control", "partial_spearman", "partial_spearman_low",
                    "partial_spearman_high", "n"]
@@ -130,6 +129,6 @@ def write_partial_correlations(out_dir: str | Path, scores: pd.DataFrame,
     table = partial_correlations(scores, outcomes, control=control, exclude_ids=exclude_ids,
                                  n_boot=n_boot, seed=seed)
     folder = Path(out_dir) / "validation"
-    write_text(folder / "partial.csv", table.to_csv(index=False))
-    write_text(folder / "partial.md", partial_markdown(table))
+    write_table(table, folder / "partial.csv", folder / "partial.md",
+                markdown=partial_markdown(table))
     return table

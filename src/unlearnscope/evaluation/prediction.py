@@ -54,7 +54,7 @@ from unlearnscope.circuits.analysis import circuit_statistics
 from unlearnscope.circuits.selection import edge_count
 from unlearnscope.circuits.store import HEADER_FILE, CircuitStore
 from unlearnscope.errors import DataError
-from unlearnscope.evaluation.experiments import to_markdown
+from unlearnscope.evaluation.experiments import to_markdown, write_table
 from unlearnscope.evaluation.holdout import uses_anchors
 from unlearnscope.evaluation.validation import (
     correlations,
@@ -496,8 +496,8 @@ def write_prediction_tables(out_dir: str | Path, result: PredictionResult) -> No
     `prediction_importance.csv`, `prediction_selection.csv`, `prediction_summary.csv`) and
     `<out>/predicted.parquet`, the predictions as a score table."""
     folder = Path(out_dir) / "validation"
-    write_text(folder / "prediction.csv", result.table.to_csv(index=False))
-    write_text(folder / "prediction.md", prediction_markdown(result))
+    write_table(result.table, folder / "prediction.csv", folder / "prediction.md",
+                markdown=prediction_markdown(result))
     write_text(folder / "prediction_cross_method.csv", result.cross_method.to_csv(index=False))
     write_text(folder / "prediction_importance.csv", result.importance.to_csv(index=False))
     write_text(folder / "prediction_selection.csv", result.selection.to_csv(index=False))

@@ -567,7 +567,11 @@ def metrics_report(evaluation: Mapping, *, benchmark: str, model: str,
                    n_samples: Mapping[str, int] | None = None) -> dict:
     """The `metrics.json` object for an `evaluate_tofu` result: the flat metrics (None where
     missing), the reasons in `missing`, the utility components used, and the per-sample forget
-    truth ratios (what `--retain-logs` reads back when this model serves as retain model)."""
+    truth ratios (what `--retain-logs` reads back when this model serves as retain model).
+    `forget_split` is recorded for `benchmark` tofu; the synthetic benchmark records
+    `synthetic:forget`."""
+    if benchmark == "synthetic":
+        forget_split = "synthetic:forget"
     per_sample = evaluation["per_sample"]
     if n_samples is None:
         n_samples = {str(k): int(v) for k, v in per_sample["split"].value_counts().items()}

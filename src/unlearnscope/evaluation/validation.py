@@ -45,7 +45,7 @@ from scipy import stats
 
 from unlearnscope.errors import DataError
 from unlearnscope.evaluation import reliability as rel
-from unlearnscope.evaluation.experiments import to_markdown
+from unlearnscope.evaluation.experiments import to_markdown, write_table
 from unlearnscope.evaluation.holdout import UNVERIFIED_COLUMN, unverified_note, uses_anchors
 from unlearnscope.runs import check_finite, read_json, write_text
 
@@ -638,16 +638,18 @@ def write_validation(out_dir: str | Path, scores: pd.DataFrame, outcomes: Outcom
     excluded = set(exclude_ids)
     unverified = list(unverified_holdout)
     table = correlations(scores, outcomes, exclude_ids=excluded, n_boot=n_boot, seed=seed)
-    write_text(folder / "correlations.csv", _marked(table, unverified).to_csv(index=False))
-    write_text(folder / "correlations.md", _with_note(
+    markdown = _with_note(
         correlation_markdown(table) + f"\nceiling: the noise ceiling of the method's seed mean "
         "(reliability.md); nan with one seed (unknown) and for mean.\n"
-        f"{mean_pairing(outcomes)}.\n", unverified))
+        f"{mean_pairing(outcomes)}.\n", unverified)
+    write_table(_marked(table, unverified), folder / "correlations.csv",
+                folder / "correlations.md", markdown=markdown)
     reliability = reliability_table(scores, outcomes, steps_to_forget=steps_to_forget,
                                     exclude_ids=excluded, n_boot=n_boot, seed=seed)
-    write_text(folder / "reliability.csv", _marked(reliability, unverified).to_csv(index=False))
-    write_text(folder / "reliability.md", reliability_markdown(
-        reliability, notes=[unverified_note(unverified), mean_pairing(outcomes)]))
+    markdown = reliability_markdown(
+        reliability, notes=[unverified_note(unverified), mean_pairing(outcomes)])
+    write_table(_marked(reliability, unverified), folder / "reliability.csv",
+                folder / "reliability.md", markdown=markdown)
     matrix = scorer_correlations(scores, excluded)
     write_text(folder / "scorer_correlations.csv",
                _marked(matrix, unverified).to_csv(index_label="scorer"))
@@ -655,8 +657,7 @@ def write_validation(out_dir: str | Path, scores: pd.DataFrame, outcomes: Outcom
         to_markdown(matrix.reset_index(names="scorer"), floatfmt=".3f"), unverified))
     stability = cud_stability(scores, excluded)
     if len(stability):
-        write_text(folder / "cud_stability.csv",
-                   _marked(stability, unverified).to_csv(index=False))
-        write_text(folder / "cud_stability.md",
-                   _with_note(to_markdown(stability, floatfmt=".3f"), unverified))
+        write_table(_marked(stability, unverified), folder / "cud_stability.csv",
+                    folder / "cud_stability.md",
+                    markdown=_with_note(to_markdown(stability, floatfmt=".3f"), unverified))
     return table

@@ -6,10 +6,7 @@ from __future__ import annotations
 import base64
 import io
 import math
-import tempfile
 import textwrap
-from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -18,23 +15,16 @@ from matplotlib.figure import Figure
 DPI = 90
 
 
-def figure_uri(fig: Figure) -> str:
-    """The figure as a `data:image/png;base64,...` URI."""
+def figure_uri(fig: Figure, dpi: int = DPI) -> str:
+    """The figure (laid out tight) as a `data:image/png;base64,...` URI of a `dpi` PNG."""
     buffer = io.BytesIO()
     fig.tight_layout()
-    fig.savefig(buffer, format="png", dpi=DPI)
+    fig.savefig(buffer, format="png", dpi=dpi)
     return png_uri(buffer.getvalue())
 
 
 def png_uri(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
-
-
-def file_plot_uri(draw: Callable[[Path], Path]) -> str:
-    """Run a plot function that writes a PNG to the path it is given (such as those of
-    `unlearnscope.circuits.analysis`) in a temporary folder and return the PNG as a URI."""
-    with tempfile.TemporaryDirectory() as folder:
-        return png_uri(draw(Path(folder) / "plot.png").read_bytes())
 
 
 TITLE_SIZE = 9  # points, subplot titles and axis labels of the grids

@@ -15,22 +15,19 @@ from typing import Any
 import pandas as pd
 
 from unlearnscope.circuits.analysis import (
-    circuit_statistics,
+    PNG_DPI,
     compare_edge_frequencies,
     compare_frequency_distributions,
     compare_statistics,
-    plot_depth_distributions,
-    plot_edge_frequencies,
-    plot_layer_histograms,
+    group_circuits,
 )
 from unlearnscope.circuits.selection import edge_count
 from unlearnscope.circuits.store import CircuitStore
 from unlearnscope.errors import DataError
 from unlearnscope.evaluation.anchored_cud import read_run_outcomes
-from unlearnscope.evaluation.experiments import to_markdown
+from unlearnscope.evaluation.experiments import to_markdown, write_table
 from unlearnscope.evaluation.validation import MEAN_METHOD, measured_difficulty
-from unlearnscope.report.plots import file_plot_uri
-from unlearnscope.runs import write_text
+from unlearnscope.report.plots import figure_uri
 from unlearnscope.scoring.cud import STORE_SUBDIR
 
 DEFAULT_TOP_N = 0.05  # as `unlearnscope circuits analyze`: 5% of the graph's edges
@@ -67,29 +64,19 @@ def compare_easy_hard(store_dir: str | Path, easy: list[str], hard: list[str], *
     store = CircuitStore.open(store_dir)
     layout = store.layout
     n = edge_count(top_n, layout.n_edges)
-    wanted = {"easy": easy, "hard": hard}
-    ids = {name: [i for i in group if i in store] for name, group in wanted.items()}
-    not_stored = {name: [i for i in group if i not in store] for name, group in wanted.items()}
-    empty = [name for name, group in ids.items() if not group]
-    if empty:
-        raise DataError(f"no stored circuit for any {' or '.join(empty)} sample",
-                        source=str(store.directory))
-    masks = {name: store.circuits(group, "topn", n=n) for name, group in ids.items()}
-    tables = {name: circuit_statistics(masks[name], layout, group)
-              for name, group in ids.items()}
-    statistics = compare_statistics(tables["easy"], tables["hard"], n_resamples=n_resamples,
-                                    seed=seed)
+    circuits = group_circuits(store, {"easy": easy, "hard": hard}, "topn", n=n)
+    masks = circuits.masks
+    statistics = compare_statistics(circuits.tables["easy"], circuits.tables["hard"],
+                                    n_resamples=n_resamples, seed=seed)
     edges, edge_summary = compare_edge_frequencies(masks["easy"], masks["hard"], layout)
     frequency_tests = compare_frequency_distributions(masks["easy"], masks["hard"], layout,
                                                       n_resamples=frequency_resamples,
                                                       seed=seed)
-    plots = {
-        "layer_histogram": file_plot_uri(lambda p: plot_layer_histograms(masks, layout, p)),
-        "depth": file_plot_uri(lambda p: plot_depth_distributions(tables, p)),
-        "edge_frequency": file_plot_uri(lambda p: plot_edge_frequencies(masks, layout, p)),
-    }
+    plots = {name: figure_uri(figure, dpi=PNG_DPI)
+             for name, figure in circuits.figures().items()}
     n_empty = {name: int((~mask.flatten(1).any(dim=1)).sum()) for name, mask in masks.items()}
-    return CircuitSignatures(n, layout.n_edges, ids, not_stored, n_empty, _named(statistics),
+    return CircuitSignatures(n, layout.n_edges, circuits.ids, circuits.not_stored, n_empty,
+                             _named(statistics),
                              _named(edges.head(top_edges)),
                              {_easy_hard(key): value for key, value in edge_summary.items()},
                              {_easy_hard(key): value for key, value in frequency_tests.items()},
@@ -175,8 +162,7 @@ def write_claims(run_dir: str | Path, *, top_n: float = DEFAULT_TOP_N, quantile:
                                    n_resamples=n_resamples, seed=seed)
     table = claims_table(signatures)
     folder = run_dir / "validation"
-    write_text(folder / "claims.csv", table.to_csv(index=False))
-    write_text(folder / "claims.md", "\n".join([
+    write_table(table, folder / "claims.csv", folder / "claims.md", markdown="\n".join([
         f"The CUD paper's circuit claims: the {len(easy)} easiest vs the {len(hard)} hardest "
         f"samples by measured difficulty (quantile {quantile}), each circuit its top "
         f"{signatures.n_edges_selected} of {signatures.n_edges_in_graph} edges, pruned; effect "
