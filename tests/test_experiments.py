@@ -10,8 +10,6 @@ from unlearnscope.data import Sample
 from unlearnscope.errors import DataError
 from unlearnscope.evaluation.experiments import (
     DEFAULT_SCHEDULES,
-    SCHEDULE_COLUMNS,
-    SET_COLUMNS,
     CachedUnlearning,
     easy_hard_sets,
     permutation_p_value,
@@ -21,6 +19,7 @@ from unlearnscope.evaluation.experiments import (
     steps_to_target,
     to_markdown,
 )
+from unlearnscope.layout import SCHEDULE_COLUMNS, SET_COLUMNS
 from unlearnscope.unlearning.samplers import build_stream
 
 IDS = [f"s{i}" for i in range(8)]
@@ -70,7 +69,7 @@ def test_easy_hard_table_against_hand_values():
     fake = FakeCachedUnlearning()
     table = easy_hard_sets(fake, FORGET, _scores(), scorers=["good"], methods=["a", "b"], k=2,
                            random_seeds=(0, 1))
-    assert list(table.columns) == SET_COLUMNS
+    assert tuple(table.columns) == SET_COLUMNS
     rows = table.set_index(["scorer", "method", "set"])
     # random baseline: mean efficacy of the two random 2-sets drawn from the 8 ids
     random_sets = []
@@ -163,7 +162,7 @@ def test_schedule_table_skips_schedules_without_their_scorer():
                                 target_efficacy=0.15, evaluate=lambda model: (0.5, 0.7),
                                 schedules=(("uniform", None), ("weighted", "mrd"),
                                            ("easy-to-hard", "good")))
-    assert list(table.columns) == SCHEDULE_COLUMNS
+    assert tuple(table.columns) == SCHEDULE_COLUMNS
     assert list(table.schedule) == ["uniform", "easy-to-hard"]
     assert table.steps_to_target.tolist() == [2.0, 2.0]
     assert table.forget_slots.tolist() == [24, 24]
@@ -198,12 +197,12 @@ def test_validate_sets_and_schedules_cli_on_a_tiny_model(tiny_model_dir, tmp_pat
     assert main(["validate", "sets", *common, "--scorers", "loss,min_k", "--k", "2",
                  "--seeds", "2"]) == 0
     table = pd.read_csv(run / "validation" / "sets.csv")
-    assert list(table.columns) == SET_COLUMNS
+    assert tuple(table.columns) == SET_COLUMNS
     assert set(table.set) == {"random", "easy", "hard"} and set(table.k) == {2}
     assert main(["validate", "schedules", *common, "--retain-model", str(tiny_model_dir),
                  "--budget", "2"]) == 0
     schedules = pd.read_csv(run / "validation" / "schedules.csv")
-    assert list(schedules.columns) == SCHEDULE_COLUMNS
+    assert tuple(schedules.columns) == SCHEDULE_COLUMNS
     assert list(schedules.schedule) == ["uniform"]  # no mrd or cud scores in this run
     assert "-> " in capsys.readouterr().out
 

@@ -16,7 +16,6 @@ from unlearnscope import distributed
 from unlearnscope.circuits.attribution import attribute, make_backend
 from unlearnscope.circuits.plan import graph_layout
 from unlearnscope.circuits.store import (
-    HEADER_FILE,
     CircuitStore,
     ShardWriter,
     check_header,
@@ -28,6 +27,7 @@ from unlearnscope.circuits.store import (
 from unlearnscope.data.sample import Sample
 from unlearnscope.data.tokenize import encode_samples, iter_batches, pad_id, sequence_limit
 from unlearnscope.errors import DataError
+from unlearnscope.layout import HEADER_FILE
 from unlearnscope.progress import progress_bar
 
 # What `compute_circuits` (and the `circuits` command, the `cud` scorer) attribute with by default.

@@ -27,12 +27,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from unlearnscope.anchors.sets import ANCHORS_FILE, read_anchors
+from unlearnscope.anchors.sets import read_anchors
 from unlearnscope.data.sample import Sample
 from unlearnscope.errors import DataError
 from unlearnscope.evaluation.anchored_cud import read_run_outcomes
 from unlearnscope.evaluation.experiments import CachedUnlearning, to_markdown
 from unlearnscope.evaluation.validation import MEAN_METHOD, measured_difficulty
+from unlearnscope.layout import VALIDATION_DIR, anchors_file
 from unlearnscope.progress import progress_bar
 from unlearnscope.runs import write_text
 
@@ -150,7 +151,7 @@ def write_circuit_guided(run_dir: str | Path, unlearner: CachedUnlearning, forge
     run settings.
     """
     run_dir = Path(run_dir)
-    anchors_path = run_dir / "anchors" / ANCHORS_FILE
+    anchors_path = anchors_file(run_dir)
     anchors = read_anchors(anchors_path)
     if not anchors.held_out_ids:
         raise DataError("the anchors have no held-out samples to evaluate on",
@@ -161,7 +162,7 @@ def write_circuit_guided(run_dir: str | Path, unlearner: CachedUnlearning, forge
                                       methods=methods, budget_steps=budget_steps, top_n=top_n,
                                       anchors=anchors_path, arms=arms, mask_seed=seed,
                                       evaluate=evaluate)
-    folder = run_dir / "validation"
+    folder = run_dir / VALIDATION_DIR
     write_text(folder / CSV_FILE, table.to_csv(index=False))
     header = [f"Circuit-guided unlearning: {budget_steps} steps per run, the same lr in every "
               f"arm; circuits = each sample's top {top_n} edges, pruned; masks from the "

@@ -41,6 +41,7 @@ from unlearnscope.evaluation.anchored_cud import (
     vote_sets,
 )
 from unlearnscope.evaluation.experiments import to_markdown
+from unlearnscope.layout import VALIDATION_DIR
 from unlearnscope.runs import write_config, write_text
 
 CROSS_METHOD_COLUMNS = ["kind", "anchors", "target", "pairing", "spearman", "spearman_low",
@@ -243,7 +244,7 @@ def write_cross_method(run_dir: str | Path, *, top_n: float = 0.05, vector: str 
                 "methods": list(outcomes),
                 "seeds": {m: sorted(seeds) for m, seeds in outcomes.items()},
                 "store": str(store.directory), "n_boot": n_boot, "seed": seed}
-    folder = Path(out_dir or run_dir) / "validation"
+    folder = Path(out_dir or run_dir) / VALIDATION_DIR
     write_config(folder / "cross_method", "validate cross-method", settings)
     header = [
         f"CUD (top_n={top_n}, vector={vector}, similarity={similarity}, anchor_method="

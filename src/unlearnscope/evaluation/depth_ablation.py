@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 from scipy import stats
 
-from unlearnscope.anchors.sets import ANCHORS_FILE, read_anchors
+from unlearnscope.anchors.sets import read_anchors
 from unlearnscope.circuits.graph import GraphLayout
 from unlearnscope.circuits.selection import edge_count, edge_index
 from unlearnscope.evaluation.anchored_cud import open_run_store, read_run_outcomes
@@ -31,6 +31,7 @@ from unlearnscope.evaluation.validation import (
     bootstrap_spearman_interval,
     measured_difficulty,
 )
+from unlearnscope.layout import VALIDATION_DIR, anchors_file
 from unlearnscope.runs import write_text
 from unlearnscope.scoring.cud import anchor_aggregate, circuit_vectors, cud
 
@@ -95,7 +96,7 @@ def write_depth_ablation(run_dir: str | Path, *, top_n: float = 0.05, vector: st
     """`validation/depth_ablation.csv` (and `.md`) of a finished run folder: its circuit store,
     `anchors/anchors.json` and the outcomes under `unlearn/`."""
     run_dir = Path(run_dir)
-    anchors = read_anchors(run_dir / "anchors" / ANCHORS_FILE)
+    anchors = read_anchors(anchors_file(run_dir))
     truth = measured_difficulty(read_run_outcomes(run_dir),
                                 exclude_ids=anchors.fit_ids)[MEAN_METHOD]
     truth = truth[truth.index.isin(set(anchors.held_out_ids))]
@@ -104,7 +105,7 @@ def write_depth_ablation(run_dir: str | Path, *, top_n: float = 0.05, vector: st
     table = depth_ablation_table(store.edge_scores(ids), ids, store.layout, anchors.easy,
                                  anchors.hard, truth, top_n=top_n, vector=vector,
                                  similarity=similarity, n_boot=n_boot, seed=seed)
-    folder = run_dir / "validation"
+    folder = run_dir / VALIDATION_DIR
     write_text(folder / "depth_ablation.csv", table.to_csv(index=False))
     write_text(folder / "depth_ablation.md", "\n".join([
         f"CUD over the edges read in each third of the layers ({vector} vectors, {similarity}, "

@@ -27,14 +27,10 @@ import pandas as pd
 
 from unlearnscope.data.sample import Sample
 from unlearnscope.errors import DataError
+from unlearnscope.layout import SCHEDULE_COLUMNS, SET_COLUMNS
 from unlearnscope.progress import progress_bar
 from unlearnscope.unlearning.trainer import run_unlearning
 
-SET_COLUMNS = ["scorer", "method", "set", "k", "efficacy", "delta_vs_random", "random_std",
-               "random_min", "random_max", "n_random", "p_value", "p_value_sets",
-               "forget_slots", "distinct_samples_drawn"]
-SCHEDULE_COLUMNS = ["method", "schedule", "scorer", "forget_slots", "distinct_samples_drawn",
-                    "efficacy", "forget_quality", "model_utility", "steps_to_target"]
 PERMUTATIONS = 10_000
 DEFAULT_SCHEDULES = (("uniform", None), ("weighted", "mrd"), ("easy-to-hard", "cud"),
                      ("hard-to-easy", "cud"), ("easy-to-hard", "mrd"), ("hard-to-easy", "mrd"))

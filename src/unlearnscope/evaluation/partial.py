@@ -20,6 +20,7 @@ from scipy import stats
 from unlearnscope.errors import DataError
 from unlearnscope.evaluation.experiments import to_markdown
 from unlearnscope.evaluation.validation import difficulty_matrix, measured_difficulty
+from unlearnscope.layout import VALIDATION_DIR
 from unlearnscope.runs import write_text
 
 PARTIAL_COLUMNS = ["scorer", "method", "control", "partial_spearman", "partial_spearman_low",
@@ -129,7 +130,7 @@ def write_partial_correlations(out_dir: str | Path, scores: pd.DataFrame,
     the table."""
     table = partial_correlations(scores, outcomes, control=control, exclude_ids=exclude_ids,
                                  n_boot=n_boot, seed=seed)
-    folder = Path(out_dir) / "validation"
+    folder = Path(out_dir) / VALIDATION_DIR
     write_text(folder / "partial.csv", table.to_csv(index=False))
     write_text(folder / "partial.md", partial_markdown(table))
     return table
