@@ -33,6 +33,9 @@ Progress files keep the three names they were first written under, so existing r
 a checkpoint's `progress.json`, steps-to-forget's `progress-<r>.jsonl` and the scorer's
 `progress/scores-rank<r>.jsonl`.
 
+Each table under `validation/` is written as `<name>.csv` with a `<name>.md` beside it (the
+csv's name with the suffix `.md`).
+
 `X_COLUMNS` are a table's columns as its writer writes them, in order; `X_REQUIRED` the ones
 its readers need (columns added later are missing from older runs, which still load).
 """
@@ -89,6 +92,18 @@ CUD_STABILITY_FILE = "cud_stability.csv"
 RELIABILITY_FILE = "reliability.csv"
 SETS_FILE = "sets.csv"
 SCHEDULES_FILE = "schedules.csv"
+PARTIAL_FILE = "partial.csv"
+PREDICTION_FILE = "prediction.csv"
+PREDICTION_SUMMARY_FILE = "prediction_summary.csv"
+PREDICTION_IMPORTANCE_FILE = "prediction_importance.csv"
+PREDICTION_CROSS_METHOD_FILE = "prediction_cross_method.csv"
+PREDICTION_SELECTION_FILE = "prediction_selection.csv"
+PREDICTED_FILE = "predicted.parquet"  # in the run folder: the predictions as a score table
+CIRCUIT_GUIDED_FILE = "circuit_guided.csv"
+DEPTH_ABLATION_FILE = "depth_ablation.csv"
+CLAIMS_FILE = "claims.csv"
+CROSS_METHOD_FILE = "cross_method.csv"
+CUD_CHOICE_FILE = "cud_choice.csv"
 
 
 def _required(columns: tuple[str, ...], *names: str) -> tuple[str, ...]:

@@ -65,14 +65,20 @@ from unlearnscope.evaluation.validation import (
 from unlearnscope.layout import (
     ANCHORS_DIR,
     ANCHORS_FILE,
+    CIRCUIT_GUIDED_FILE,
     CIRCUITS_DIR,
+    CLAIMS_FILE,
     CONFIG_FILE,
+    CROSS_METHOD_FILE,
+    CUD_CHOICE_FILE,
+    DEPTH_ABLATION_FILE,
     FINETUNE_FILE,
     INDEX_FILE,
     METRICS_FILE,
     OUTCOMES_FILE,
     PAPER_CIRCUITS_DIR,
     PER_SAMPLE_FILE,
+    PREDICTION_FILE,
     RELIABILITY_FILE,
     REPORT_FILE,
     RETAIN_DIR,
@@ -510,7 +516,7 @@ def _anchors_and_cud(demo: PipelineRun) -> AnchorSets:
 def _validation(demo: PipelineRun, sets: AnchorSets, steps: dict[str, pd.DataFrame]) -> pd.DataFrame:
     folder = demo.out / VALIDATION_DIR
     demo.stage("learned difficulty predictor (fit on the anchors' half, scores the rest)",
-               folder / "prediction.csv",
+               folder / PREDICTION_FILE,
                lambda: write_prediction(demo.out, seed=demo.config.seed, merge=True))
     scores = pd.read_parquet(demo.out / SCORES_FILE)
     # the run's own cud was scored against anchors/anchors.json; a recorded config wins
@@ -566,22 +572,22 @@ def _validation(demo: PipelineRun, sets: AnchorSets, steps: dict[str, pd.DataFra
     top_n, seed = demo.config.circuit_top_n, demo.config.seed
     if demo.config.circuit_guided_methods:
         demo.stage("circuit-guided unlearning (circuit-masked vs global vs random control)",
-                   folder / "circuit_guided.csv",
+                   folder / CIRCUIT_GUIDED_FILE,
                    lambda: write_circuit_guided(
                        demo.out, demo.config.unlearner(demo.target, demo.tokenizer, demo.retain),
                        demo.forget, methods=demo.config.circuit_guided_methods,
                        budget_steps=demo.config.schedule_budget, top_n=top_n, seed=seed))
     demo.stage("CUD by edge depth (reader in the first / middle / last third)",
-               folder / "depth_ablation.csv",
+               folder / DEPTH_ABLATION_FILE,
                lambda: write_depth_ablation(demo.out, top_n=top_n, vector=demo.config.cud_vector,
                                             seed=seed))
-    demo.stage("the CUD paper's circuit claims, easy vs hard", folder / "claims.csv",
+    demo.stage("the CUD paper's circuit claims, easy vs hard", folder / CLAIMS_FILE,
                lambda: write_claims(demo.out, top_n=top_n, seed=seed))
     demo.stage("CUD across methods (anchors from one method, validated on the others)",
-               folder / "cross_method.csv",
+               folder / CROSS_METHOD_FILE,
                lambda: write_cross_method(demo.out, top_n=top_n, seed=demo.config.seed,
                                           split_seed=demo.config.seed))
-    demo.stage("CUD configuration chosen on the fit half", folder / "cud_choice.csv",
+    demo.stage("CUD configuration chosen on the fit half", folder / CUD_CHOICE_FILE,
                lambda: write_cud_choice(demo.out, seed=demo.config.seed,
                                         split_seed=demo.config.seed))
     return table

@@ -39,6 +39,8 @@ from unlearnscope.evaluation.holdout import resolve_holdout
 from unlearnscope.evaluation.tofu import evaluate_tofu, retain_reference
 from unlearnscope.evaluation.validation import correlation_markdown, read_fit_ids, write_validation
 from unlearnscope.layout import (
+    CROSS_METHOD_FILE,
+    CUD_CHOICE_FILE,
     SCORES_FILE,
     SEED_DIR,
     VALIDATION_DIR,
@@ -351,8 +353,8 @@ def run_cross_method(args: argparse.Namespace) -> int:
         k=args.anchor_k, fit_fraction=args.fit_fraction, split_seed=args.seed,
         n_boot=args.n_boot, seed=args.seed, out_dir=args.out)
     folder = Path(args.out or run_dir) / VALIDATION_DIR
-    print((folder / cross_method.MD_FILE).read_text(encoding="utf-8"), end="")
-    print(f"-> {folder / cross_method.MD_FILE} ({len(table)} rows)")
+    print((folder / CROSS_METHOD_FILE).with_suffix(".md").read_text(encoding="utf-8"), end="")
+    print(f"-> {(folder / CROSS_METHOD_FILE).with_suffix('.md')} ({len(table)} rows)")
     return 0
 
 
@@ -367,8 +369,8 @@ def run_cud_choice(args: argparse.Namespace) -> int:
         fit_fraction=args.fit_fraction, split_seed=args.seed, folds=args.cud_folds,
         fold_seed=args.seed, n_boot=args.n_boot, seed=args.seed, out_dir=args.out)
     folder = Path(args.out or run_dir) / VALIDATION_DIR
-    print((folder / cud_choice.MD_FILE).read_text(encoding="utf-8"), end="")
-    print(f"-> {folder / cud_choice.MD_FILE} ({len(table)} candidates)")
+    print((folder / CUD_CHOICE_FILE).with_suffix(".md").read_text(encoding="utf-8"), end="")
+    print(f"-> {(folder / CUD_CHOICE_FILE).with_suffix('.md')} ({len(table)} candidates)")
     return 0
 
 

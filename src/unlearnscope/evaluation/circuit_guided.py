@@ -33,7 +33,7 @@ from unlearnscope.errors import DataError
 from unlearnscope.evaluation.anchored_cud import read_run_outcomes
 from unlearnscope.evaluation.experiments import CachedUnlearning, to_markdown
 from unlearnscope.evaluation.validation import MEAN_METHOD, measured_difficulty
-from unlearnscope.layout import VALIDATION_DIR, anchors_file
+from unlearnscope.layout import CIRCUIT_GUIDED_FILE, VALIDATION_DIR, anchors_file
 from unlearnscope.progress import progress_bar
 from unlearnscope.runs import write_text
 
@@ -42,7 +42,6 @@ CIRCUIT_GUIDED_COLUMNS = ["method", "arm", "steps", "forget_slots", "distinct_sa
                           "update_params", "update_fraction", "n_hard", "efficacy_hard",
                           "efficacy_all", "p_hard_vs_random", "retain_loss_change",
                           "model_utility"]
-CSV_FILE, MD_FILE = "circuit_guided.csv", "circuit_guided.md"
 PERMUTATIONS = 10_000
 
 
@@ -163,11 +162,12 @@ def write_circuit_guided(run_dir: str | Path, unlearner: CachedUnlearning, forge
                                       anchors=anchors_path, arms=arms, mask_seed=seed,
                                       evaluate=evaluate)
     folder = run_dir / VALIDATION_DIR
-    write_text(folder / CSV_FILE, table.to_csv(index=False))
+    write_text(folder / CIRCUIT_GUIDED_FILE, table.to_csv(index=False))
     header = [f"Circuit-guided unlearning: {budget_steps} steps per run, the same lr in every "
               f"arm; circuits = each sample's top {top_n} edges, pruned; masks from the "
               f"{len(anchors.hard)} hard anchors (fit half). efficacy x100 on the {n_hard} "
               f"hardest held-out samples ({', '.join(hard)}) and on all {len(forget)} forget "
               "samples; p_hard_vs_random: paired sign-flip test against the random control."]
-    write_text(folder / MD_FILE, circuit_guided_markdown(table, header))
+    write_text((folder / CIRCUIT_GUIDED_FILE).with_suffix(".md"),
+               circuit_guided_markdown(table, header))
     return table

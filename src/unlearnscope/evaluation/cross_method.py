@@ -41,14 +41,13 @@ from unlearnscope.evaluation.anchored_cud import (
     vote_sets,
 )
 from unlearnscope.evaluation.experiments import to_markdown
-from unlearnscope.layout import VALIDATION_DIR
+from unlearnscope.layout import CROSS_METHOD_FILE, VALIDATION_DIR
 from unlearnscope.runs import write_config, write_text
 
 CROSS_METHOD_COLUMNS = ["kind", "anchors", "target", "pairing", "spearman", "spearman_low",
                         "spearman_high", "n", "target_seeds", "anchor_seeds", "note"]
 PAIR, LEAVE_ONE_OUT = "pair", "leave_one_out"
 DIFFERENT_SEEDS, SAME_SEED, SAME_RUN = "different seeds", "same seed", "same run"
-CSV_FILE, MD_FILE = "cross_method.csv", "cross_method.md"
 
 
 def seed_plan(outcomes: SeedOutcomes, anchor_methods: Sequence[str], target: str
@@ -256,6 +255,7 @@ def write_cross_method(run_dir: str | Path, *, top_n: float = 0.05, vector: str 
         "seeds, rho averaged over target seeds (pairing 'different seeds'); 'same seed' / "
         "'same run' where only single-seed runs with one seed exist (see note).",
     ]
-    write_text(folder / CSV_FILE, table.to_csv(index=False))
-    write_text(folder / MD_FILE, cross_method_markdown(table, header))
+    write_text(folder / CROSS_METHOD_FILE, table.to_csv(index=False))
+    write_text((folder / CROSS_METHOD_FILE).with_suffix(".md"),
+               cross_method_markdown(table, header))
     return table

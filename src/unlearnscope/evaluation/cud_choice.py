@@ -72,7 +72,13 @@ from unlearnscope.evaluation.validation import (
     bootstrap_spearman_interval,
     measured_difficulty,
 )
-from unlearnscope.layout import SCORES_FILE, VALIDATION_DIR, anchors_file, read_scores
+from unlearnscope.layout import (
+    CUD_CHOICE_FILE,
+    SCORES_FILE,
+    VALIDATION_DIR,
+    anchors_file,
+    read_scores,
+)
 from unlearnscope.runs import write_config, write_text
 from unlearnscope.scoring.cud import SIMILARITIES, VECTORS
 from unlearnscope.scoring.runner import read_scorer_configs
@@ -85,7 +91,6 @@ TOP_N = (0.02, 0.05, 0.1)
 FOLDS = 5
 MIN_FOLD = 3  # samples a fold needs for a Spearman
 STORE_SOURCE, SCORES_SOURCE = "circuit store", SCORES_FILE
-CSV_FILE, MD_FILE = "cud_choice.csv", "cud_choice.md"
 
 
 @dataclass(frozen=True)
@@ -452,6 +457,6 @@ def write_cud_choice(run_dir: str | Path, *, top_n: Sequence[float] = TOP_N,
         f"choice, with anchors (k={halves.k}) voted on the whole fit half (bootstrap interval "
         f"over samples, {n_boot} resamples).",
     ]
-    write_text(folder / CSV_FILE, table.to_csv(index=False))
-    write_text(folder / MD_FILE, cud_choice_markdown(table, header))
+    write_text(folder / CUD_CHOICE_FILE, table.to_csv(index=False))
+    write_text((folder / CUD_CHOICE_FILE).with_suffix(".md"), cud_choice_markdown(table, header))
     return table

@@ -31,7 +31,7 @@ from unlearnscope.evaluation.validation import (
     bootstrap_spearman_interval,
     measured_difficulty,
 )
-from unlearnscope.layout import VALIDATION_DIR, anchors_file
+from unlearnscope.layout import DEPTH_ABLATION_FILE, VALIDATION_DIR, anchors_file
 from unlearnscope.runs import write_text
 from unlearnscope.scoring.cud import anchor_aggregate, circuit_vectors, cud
 
@@ -106,8 +106,8 @@ def write_depth_ablation(run_dir: str | Path, *, top_n: float = 0.05, vector: st
                                  anchors.hard, truth, top_n=top_n, vector=vector,
                                  similarity=similarity, n_boot=n_boot, seed=seed)
     folder = run_dir / VALIDATION_DIR
-    write_text(folder / "depth_ablation.csv", table.to_csv(index=False))
-    write_text(folder / "depth_ablation.md", "\n".join([
+    write_text(folder / DEPTH_ABLATION_FILE, table.to_csv(index=False))
+    write_text((folder / DEPTH_ABLATION_FILE).with_suffix(".md"), "\n".join([
         f"CUD over the edges read in each third of the layers ({vector} vectors, {similarity}, "
         f"top {top_n} of the band's edges, unpruned), Spearman with measured difficulty on "
         f"the {len(truth)} held-out samples, 95% bootstrap interval.", "",

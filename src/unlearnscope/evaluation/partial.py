@@ -20,7 +20,7 @@ from scipy import stats
 from unlearnscope.errors import DataError
 from unlearnscope.evaluation.experiments import to_markdown
 from unlearnscope.evaluation.validation import difficulty_matrix, measured_difficulty
-from unlearnscope.layout import VALIDATION_DIR
+from unlearnscope.layout import PARTIAL_FILE, VALIDATION_DIR
 from unlearnscope.runs import write_text
 
 PARTIAL_COLUMNS = ["scorer", "method", "control", "partial_spearman", "partial_spearman_low",
@@ -131,6 +131,6 @@ def write_partial_correlations(out_dir: str | Path, scores: pd.DataFrame,
     table = partial_correlations(scores, outcomes, control=control, exclude_ids=exclude_ids,
                                  n_boot=n_boot, seed=seed)
     folder = Path(out_dir) / VALIDATION_DIR
-    write_text(folder / "partial.csv", table.to_csv(index=False))
-    write_text(folder / "partial.md", partial_markdown(table))
+    write_text(folder / PARTIAL_FILE, table.to_csv(index=False))
+    write_text((folder / PARTIAL_FILE).with_suffix(".md"), partial_markdown(table))
     return table

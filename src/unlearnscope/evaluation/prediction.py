@@ -65,6 +65,12 @@ from unlearnscope.evaluation.validation import (
 from unlearnscope.layout import (
     CIRCUITS_DIR,
     HEADER_FILE,
+    PREDICTED_FILE,
+    PREDICTION_CROSS_METHOD_FILE,
+    PREDICTION_FILE,
+    PREDICTION_IMPORTANCE_FILE,
+    PREDICTION_SELECTION_FILE,
+    PREDICTION_SUMMARY_FILE,
     SCORE_COLUMNS,
     SCORES_FILE,
     VALIDATION_DIR,
@@ -504,15 +510,15 @@ def write_prediction_tables(out_dir: str | Path, result: PredictionResult) -> No
     `prediction_importance.csv`, `prediction_selection.csv`, `prediction_summary.csv`) and
     `<out>/predicted.parquet`, the predictions as a score table."""
     folder = Path(out_dir) / VALIDATION_DIR
-    write_text(folder / "prediction.csv", result.table.to_csv(index=False))
-    write_text(folder / "prediction.md", prediction_markdown(result))
-    write_text(folder / "prediction_cross_method.csv", result.cross_method.to_csv(index=False))
-    write_text(folder / "prediction_importance.csv", result.importance.to_csv(index=False))
-    write_text(folder / "prediction_selection.csv", result.selection.to_csv(index=False))
+    write_text(folder / PREDICTION_FILE, result.table.to_csv(index=False))
+    write_text((folder / PREDICTION_FILE).with_suffix(".md"), prediction_markdown(result))
+    write_text(folder / PREDICTION_CROSS_METHOD_FILE, result.cross_method.to_csv(index=False))
+    write_text(folder / PREDICTION_IMPORTANCE_FILE, result.importance.to_csv(index=False))
+    write_text(folder / PREDICTION_SELECTION_FILE, result.selection.to_csv(index=False))
     summary = (prediction_summary(result.table) if not result.table.empty
                else pd.DataFrame(columns=SUMMARY_COLUMNS))
-    write_text(folder / "prediction_summary.csv", summary.to_csv(index=False))
-    write_parquet(Path(out_dir) / "predicted.parquet", result.predicted)
+    write_text(folder / PREDICTION_SUMMARY_FILE, summary.to_csv(index=False))
+    write_parquet(Path(out_dir) / PREDICTED_FILE, result.predicted)
 
 
 def _check_merge(scores_path: str | Path, fit_ids: Iterable[str],

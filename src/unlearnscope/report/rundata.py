@@ -32,16 +32,25 @@ from unlearnscope.evaluation.prediction import (
 from unlearnscope.layout import (
     ANCHORS_DIR,
     ANCHORS_FILE,
+    CIRCUIT_GUIDED_FILE,
     CIRCUITS_DIR,
+    CLAIMS_FILE,
     CONFIG_FILE,
     CORRELATION_REQUIRED,
     CORRELATIONS_FILE,
     CUD_STABILITY_FILE,
+    DEPTH_ABLATION_FILE,
     EVAL_DIR,
     HEADER_FILE,
     METRICS_FILE,
     OUTCOME_REQUIRED,
     OUTCOMES_FILE,
+    PARTIAL_FILE,
+    PREDICTION_CROSS_METHOD_FILE,
+    PREDICTION_FILE,
+    PREDICTION_IMPORTANCE_FILE,
+    PREDICTION_SELECTION_FILE,
+    PREDICTION_SUMMARY_FILE,
     RELIABILITY_FILE,
     RELIABILITY_REQUIRED,
     SAMPLE_COLUMNS,
@@ -168,25 +177,26 @@ def load_run(run_dir: str | Path) -> RunData:
                              lambda p: read_table(p, SCHEDULE_REQUIRED))
     data.reliability = attempt(f"{VALIDATION_DIR}/{RELIABILITY_FILE}",
                                lambda p: read_table(p, RELIABILITY_REQUIRED))
-    data.partial = attempt("validation/partial.csv", lambda p: read_table(p, PARTIAL_COLUMNS))
+    data.partial = attempt(f"{VALIDATION_DIR}/{PARTIAL_FILE}",
+                           lambda p: read_table(p, PARTIAL_COLUMNS))
     # `unlearnscope predict` writes header-only tables when no held-out outcome is known
-    data.prediction = attempt("validation/prediction.csv", lambda p: read_table(
+    data.prediction = attempt(f"{VALIDATION_DIR}/{PREDICTION_FILE}", lambda p: read_table(
         p, PREDICTION_COLUMNS, allow_empty=True))
-    data.prediction_summary = attempt("validation/prediction_summary.csv", lambda p: read_table(
-        p, SUMMARY_COLUMNS, allow_empty=True))
-    data.prediction_importance = attempt("validation/prediction_importance.csv",
+    data.prediction_summary = attempt(f"{VALIDATION_DIR}/{PREDICTION_SUMMARY_FILE}",
+                                      lambda p: read_table(p, SUMMARY_COLUMNS, allow_empty=True))
+    data.prediction_importance = attempt(f"{VALIDATION_DIR}/{PREDICTION_IMPORTANCE_FILE}",
                                          lambda p: read_table(p, IMPORTANCE_COLUMNS,
                                                                allow_empty=True))
-    data.prediction_cross_method = attempt("validation/prediction_cross_method.csv",
+    data.prediction_cross_method = attempt(f"{VALIDATION_DIR}/{PREDICTION_CROSS_METHOD_FILE}",
                                            lambda p: read_table(p, CROSS_METHOD_COLUMNS,
                                                                  allow_empty=True))
-    data.prediction_selection = attempt("validation/prediction_selection.csv",
+    data.prediction_selection = attempt(f"{VALIDATION_DIR}/{PREDICTION_SELECTION_FILE}",
                                         lambda p: read_table(p, SELECTION_COLUMNS))
-    data.circuit_guided = attempt("validation/circuit_guided.csv",
+    data.circuit_guided = attempt(f"{VALIDATION_DIR}/{CIRCUIT_GUIDED_FILE}",
                                   lambda p: read_table(p, CIRCUIT_GUIDED_COLUMNS))
-    data.depth_ablation = attempt("validation/depth_ablation.csv",
+    data.depth_ablation = attempt(f"{VALIDATION_DIR}/{DEPTH_ABLATION_FILE}",
                                   lambda p: read_table(p, DEPTH_COLUMNS))
-    data.claims = attempt("validation/claims.csv", lambda p: read_table(p, CLAIM_COLUMNS))
+    data.claims = attempt(f"{VALIDATION_DIR}/{CLAIMS_FILE}", lambda p: read_table(p, CLAIM_COLUMNS))
     data.anchors = attempt(f"{ANCHORS_DIR}/{ANCHORS_FILE}", read_anchors)
     unlearn = root / UNLEARN_DIR
     for folder in sorted(p for p in unlearn.iterdir() if p.is_dir()) if unlearn.is_dir() else []:

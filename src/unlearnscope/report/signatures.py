@@ -29,7 +29,7 @@ from unlearnscope.errors import DataError
 from unlearnscope.evaluation.anchored_cud import read_run_outcomes
 from unlearnscope.evaluation.experiments import to_markdown
 from unlearnscope.evaluation.validation import MEAN_METHOD, measured_difficulty
-from unlearnscope.layout import CIRCUITS_DIR, VALIDATION_DIR
+from unlearnscope.layout import CIRCUITS_DIR, CLAIMS_FILE, VALIDATION_DIR
 from unlearnscope.report.plots import file_plot_uri
 from unlearnscope.runs import write_text
 
@@ -175,8 +175,8 @@ def write_claims(run_dir: str | Path, *, top_n: float = DEFAULT_TOP_N, quantile:
                                    n_resamples=n_resamples, seed=seed)
     table = claims_table(signatures)
     folder = run_dir / VALIDATION_DIR
-    write_text(folder / "claims.csv", table.to_csv(index=False))
-    write_text(folder / "claims.md", "\n".join([
+    write_text(folder / CLAIMS_FILE, table.to_csv(index=False))
+    write_text((folder / CLAIMS_FILE).with_suffix(".md"), "\n".join([
         f"The CUD paper's circuit claims: the {len(easy)} easiest vs the {len(hard)} hardest "
         f"samples by measured difficulty (quantile {quantile}), each circuit its top "
         f"{signatures.n_edges_selected} of {signatures.n_edges_in_graph} edges, pruned; effect "
