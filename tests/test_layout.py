@@ -3,6 +3,7 @@ report) read, under the names existing runs have on disk."""
 
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +26,7 @@ from unlearnscope.layout import (
     STABILITY_COLUMNS,
     STEPS_COLUMNS,
 )
-from unlearnscope.report.rundata import load_run, write_samples
+from unlearnscope.report.rundata import VALIDATION_TABLES, RunData, load_run, write_samples
 from unlearnscope.runs import write_parquet
 from unlearnscope.scoring import get_scorer, score_samples
 from unlearnscope.unlearning.outcomes import outcome_table
@@ -65,6 +66,10 @@ def test_on_disk_names_are_those_of_existing_runs(tmp_path):
         layout.score_progress_file(tmp_path, 0), layout.score_progress_file(tmp_path, 1)]
     assert layout.steps_progress_files(tmp_path) == [
         layout.steps_progress_file(tmp_path, 0), layout.steps_progress_file(tmp_path, 1)]
+
+
+def test_every_validation_table_the_report_reads_has_a_field():
+    assert set(VALIDATION_TABLES) <= {f.name for f in fields(RunData)}
 
 
 def test_required_columns_are_columns_the_writer_writes():

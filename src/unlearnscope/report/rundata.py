@@ -8,8 +8,9 @@ field, and is otherwise treated as absent.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -144,6 +145,34 @@ def read_square_matrix(path: Path) -> pd.DataFrame:
         raise DataError(f"not a number ({error})", source=str(path)) from None
 
 
+def _table(columns: Sequence[str], allow_empty: bool = False) -> Callable[[Path], pd.DataFrame]:
+    """A reader of a table with every one of `columns` (`layout.read_table`)."""
+    return partial(read_table, columns=columns, allow_empty=allow_empty)
+
+
+# RunData field: (its table under validation/, its reader). `unlearnscope predict` writes
+# header-only tables when no held-out outcome is known, so those may have no rows.
+VALIDATION_TABLES: dict[str, tuple[str, Callable[[Path], pd.DataFrame]]] = {
+    "correlations": (CORRELATIONS_FILE, _table(CORRELATION_REQUIRED)),
+    "scorer_correlations": (SCORER_CORRELATIONS_FILE, read_square_matrix),
+    "cud_stability": (CUD_STABILITY_FILE, _table(STABILITY_COLUMNS)),
+    "sets": (SETS_FILE, _table(SET_REQUIRED)),
+    "schedules": (SCHEDULES_FILE, _table(SCHEDULE_REQUIRED)),
+    "reliability": (RELIABILITY_FILE, _table(RELIABILITY_REQUIRED)),
+    "partial": (PARTIAL_FILE, _table(PARTIAL_COLUMNS)),
+    "prediction": (PREDICTION_FILE, _table(PREDICTION_COLUMNS, allow_empty=True)),
+    "prediction_summary": (PREDICTION_SUMMARY_FILE, _table(SUMMARY_COLUMNS, allow_empty=True)),
+    "prediction_importance": (PREDICTION_IMPORTANCE_FILE,
+                              _table(IMPORTANCE_COLUMNS, allow_empty=True)),
+    "prediction_cross_method": (PREDICTION_CROSS_METHOD_FILE,
+                                _table(CROSS_METHOD_COLUMNS, allow_empty=True)),
+    "prediction_selection": (PREDICTION_SELECTION_FILE, _table(SELECTION_COLUMNS)),
+    "circuit_guided": (CIRCUIT_GUIDED_FILE, _table(CIRCUIT_GUIDED_COLUMNS)),
+    "depth_ablation": (DEPTH_ABLATION_FILE, _table(DEPTH_COLUMNS)),
+    "claims": (CLAIMS_FILE, _table(CLAIM_COLUMNS)),
+}
+
+
 def load_run(run_dir: str | Path) -> RunData:
     """Read every artefact of the run folder that exists."""
     root = Path(run_dir)
@@ -165,38 +194,8 @@ def load_run(run_dir: str | Path) -> RunData:
     data.summary = attempt(SUMMARY_FILE, read_json)
     data.scores = attempt(SCORES_FILE, lambda p: read_table(p, SCORE_COLUMNS))
     data.samples = attempt(SAMPLES_FILE, lambda p: read_table(p, SAMPLE_COLUMNS))
-    data.correlations = attempt(f"{VALIDATION_DIR}/{CORRELATIONS_FILE}",
-                                lambda p: read_table(p, CORRELATION_REQUIRED))
-    data.scorer_correlations = attempt(f"{VALIDATION_DIR}/{SCORER_CORRELATIONS_FILE}",
-                                       read_square_matrix)
-    data.cud_stability = attempt(f"{VALIDATION_DIR}/{CUD_STABILITY_FILE}",
-                                 lambda p: read_table(p, STABILITY_COLUMNS))
-    data.sets = attempt(f"{VALIDATION_DIR}/{SETS_FILE}",
-                        lambda p: read_table(p, SET_REQUIRED))
-    data.schedules = attempt(f"{VALIDATION_DIR}/{SCHEDULES_FILE}",
-                             lambda p: read_table(p, SCHEDULE_REQUIRED))
-    data.reliability = attempt(f"{VALIDATION_DIR}/{RELIABILITY_FILE}",
-                               lambda p: read_table(p, RELIABILITY_REQUIRED))
-    data.partial = attempt(f"{VALIDATION_DIR}/{PARTIAL_FILE}",
-                           lambda p: read_table(p, PARTIAL_COLUMNS))
-    # `unlearnscope predict` writes header-only tables when no held-out outcome is known
-    data.prediction = attempt(f"{VALIDATION_DIR}/{PREDICTION_FILE}", lambda p: read_table(
-        p, PREDICTION_COLUMNS, allow_empty=True))
-    data.prediction_summary = attempt(f"{VALIDATION_DIR}/{PREDICTION_SUMMARY_FILE}",
-                                      lambda p: read_table(p, SUMMARY_COLUMNS, allow_empty=True))
-    data.prediction_importance = attempt(f"{VALIDATION_DIR}/{PREDICTION_IMPORTANCE_FILE}",
-                                         lambda p: read_table(p, IMPORTANCE_COLUMNS,
-                                                               allow_empty=True))
-    data.prediction_cross_method = attempt(f"{VALIDATION_DIR}/{PREDICTION_CROSS_METHOD_FILE}",
-                                           lambda p: read_table(p, CROSS_METHOD_COLUMNS,
-                                                                 allow_empty=True))
-    data.prediction_selection = attempt(f"{VALIDATION_DIR}/{PREDICTION_SELECTION_FILE}",
-                                        lambda p: read_table(p, SELECTION_COLUMNS))
-    data.circuit_guided = attempt(f"{VALIDATION_DIR}/{CIRCUIT_GUIDED_FILE}",
-                                  lambda p: read_table(p, CIRCUIT_GUIDED_COLUMNS))
-    data.depth_ablation = attempt(f"{VALIDATION_DIR}/{DEPTH_ABLATION_FILE}",
-                                  lambda p: read_table(p, DEPTH_COLUMNS))
-    data.claims = attempt(f"{VALIDATION_DIR}/{CLAIMS_FILE}", lambda p: read_table(p, CLAIM_COLUMNS))
+    for name, (file, reader) in VALIDATION_TABLES.items():
+        setattr(data, name, attempt(f"{VALIDATION_DIR}/{file}", reader))
     data.anchors = attempt(f"{ANCHORS_DIR}/{ANCHORS_FILE}", read_anchors)
     unlearn = root / UNLEARN_DIR
     for folder in sorted(p for p in unlearn.iterdir() if p.is_dir()) if unlearn.is_dir() else []:
