@@ -5,7 +5,7 @@ folder, laid out like this (`<method>` an unlearning method, `<s>` a seed, `<r>`
 
     RUN/
       config.json            every command: resolved options, versions (`runs.write_config`)
-      summary.json           demo: what the run found; unlearn: its loss summary
+      summary.json           demo: what the run found
       target/, retain/       finetune: finetune.json, training.parquet, model/ (weights and
                              tokenizer), checkpoint/progress.json + Accelerate state while running
       samples.parquet        demo: SAMPLE_COLUMNS, the question of every sample
@@ -13,28 +13,29 @@ folder, laid out like this (`<method>` an unlearning method, `<s>` a seed, `<r>`
       scorers.json           score: every scorer's settings
       progress/              score, while running: scores-rank<r>.jsonl, scorer-options.jsonl
       circuits/              circuits: the circuit store (header.json, index.json, shards)
-        analysis/            circuits analyze: statistics and plots
+      analysis/              circuits analyze RUN: statistics and plots
       paper/circuits/        demo: the store of the CUD authors' attribution settings
       unlearn/<method>/      unlearn (one seed), or one seed<s>/ per seed holding the same:
         outcomes.parquet     OUTCOME_COLUMNS (+ ROUGE_COLUMNS), one row per forget sample
-        summary.json, training.parquet, trajectory.parquet, model/ (with --save-model),
+        summary.json, training.parquet, trajectory.parquet, model/ (unless --no-save)
         checkpoint/          while running: before.json, trajectory.jsonl, latest/progress.json
         metrics.json, per_sample.parquet   evaluate (`evaluate --out unlearn/<method>/eval`
                              puts them in eval/, beside its own config.json)
       steps_to_forget/<method>/
-        steps_to_forget.parquet   steps-to-forget: STEPS_COLUMNS, progress-<r>.jsonl running
+        steps_to_forget.parquet   steps-to-forget: STEPS_COLUMNS; progress-<r>.jsonl running
       anchors/anchors.json   anchors: the easy and hard sets (`anchors.sets`)
       validation/            validate: correlations, scorer_correlations, cud_stability,
-                             reliability, sets, schedules (.csv + .md); predict, circuit-guided,
-                             the depth ablation and the claims add theirs
+                             reliability, sets, schedules, cross_method, cud_choice; predict:
+                             prediction*; the demo adds partial, circuit_guided,
+                             depth_ablation, claims (each <name>.csv and <name>.md)
+      predicted.parquet      predict: the predictions as a score table
       report.html            report
 
 Progress files keep the three names they were first written under, so existing runs resume:
 a checkpoint's `progress.json`, steps-to-forget's `progress-<r>.jsonl` and the scorer's
 `progress/scores-rank<r>.jsonl`.
 
-Each table under `validation/` is written as `<name>.csv` with a `<name>.md` beside it (the
-csv's name with the suffix `.md`).
+`config.json` is `runs.CONFIG_FILE` (layout imports `runs`, which writes it), re-exported here.
 
 `X_COLUMNS` are a table's columns as its writer writes them, in order; `X_REQUIRED` the ones
 its readers need (columns added later are missing from older runs, which still load).
@@ -51,9 +52,8 @@ import pandas as pd
 import torch
 
 from unlearnscope.errors import DataError
-from unlearnscope.runs import check_finite, read_json
+from unlearnscope.runs import CONFIG_FILE, check_finite, read_json
 
-CONFIG_FILE = "config.json"
 SUMMARY_FILE = "summary.json"
 METRICS_FILE = "metrics.json"
 PER_SAMPLE_FILE = "per_sample.parquet"

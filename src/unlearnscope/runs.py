@@ -173,10 +173,13 @@ def output_folder_problem(path: str | Path) -> str | None:
     return None
 
 
+CONFIG_FILE = "config.json"  # `unlearnscope.layout` names it with the run folder's other files
+
+
 def write_config(out_dir: str | Path, command: str, options: dict[str, Any]) -> dict[str, Any]:
     """Write `config.json` with every resolved option and the software versions."""
     config = {"command": command, "options": options, "environment": environment()}
-    write_json(Path(out_dir) / "config.json", config)
+    write_json(Path(out_dir) / CONFIG_FILE, config)
     return config
 
 
