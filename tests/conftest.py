@@ -10,7 +10,7 @@ import torch
 
 from tiny_models import tiny_llama
 from unlearnscope.data import load_samples
-from unlearnscope.models.loading import MODEL_SUBDIR
+from unlearnscope.layout import MODEL_DIR
 
 SHARED_TOFU = Path(__file__).resolve().parents[2] / "shared" / "data" / "tofu"
 
@@ -53,6 +53,6 @@ def tiny_model_dir(tiny_lm, tmp_path_factory) -> Path:
     """A run folder with the tiny model saved in `model/`, loadable by `load_model`."""
     model, tokenizer = tiny_lm
     folder = tmp_path_factory.mktemp("tiny_model")
-    model.save_pretrained(folder / MODEL_SUBDIR)
-    tokenizer.save_pretrained(folder / MODEL_SUBDIR)
+    model.save_pretrained(folder / MODEL_DIR)
+    tokenizer.save_pretrained(folder / MODEL_DIR)
     return folder

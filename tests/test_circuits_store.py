@@ -11,7 +11,6 @@ from unlearnscope.circuits.export import export_from_store, reference_dict, save
 from unlearnscope.circuits.graph import GraphLayout
 from unlearnscope.circuits.selection import edge_names, select_topn
 from unlearnscope.circuits.store import (
-    INDEX_FILE,
     CircuitStore,
     ShardWriter,
     check_header,
@@ -20,6 +19,7 @@ from unlearnscope.circuits.store import (
     write_index,
 )
 from unlearnscope.errors import DataError, NonFiniteError
+from unlearnscope.layout import INDEX_FILE
 
 LAYOUT = GraphLayout(2, 2)
 HEADER = {"model": "tiny", "n_layers": 2, "n_heads": 2, "d_model": 16, "method": "EAP-IG-inputs",

@@ -10,8 +10,6 @@ from unlearnscope.data import Sample
 from unlearnscope.errors import DataError
 from unlearnscope.evaluation.experiments import (
     DEFAULT_SCHEDULES,
-    SCHEDULE_COLUMNS,
-    SET_COLUMNS,
     CachedUnlearning,
     ScheduleMetrics,
     easy_hard_sets,
@@ -24,6 +22,7 @@ from unlearnscope.evaluation.experiments import (
     write_table,
 )
 from unlearnscope.evaluation.tofu import evaluate_tofu
+from unlearnscope.layout import SCHEDULE_COLUMNS, SET_COLUMNS
 from unlearnscope.unlearning.samplers import build_stream
 
 IDS = [f"s{i}" for i in range(8)]
@@ -73,7 +72,7 @@ def test_easy_hard_table_against_hand_values():
     fake = FakeCachedUnlearning()
     table = easy_hard_sets(fake, FORGET, _scores(), scorers=["good"], methods=["a", "b"], k=2,
                            random_seeds=(0, 1))
-    assert list(table.columns) == SET_COLUMNS
+    assert tuple(table.columns) == SET_COLUMNS
     rows = table.set_index(["scorer", "method", "set"])
     # random baseline: mean efficacy of the two random 2-sets drawn from the 8 ids
     random_sets = []
@@ -166,7 +165,7 @@ def test_schedule_table_skips_schedules_without_their_scorer():
                                 target_efficacy=0.15, evaluate=lambda model: (0.5, 0.7),
                                 schedules=(("uniform", None), ("weighted", "mrd"),
                                            ("easy-to-hard", "good")))
-    assert list(table.columns) == SCHEDULE_COLUMNS
+    assert tuple(table.columns) == SCHEDULE_COLUMNS
     assert list(table.schedule) == ["uniform", "easy-to-hard"]
     assert table.steps_to_target.tolist() == [2.0, 2.0]
     assert table.forget_slots.tolist() == [24, 24]
@@ -217,11 +216,11 @@ def test_markdown_rendering():
 
 def test_write_table_writes_the_csv_and_its_markdown(tmp_path):
     table = pd.DataFrame({"a": ["x", "y"], "b": [0.12345, 2.0]})
-    write_table(table, tmp_path / "t.csv", tmp_path / "out" / "t.md")
-    assert (tmp_path / "t.csv").read_text() == "a,b\nx,0.12345\ny,2.0\n"
+    write_table(table, tmp_path / "out" / "t.csv")
+    assert (tmp_path / "out" / "t.csv").read_text() == "a,b\nx,0.12345\ny,2.0\n"
     assert (tmp_path / "out" / "t.md").read_text().splitlines() == [
         "| a | b |", "|---|---|", "| x | 0.123 |", "| y | 2 |"]
-    write_table(table, tmp_path / "t.csv", tmp_path / "t.md", markdown="header\n")
+    write_table(table, tmp_path / "t.csv", markdown="header\n")
     assert (tmp_path / "t.md").read_text() == "header\n"
     assert pd.read_csv(tmp_path / "t.csv").equals(table)
 
@@ -239,12 +238,12 @@ def test_validate_sets_and_schedules_cli_on_a_tiny_model(tiny_model_dir, tmp_pat
     assert main(["validate", "sets", *common, "--scorers", "loss,min_k", "--k", "2",
                  "--seeds", "2"]) == 0
     table = pd.read_csv(run / "validation" / "sets.csv")
-    assert list(table.columns) == SET_COLUMNS
+    assert tuple(table.columns) == SET_COLUMNS
     assert set(table.set) == {"random", "easy", "hard"} and set(table.k) == {2}
     assert main(["validate", "schedules", *common, "--retain-model", str(tiny_model_dir),
                  "--budget", "2"]) == 0
     schedules = pd.read_csv(run / "validation" / "schedules.csv")
-    assert list(schedules.columns) == SCHEDULE_COLUMNS
+    assert tuple(schedules.columns) == SCHEDULE_COLUMNS
     assert list(schedules.schedule) == ["uniform"]  # no mrd or cud scores in this run
     assert "-> " in capsys.readouterr().out
 

@@ -9,7 +9,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from unlearnscope.anchors import read_outcomes as read_anchor_outcomes
 from unlearnscope.cli import main
 from unlearnscope.errors import DataError, UnknownNameError
 from unlearnscope.evaluation.open_unlearning import (
@@ -21,7 +20,7 @@ from unlearnscope.evaluation.open_unlearning import (
     weight_table,
     write_weights,
 )
-from unlearnscope.evaluation.validation import read_outcomes
+from unlearnscope.layout import read_outcome_files, read_outcomes
 
 # TOFU_EVAL.json as open-unlearning writes it (json.dump, indent 4): per-row probability and
 # mean answer loss (avg_loss = -ln prob), ROUGE, and aggregate-only entries we ignore.
@@ -215,7 +214,7 @@ def test_import_command_writes_outcomes_validate_and_anchors_read(logs, tmp_path
                  "--id-prefix", "toy", "--method", "NPO", "--out", str(out)]) == 0
     outcomes = read_outcomes(out / "outcomes.parquet")
     np.testing.assert_allclose(outcomes["efficacy"], [0.75, 0.0, 0.5], atol=1e-12)
-    assert list(read_anchor_outcomes([str(out)])) == ["NPO"]
+    assert list(read_outcome_files([str(out)])) == ["NPO"]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["n_forget"] == 3 and summary["mean_efficacy"] == pytest.approx(1.25 / 3)
     assert json.loads((out / "config.json").read_text())["command"] == "import-open-unlearning"

@@ -12,7 +12,7 @@ from unlearnscope.cli import main
 from unlearnscope.cli.demo import method_seeds, method_settings
 from unlearnscope.errors import DataError, UnlearnscopeError
 from unlearnscope.evaluation import experiments
-from unlearnscope.evaluation.validation import read_seed_outcomes
+from unlearnscope.layout import read_seed_outcomes
 from unlearnscope.pipeline import PHASE_NAMES, PipelineConfig, load_pipeline_config, run_demo
 
 

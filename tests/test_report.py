@@ -22,11 +22,11 @@ from unlearnscope.data.sample import Sample
 from unlearnscope.evaluation.cross_method import write_cross_method
 from unlearnscope.evaluation.cud_choice import write_cud_choice
 from unlearnscope.evaluation.validation import (
-    read_seed_outcomes,
     reliability_summary,
     reliability_table,
     seed_mean_outcomes,
 )
+from unlearnscope.layout import read_seed_outcomes
 from unlearnscope.report import build_report, load_run, measured_difficulty
 from unlearnscope.report.html import section_list
 from unlearnscope.report.markup import number

@@ -19,7 +19,7 @@ from unlearnscope.cli import unlearn as unlearn_cli
 from unlearnscope.cli._common import key_values, named_key_values
 from unlearnscope.cli.unlearn import METHOD_OPTIONS_HELP
 from unlearnscope.errors import UnlearnscopeError
-from unlearnscope.evaluation.validation import read_seed_outcomes
+from unlearnscope.layout import read_seed_outcomes
 from unlearnscope.unlearning.methods import (
     METHODS,
     NLL_WEIGHTINGS,

@@ -11,16 +11,15 @@ from scipy import stats
 from unlearnscope.cli import main
 from unlearnscope.errors import DataError
 from unlearnscope.evaluation.validation import (
-    CORRELATION_COLUMNS,
     bootstrap_spearman_interval,
     correlations,
     cud_stability,
     measured_difficulty,
     quartile_auroc,
-    read_method_outcomes,
     scorer_correlations,
     seed_difficulty,
 )
+from unlearnscope.layout import CORRELATION_COLUMNS, read_method_outcomes
 
 IDS = [f"s{i}" for i in range(12)]
 EFFICACY_A = np.array([0.9, 0.1, 0.5, 0.5, 0.7, 0.2, 1.0, 0.0, 0.3, 0.6, 0.8, 0.4])
@@ -98,7 +97,7 @@ def test_orientation_of_a_perfect_scorer_and_its_negative():
     assert mean.loc["reversed", "spearman"] == pytest.approx(-1.0)
     assert mean.loc["reversed", "auroc"] == pytest.approx(0.0)
     assert table["method"].tolist() == ["a", "b", "mean"] * 2
-    assert list(table.columns) == CORRELATION_COLUMNS
+    assert tuple(table.columns) == CORRELATION_COLUMNS
 
 
 def test_a_constant_scorer_gets_no_correlation_and_no_warning():
@@ -175,7 +174,7 @@ def test_cli_on_a_run_folder(tmp_path, capsys):
     assert "cud:npo" in printed and "mrd" in printed
     folder = tmp_path / "validation"
     table = pd.read_csv(folder / "correlations.csv")
-    assert list(table.columns) == CORRELATION_COLUMNS
+    assert tuple(table.columns) == CORRELATION_COLUMNS
     assert set(table.method) == {"npo", "graddiff", "mean"}
     assert (table.n == 10).all()  # the two fit ids are held out
     row = table[(table.scorer == "cud:npo") & (table.method == "npo")].iloc[0]

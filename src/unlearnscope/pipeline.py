@@ -62,10 +62,41 @@ from unlearnscope.evaluation.tofu import evaluate_tofu, metrics_report, retain_r
 from unlearnscope.evaluation.validation import (
     correlation_markdown,
     measured_difficulty,
-    read_outcomes,
     reliability_summary,
     seed_mean_outcomes,
     write_validation,
+)
+from unlearnscope.layout import (
+    ANCHORS_DIR,
+    ANCHORS_FILE,
+    CIRCUIT_GUIDED_FILE,
+    CIRCUITS_DIR,
+    CLAIMS_FILE,
+    CONFIG_FILE,
+    CROSS_METHOD_FILE,
+    CUD_CHOICE_FILE,
+    DEPTH_ABLATION_FILE,
+    FINETUNE_FILE,
+    INDEX_FILE,
+    METRICS_FILE,
+    OUTCOMES_FILE,
+    PAPER_CIRCUITS_DIR,
+    PER_SAMPLE_FILE,
+    PREDICTION_FILE,
+    RELIABILITY_FILE,
+    REPORT_FILE,
+    RETAIN_DIR,
+    SCHEDULES_FILE,
+    SCORES_FILE,
+    SETS_FILE,
+    STEPS_DIR,
+    STEPS_FILE,
+    SUMMARY_FILE,
+    TARGET_DIR,
+    UNLEARN_DIR,
+    VALIDATION_DIR,
+    read_outcomes,
+    seed_folder,
 )
 from unlearnscope.models import load_model
 from unlearnscope.models.finetune import FinetuneConfig, build_tiny, finetune, mean_answer_prob
@@ -91,7 +122,6 @@ from unlearnscope.scoring.mrd import MonteCarloMRD
 from unlearnscope.unlearning.steps_to_forget import StepsToForgetConfig, steps_to_forget
 from unlearnscope.unlearning.trainer import run_unlearning
 
-PAPER_CIRCUITS = Path("paper") / "circuits"  # the circuit store of the CUD authors' settings
 METHODS = ("grad_ascent", "grad_diff", "npo", "simnpo", "undial", "rmu")
 ANCHOR_METHODS = ("grad_diff", "npo", "simnpo", "undial", "rmu")  # the CUD paper's five
 SET_SCORERS = ("cud", "mrd", "loss", "grad_norm")
@@ -223,8 +253,7 @@ class PipelineConfig:
     def outcome_folder(self, out: Path, method: str, seed: int) -> Path:
         """Where one (method, seed) run writes its outcomes: `unlearn/<method>/` for a method
         with one seed, else `unlearn/<method>/seed<s>/`."""
-        folder = out / "unlearn" / method
-        return folder if len(self.method_seeds(method)) == 1 else folder / f"seed{seed}"
+        return seed_folder(out / UNLEARN_DIR / method, seed, self.method_seeds(method))
 
 
 # PipelineConfig fields that change products a rerun keeps (finished stages are skipped): a rerun
@@ -240,7 +269,7 @@ PRODUCT_FIELDS = ("model", "tofu_dir", "forget_split", "retain_authors", "n_auth
 def check_rerun(out: Path, config: PipelineConfig) -> None:
     """Refuse to run `config` into a folder whose `config.json` records a demo with other
     `PRODUCT_FIELDS`, naming them (`runs.check_unchanged`)."""
-    path = out / "config.json"
+    path = out / CONFIG_FILE
     recorded = read_json(path) if path.is_file() else {}
     if recorded.get("command") != "demo":
         return
@@ -320,28 +349,28 @@ def _train(samples, out: Path, config: PipelineConfig, *, epochs: int | None,
 
 
 def _epochs_trained(model_dir: Path) -> int:
-    return int(json.loads((model_dir / "finetune.json").read_text())["epochs_trained"])
+    return int(json.loads((model_dir / FINETUNE_FILE).read_text())["epochs_trained"])
 
 
 def _models(demo: PipelineRun) -> None:
     config, out = demo.config, demo.out
     full = demo.forget + demo.retain
     demo.stage("fine-tune the target model until it has memorized the forget answers",
-               out / "target" / "finetune.json",
-               lambda: _train(full, out / "target", config, epochs=None,
+               out / TARGET_DIR / FINETUNE_FILE,
+               lambda: _train(full, out / TARGET_DIR, config, epochs=None,
                               target_samples=demo.forget))
-    demo.target, demo.tokenizer = load_model(str(out / "target"), dtype="float32")
-    epochs = _epochs_trained(out / "target")
+    demo.target, demo.tokenizer = load_model(str(out / TARGET_DIR), dtype="float32")
+    epochs = _epochs_trained(out / TARGET_DIR)
     demo.stage(f"fine-tune the retain model ({epochs} epochs, as the target)",
-               out / "retain" / "finetune.json",
-               lambda: _train(demo.retain, out / "retain", config, epochs=epochs,
+               out / RETAIN_DIR / FINETUNE_FILE,
+               lambda: _train(demo.retain, out / RETAIN_DIR, config, epochs=epochs,
                               vocab_samples=full))
 
 
 def _scores(demo: PipelineRun) -> None:
     """Stage 2, one stage per scorer: a scorer already in `scores.parquet` is kept, a scorer
     added to the config of a finished run is computed alone and merged in."""
-    config, table = demo.config, demo.out / "scores.parquet"
+    config, table = demo.config, demo.out / SCORES_FILE
     present = set(pd.read_parquet(table, columns=["scorer"]).scorer) if table.is_file() else set()
     scorers = []
     for name in config.scorers:
@@ -368,15 +397,15 @@ def _scores(demo: PipelineRun) -> None:
 
 def _circuits(demo: PipelineRun) -> None:
     demo.stage(f"per-sample EAP-IG circuits ({demo.config.ig_steps} steps)",
-               demo.out / "circuits" / "index.json",
+               demo.out / CIRCUITS_DIR / INDEX_FILE,
                lambda: compute_circuits(demo.target, demo.tokenizer, demo.forget,
-                                        demo.out / "circuits", ig_steps=demo.config.ig_steps,
+                                        demo.out / CIRCUITS_DIR, ig_steps=demo.config.ig_steps,
                                         rule=demo.config.ig_rule, batch_size=8, resume=True))
     if demo.config.paper_preset:
         demo.stage("per-sample circuits in the CUD authors' attribution settings",
-                   demo.out / PAPER_CIRCUITS / "index.json",
+                   demo.out / PAPER_CIRCUITS_DIR / INDEX_FILE,
                    lambda: compute_circuits(demo.target, demo.tokenizer, demo.forget,
-                                            demo.out / PAPER_CIRCUITS, batch_size=8,
+                                            demo.out / PAPER_CIRCUITS_DIR, batch_size=8,
                                             resume=True, **ATTRIBUTION_PRESETS["paper"]))
 
 
@@ -384,11 +413,11 @@ def _unlearn(demo: PipelineRun) -> None:
     reference = None
     config = demo.config
     for method in config.methods:
-        folder = demo.out / "unlearn" / method
+        folder = demo.out / UNLEARN_DIR / method
         first, *others = config.method_seeds(method)
 
         def unlearn(seed: int, method=method):
-            model = load_model(str(demo.out / "target"), dtype="float32")[0]
+            model = load_model(str(demo.out / TARGET_DIR), dtype="float32")[0]
             return run_unlearning(model, demo.tokenizer, demo.forget, demo.retain, method,
                                   out_dir=config.outcome_folder(demo.out, method, seed),
                                   save=False, **config.unlearn_settings(method, seed))
@@ -396,7 +425,7 @@ def _unlearn(demo: PipelineRun) -> None:
         def evaluated(method=method, folder=folder, seed=first):
             nonlocal reference
             if reference is None:
-                retain_model, retain_tok = load_model(str(demo.out / "retain"), dtype="float32")
+                retain_model, retain_tok = load_model(str(demo.out / RETAIN_DIR), dtype="float32")
                 reference = retain_reference(retain_model, retain_tok, forget=demo.forget,
                                              holdout=demo.holdout)
             result = unlearn(seed)
@@ -405,20 +434,20 @@ def _unlearn(demo: PipelineRun) -> None:
                                        retain_truth_ratios=reference.truth_ratios,
                                        retain_mia_auc=reference.mia_auc, max_new_tokens=32,
                                        gradnorm=config.tofu_gradnorm)
-            write_json(folder / "metrics.json", metrics_report(
+            write_json(folder / METRICS_FILE, metrics_report(
                 evaluation, benchmark="synthetic" if config.tofu_dir is None else "tofu",
                 forget_split=config.forget_split,
                 model=f"{demo.out / 'target'} + {method} (seed {seed})",
-                retain_reference=str(demo.out / "retain")))
-            write_parquet(folder / "per_sample.parquet", evaluation["per_sample"])
+                retain_reference=str(demo.out / RETAIN_DIR)))
+            write_parquet(folder / PER_SAMPLE_FILE, evaluation["per_sample"])
 
         demo.stage(f"unlearn the forget set with {method}" + (f" (seed {first})" if others
                                                                else ""),
-                   (config.outcome_folder(demo.out, method, first) / "outcomes.parquet",
-                    folder / "metrics.json"), evaluated)
+                   (config.outcome_folder(demo.out, method, first) / OUTCOMES_FILE,
+                    folder / METRICS_FILE), evaluated)
         for seed in others:
             demo.stage(f"unlearn the forget set with {method} (seed {seed})",
-                       config.outcome_folder(demo.out, method, seed) / "outcomes.parquet",
+                       config.outcome_folder(demo.out, method, seed) / OUTCOMES_FILE,
                        lambda seed=seed, unlearn=unlearn: unlearn(seed))
 
 
@@ -426,19 +455,19 @@ def _steps_to_forget(demo: PipelineRun) -> dict[str, pd.DataFrame]:
     """Steps-to-forget of every forget sample per configured method (staged)."""
     found = {}
     for method in demo.config.steps_to_forget_methods:
-        folder = demo.out / "steps_to_forget" / method
+        folder = demo.out / STEPS_DIR / method
         settings = demo.config.unlearn_settings(method)
         config = StepsToForgetConfig(method=method, lr=settings["lr"],
                                      method_options=settings.get("method_options", {}),
                                      max_steps=demo.config.steps_to_forget_max_steps,
                                      seed=demo.config.seed)
         demo.stage(f"steps to forget with {method} (each sample alone)",
-                   folder / "steps_to_forget.parquet",
+                   folder / STEPS_FILE,
                    lambda config=config, folder=folder: steps_to_forget(
-                       load_model(str(demo.out / "target"), dtype="float32")[0],
+                       load_model(str(demo.out / TARGET_DIR), dtype="float32")[0],
                        demo.tokenizer, demo.forget, retain_samples=demo.retain, config=config,
                        out_dir=folder, resume=True))
-        found[method] = pd.read_parquet(folder / "steps_to_forget.parquet")
+        found[method] = pd.read_parquet(folder / STEPS_FILE)
     return found
 
 
@@ -446,13 +475,13 @@ def _outcomes(demo: PipelineRun, methods: tuple[str, ...] | None = None
               ) -> dict[str, dict[int, pd.DataFrame]]:
     """`{method: {seed: outcome table}}` of the configured seeds."""
     config = demo.config
-    return {m: {s: read_outcomes(config.outcome_folder(demo.out, m, s) / "outcomes.parquet")
+    return {m: {s: read_outcomes(config.outcome_folder(demo.out, m, s) / OUTCOMES_FILE)
                 for s in config.method_seeds(m)}
             for m in methods or config.methods}
 
 
 def _anchors_and_cud(demo: PipelineRun) -> AnchorSets:
-    folder = demo.out / "anchors"
+    folder = demo.out / ANCHORS_DIR
     ids = [s.id for s in demo.forget]
 
     def anchors() -> None:
@@ -462,32 +491,32 @@ def _anchors_and_cud(demo: PipelineRun) -> AnchorSets:
             means, demo.config.anchor_k, ids, fit_fraction=0.5, seed=demo.config.seed,
             options={"methods": list(demo.config.anchor_methods), "fit_fraction": 0.5}))
 
-    demo.stage("vote easy/hard anchors on half of the forget set", folder / "anchors.json",
+    demo.stage("vote easy/hard anchors on half of the forget set", folder / ANCHORS_FILE,
                anchors)
-    sets = read_anchors(folder / "anchors.json")
-    scores = pd.read_parquet(demo.out / "scores.parquet")
+    sets = read_anchors(folder / ANCHORS_FILE)
+    scores = pd.read_parquet(demo.out / SCORES_FILE)
     if "cud" not in set(scores.scorer):
         print("[demo] CUD: compare every circuit with the anchors' circuits")
-        cud = get_scorer("cud", anchors=str(folder / "anchors.json"), circuits=str(demo.out),
+        cud = get_scorer("cud", anchors=str(folder / ANCHORS_FILE), circuits=str(demo.out),
                          anchor_method="combined", top_n=demo.config.circuit_top_n,
                          vector=demo.config.cud_vector)
         score_samples(demo.target, demo.tokenizer, demo.forget, [cud], demo.out,
                       batch_size=16, resume=True, merge=True)
     if demo.config.paper_preset and "cud_paper" not in set(scores.scorer):
         print("[demo] CUD in the CUD authors' configuration (their circuits and settings)")
-        cud_paper = get_scorer("cud_paper", anchors=str(folder / "anchors.json"),
-                               circuits=str(demo.out / PAPER_CIRCUITS.parent))
+        cud_paper = get_scorer("cud_paper", anchors=str(folder / ANCHORS_FILE),
+                               circuits=str(demo.out / PAPER_CIRCUITS_DIR.parent))
         score_samples(demo.target, demo.tokenizer, demo.forget, [cud_paper], demo.out,
                       batch_size=16, resume=True, merge=True)
     return sets
 
 
 def _validation(demo: PipelineRun, sets: AnchorSets, steps: dict[str, pd.DataFrame]) -> pd.DataFrame:
-    folder = demo.out / "validation"
+    folder = demo.out / VALIDATION_DIR
     demo.stage("learned difficulty predictor (fit on the anchors' half, scores the rest)",
-               folder / "prediction.csv",
+               folder / PREDICTION_FILE,
                lambda: write_prediction(demo.out, seed=demo.config.seed, merge=True))
-    scores = pd.read_parquet(demo.out / "scores.parquet")
+    scores = pd.read_parquet(demo.out / SCORES_FILE)
     # the run's own cud was scored against anchors/anchors.json; a recorded config wins
     known = {"cud": {"name": "cud", "uses_anchors": True, "anchor_fit_ids": sets.fit_ids}}
     holdout = resolve_holdout(scores, {**known, **read_scorer_configs(demo.out)},
@@ -503,16 +532,16 @@ def _validation(demo: PipelineRun, sets: AnchorSets, steps: dict[str, pd.DataFra
                                demo.forget, scores, scorers=demo.config.set_scorers,
                                methods=demo.config.set_methods, k=demo.config.set_k,
                                eligible_ids=sets.held_out_ids)
-        write_table(table, folder / "sets.csv", folder / "sets.md")
+        write_table(table, folder / SETS_FILE)
 
     if demo.config.set_methods:
         demo.stage(f"easy/hard set experiment (k={demo.config.set_k}, held-out samples)",
-                   folder / "sets.csv", sets_experiment)
+                   folder / SETS_FILE, sets_experiment)
 
     def schedules() -> None:
         evaluate = ScheduleMetrics(
             demo.tokenizer, demo.forget, demo.retain,
-            lambda: load_model(str(demo.out / "retain"), dtype="float32"), max_new_tokens=32)
+            lambda: load_model(str(demo.out / RETAIN_DIR), dtype="float32"), max_new_tokens=32)
         table = schedule_comparison(
             demo.config.unlearner(demo.target, demo.tokenizer, demo.retain), demo.forget,
             scores, methods=demo.config.schedule_methods,
@@ -520,37 +549,37 @@ def _validation(demo: PipelineRun, sets: AnchorSets, steps: dict[str, pd.DataFra
             target_efficacy=demo.config.target_efficacy,
             evaluate=evaluate if demo.config.schedule_tofu_metrics else None,
             schedules=demo.config.schedules, track_every=demo.config.schedule_track_every)
-        write_table(table, folder / "schedules.csv", folder / "schedules.md")
+        write_table(table, folder / SCHEDULES_FILE)
 
     if demo.config.schedule_methods:
         demo.stage(f"schedule experiment ({demo.config.schedule_budget} steps)",
-                   folder / "schedules.csv", schedules)
+                   folder / SCHEDULES_FILE, schedules)
     top_n, seed = demo.config.circuit_top_n, demo.config.seed
     if demo.config.circuit_guided_methods:
         demo.stage("circuit-guided unlearning (circuit-masked vs global vs random control)",
-                   folder / "circuit_guided.csv",
+                   folder / CIRCUIT_GUIDED_FILE,
                    lambda: write_circuit_guided(
                        demo.out, demo.config.unlearner(demo.target, demo.tokenizer, demo.retain),
                        demo.forget, methods=demo.config.circuit_guided_methods,
                        budget_steps=demo.config.schedule_budget, top_n=top_n, seed=seed))
     demo.stage("CUD by edge depth (reader in the first / middle / last third)",
-               folder / "depth_ablation.csv",
+               folder / DEPTH_ABLATION_FILE,
                lambda: write_depth_ablation(demo.out, top_n=top_n, vector=demo.config.cud_vector,
                                             seed=seed))
-    demo.stage("the CUD paper's circuit claims, easy vs hard", folder / "claims.csv",
+    demo.stage("the CUD paper's circuit claims, easy vs hard", folder / CLAIMS_FILE,
                lambda: write_claims(demo.out, top_n=top_n, seed=seed))
     demo.stage("CUD across methods (anchors from one method, validated on the others)",
-               folder / "cross_method.csv",
+               folder / CROSS_METHOD_FILE,
                lambda: write_cross_method(demo.out, top_n=top_n, seed=demo.config.seed,
                                           split_seed=demo.config.seed))
-    demo.stage("CUD configuration chosen on the fit half", folder / "cud_choice.csv",
+    demo.stage("CUD configuration chosen on the fit half", folder / CUD_CHOICE_FILE,
                lambda: write_cud_choice(demo.out, seed=demo.config.seed,
                                         split_seed=demo.config.seed))
     return table
 
 
 def _report(demo: PipelineRun, found: dict) -> None:
-    demo.stage("report", demo.out / "report.html",
+    demo.stage("report", demo.out / REPORT_FILE,
                lambda: build_report(demo.out, top_n=demo.config.circuit_top_n))
 
 
@@ -598,7 +627,7 @@ def run_demo(out_dir: str | Path, config: PipelineConfig | None = None, *,
                   "(finished stages are skipped)")
             return None
     summary = _summary(demo, found["table"])
-    write_json(out / "summary.json", {**summary, "wall_s": time.perf_counter() - started})
+    write_json(out / SUMMARY_FILE, {**summary, "wall_s": time.perf_counter() - started})
     _print_summary(demo, summary, found["table"])
     return summary
 
@@ -607,7 +636,7 @@ def _print_circuit_comparison(demo: PipelineRun) -> None:
     """Circuits of the easiest vs the hardest quartile of measured difficulty (all methods)."""
     measured = measured_difficulty(_outcomes(demo))["mean"].sort_values(kind="mergesort")
     quarter = max(2, len(measured) // 4)
-    signatures = compare_easy_hard(demo.out / "circuits", list(measured.index[:quarter]),
+    signatures = compare_easy_hard(demo.out / CIRCUITS_DIR, list(measured.index[:quarter]),
                                    list(measured.index[-quarter:]),
                                    top_n=demo.config.circuit_top_n, n_resamples=2000,
                                    seed=demo.config.seed)
@@ -623,8 +652,8 @@ def _summary(demo: PipelineRun, table: pd.DataFrame) -> dict:
     for method in config.methods:
         seeds = config.method_seeds(method)
         summary = json.loads((config.outcome_folder(demo.out, method, seeds[0])
-                              / "summary.json").read_text())
-        metrics = json.loads((demo.out / "unlearn" / method / "metrics.json").read_text())
+                              / SUMMARY_FILE).read_text())
+        metrics = json.loads((demo.out / UNLEARN_DIR / method / METRICS_FILE).read_text())
         per_method[method] = {
             "forget_loss_change": summary["forget"]["loss_after"] - summary["forget"][
                 "loss_before"],
@@ -638,7 +667,7 @@ def _summary(demo: PipelineRun, table: pd.DataFrame) -> dict:
     return {
         "n_forget": len(demo.forget), "n_retain": len(demo.retain),
         "target_forget_prob": mean_answer_prob(demo.target, demo.tokenizer, demo.forget),
-        "target_epochs": _epochs_trained(demo.out / "target"),
+        "target_epochs": _epochs_trained(demo.out / TARGET_DIR),
         "methods": per_method, "timings_s": demo.timings,
     }
 
@@ -653,10 +682,10 @@ def _print_summary(demo: PipelineRun, summary: dict, table: pd.DataFrame) -> Non
           "methods):")
     print(correlation_markdown(table[table.method == "mean"]))
     print("[demo] reliability of measured difficulty per method (seed mean of -efficacy):")
-    print(to_markdown(reliability_summary(pd.read_csv(demo.out / "validation" /
-                                                      "reliability.csv")), floatfmt=".3f"))
+    print(to_markdown(reliability_summary(pd.read_csv(demo.out / VALIDATION_DIR /
+                                                      RELIABILITY_FILE)), floatfmt=".3f"))
     _print_circuit_comparison(demo)
-    sets = demo.out / "validation" / "sets.csv"
+    sets = demo.out / VALIDATION_DIR / SETS_FILE
     if sets.is_file():
         frame = pd.read_csv(sets)
         print("[demo] easy/hard sets, mean over methods (efficacy x100, delta vs random):")

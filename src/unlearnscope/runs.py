@@ -173,6 +173,9 @@ def output_folder_problem(path: str | Path) -> str | None:
     return None
 
 
+CONFIG_FILE = "config.json"  # `unlearnscope.layout` names it with the run folder's other files
+
+
 def write_config(out_dir: str | Path, command: str, options: dict[str, Any], *,
                  n_truncated: int | None = None) -> dict[str, Any]:
     """Write `config.json` with every resolved option and the software versions, and
@@ -180,14 +183,14 @@ def write_config(out_dir: str | Path, command: str, options: dict[str, Any], *,
     config = {"command": command, "options": options, "environment": environment()}
     if n_truncated is not None:
         config["n_truncated"] = int(n_truncated)
-    write_json(Path(out_dir) / "config.json", config)
+    write_json(Path(out_dir) / CONFIG_FILE, config)
     return config
 
 
 def record_truncation(out_dir: str | Path, n_truncated: int) -> None:
     """Add `n_truncated` to the `config.json` the command wrote before it encoded its samples
     (rewritten atomically: the old or the new file, never a part)."""
-    path = Path(out_dir) / "config.json"
+    path = Path(out_dir) / CONFIG_FILE
     config = read_json(path)
     config["n_truncated"] = int(n_truncated)
     write_json(path, config)

@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 
 from unlearnscope.errors import DataError
+from unlearnscope.layout import ANCHORS_FILE
 from unlearnscope.runs import read_json, write_json
 
-ANCHORS_FILE = "anchors.json"
 REQUIRED_KEYS = ("method", "k", "easy", "hard", "fit_ids", "held_out_ids")
 
 

@@ -14,11 +14,9 @@ sample id. Every order in this module ends on the sample id, so results are dete
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,6 +25,7 @@ import torch
 
 from unlearnscope.anchors.sets import AnchorSets, check_k, split_fit
 from unlearnscope.errors import DataError
+from unlearnscope.layout import OUTCOME_REQUIRED, require_columns
 from unlearnscope.runs import check_finite
 
 
@@ -41,22 +40,13 @@ class VoteResult:
     mean_rank: dict[str, float]
 
 
-OUTCOME_COLUMNS = ("sample_id", "efficacy")
-
-
-def _check_columns(table: pd.DataFrame, source: str) -> None:
-    for column in OUTCOME_COLUMNS:
-        if column not in table.columns:
-            raise DataError("missing column", source=source, field=column)
-
-
 def efficacy_ranks(table: pd.DataFrame, sample_ids: Sequence[str], *, name: str = "outcomes"
                    ) -> np.ndarray:
     """Rank of each of `sample_ids` in one run, `[n]` int: 0 = highest efficacy.
 
     `table` has columns `sample_id`, `efficacy` and optionally `delta_loss` (tie-breaker).
     """
-    _check_columns(table, name)
+    require_columns(table, OUTCOME_REQUIRED, name)
     rows = table.assign(sample_id=table["sample_id"].astype(str)).drop_duplicates("sample_id")
     rows = rows.set_index("sample_id")
     missing = [i for i in sample_ids if i not in rows.index]
@@ -141,32 +131,3 @@ def vote_anchor_sets(outcomes: Mapping[str, pd.DataFrame], k: int, sample_ids: S
     return AnchorSets("vote", k, vote.easy, vote.hard, fit_ids, held_out,
                       per_method=vote.per_method, options=dict(options or {}),
                       diagnostics={"mean_rank": vote.mean_rank, **(diagnostics or {})})
-
-
-def read_outcomes(paths: Sequence[str], names: Sequence[str] | None = None
-                  ) -> dict[str, pd.DataFrame]:
-    """Outcome tables by method name: `names`, else each run's `summary.json` `method`, else
-    the run folder's name. Names must be unique (give `names` for several runs of a method)."""
-    if names is not None and len(names) != len(paths):
-        raise DataError(f"{len(names)} method names for {len(paths)} outcome files",
-                        field="method_names")
-    tables: dict[str, pd.DataFrame] = {}
-    for index, path in enumerate(paths):
-        path = Path(path)
-        if path.is_dir():
-            path = path / "outcomes.parquet"
-        if not path.is_file():
-            raise DataError("outcomes file not found", source=str(path))
-        if names is not None:
-            name = names[index]
-        elif (path.parent / "summary.json").is_file():
-            name = json.loads((path.parent / "summary.json").read_text(encoding="utf-8")).get(
-                "method", path.parent.name)
-        else:
-            name = path.parent.name
-        if name in tables:
-            raise DataError(f"method name '{name}' given to two outcome files; name them with "
-                            "method names", source=str(path), field="method_names")
-        tables[name] = pd.read_parquet(path)
-        _check_columns(tables[name], str(path))
-    return tables

@@ -50,6 +50,7 @@ from unlearnscope.circuits.selection import (
 )
 from unlearnscope.circuits.store import CircuitStore
 from unlearnscope.errors import DataError
+from unlearnscope.layout import SUMMARY_FILE
 from unlearnscope.runs import atomic_write, write_json, write_parquet
 
 SCALAR_STATISTICS = ("n_edges", "n_nodes", "n_attention_nodes", "n_mlp_nodes",
@@ -474,7 +475,7 @@ def write_group_analysis(store: CircuitStore, circuits: GroupCircuits, out_dir: 
             save_png(figures["depth"], out / "depth.png"),
             save_png(figures["edge_frequency"], out / "edge_frequency.png"))],
     }
-    write_json(out / "summary.json", _strict_json(summary))
+    write_json(out / SUMMARY_FILE, _strict_json(summary))
     return summary
 
 

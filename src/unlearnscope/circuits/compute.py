@@ -16,7 +16,6 @@ from unlearnscope import distributed
 from unlearnscope.circuits.attribution import attribute, make_backend
 from unlearnscope.circuits.plan import graph_layout
 from unlearnscope.circuits.store import (
-    HEADER_FILE,
     CircuitStore,
     ShardWriter,
     check_header,
@@ -28,6 +27,7 @@ from unlearnscope.circuits.store import (
 from unlearnscope.data.sample import Sample
 from unlearnscope.data.tokenize import iter_batches, pad_id
 from unlearnscope.errors import DataError
+from unlearnscope.layout import HEADER_FILE
 from unlearnscope.models.inputs import encode_for
 from unlearnscope.progress import progress_bar
 

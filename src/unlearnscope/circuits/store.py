@@ -33,11 +33,10 @@ from safetensors.torch import save_file
 from unlearnscope.circuits.graph import GraphLayout
 from unlearnscope.circuits.selection import edge_matrix, edge_vector, select
 from unlearnscope.errors import DataError
+from unlearnscope.layout import HEADER_FILE, INDEX_FILE
 from unlearnscope.progress import progress_bar
 from unlearnscope.runs import atomic_write, check_finite, check_unchanged, write_json
 
-HEADER_FILE = "header.json"
-INDEX_FILE = "index.json"
 FORMAT = "unlearnscope-circuits-1"
 _SHARD = re.compile(r"scores-rank(\d+)-(\d+)\.safetensors")
 

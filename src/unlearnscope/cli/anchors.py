@@ -12,7 +12,6 @@ from unlearnscope.anchors import (
     AnchorSets,
     BilevelSettings,
     bilevel_anchors,
-    read_outcomes,
     split_fit,
     vote_anchor_sets,
     write_anchors,
@@ -30,6 +29,7 @@ from unlearnscope.cli._common import (
 )
 from unlearnscope.data import load_samples
 from unlearnscope.errors import UnlearnscopeError
+from unlearnscope.layout import read_outcome_files
 from unlearnscope.runs import write_config
 
 DEFAULTS = BilevelSettings()
@@ -102,7 +102,7 @@ def _require(args: argparse.Namespace, flags: dict[str, object]) -> None:
 
 def _vote(args: argparse.Namespace) -> AnchorSets:
     _require(args, {"--outcomes": args.outcomes})
-    tables = read_outcomes(args.outcomes, args.method_names)
+    tables = read_outcome_files(args.outcomes, args.method_names)
     first = next(iter(tables.values()))
     return vote_anchor_sets(tables, args.k, first["sample_id"].astype(str).tolist(),
                             fit_fraction=args.fit_fraction, seed=args.seed,

@@ -26,7 +26,7 @@ from unlearnscope.circuits.export import FORMATS, export_from_store
 from unlearnscope.circuits.metrics import METRICS
 from unlearnscope.circuits.plan import METHODS, RULES
 from unlearnscope.circuits.selection import SELECTORS, edge_count
-from unlearnscope.circuits.store import HEADER_FILE, CircuitStore
+from unlearnscope.circuits.store import CircuitStore
 from unlearnscope.cli._common import (
     add_data_args,
     add_model_args,
@@ -37,12 +37,10 @@ from unlearnscope.cli._common import (
     samples_from,
 )
 from unlearnscope.errors import DataError, UnlearnscopeError
+from unlearnscope.layout import ANALYSIS_DIR, CIRCUITS_DIR, SUMMARY_FILE, store_folder
 from unlearnscope.runs import read_json, write_config
 
 log = logging.getLogger(__name__)
-
-STORE_DIR = "circuits"
-ANALYSIS_DIR = "analysis"
 
 
 def register(subparsers) -> None:
@@ -143,12 +141,6 @@ def add_selection_args(parser: argparse.ArgumentParser) -> None:
                         help="|score| threshold for --selection threshold")
 
 
-def store_dir(path: str | Path) -> Path:
-    """The store folder of a run folder (or the store folder itself)."""
-    path = Path(path)
-    return path if (path / HEADER_FILE).is_file() else path / STORE_DIR
-
-
 def resolve_attribution(args: argparse.Namespace) -> None:
     """Fill `args`' attribution settings from `--preset` (or the defaults); a flag that
     contradicts the preset is an error."""
@@ -175,7 +167,7 @@ def run(args: argparse.Namespace) -> int:
     if distributed.is_main():
         write_config(args.out, "circuits", options_of(args))
     store = compute_circuits(
-        model, tokenizer, samples, Path(args.out) / STORE_DIR, method=args.method,
+        model, tokenizer, samples, Path(args.out) / CIRCUITS_DIR, method=args.method,
         ig_steps=args.ig_steps, baseline=args.baseline, rule=args.rule, metric=args.metric,
         batch_size=args.batch_size, shard_size=args.shard_size, max_length=args.max_length,
         resume=args.resume, model_name=args.model, backend=args.backend,
@@ -230,7 +222,7 @@ def run_analyze(args: argparse.Namespace) -> int:
     # imported here: scipy.stats and matplotlib would slow down every other command's start
     from unlearnscope.circuits.analysis import group_circuits, write_group_analysis
 
-    store = CircuitStore.open(store_dir(args.dir))
+    store = CircuitStore.open(store_folder(args.dir))
     groups = read_groups(args.groups) if args.groups else {"all": store.sample_ids}
     n = None if args.selection == "threshold" else edge_count(args.top_n, store.layout.n_edges)
     for name, ids in groups.items():
@@ -245,7 +237,7 @@ def run_analyze(args: argparse.Namespace) -> int:
                                    threshold=args.threshold, n_resamples=args.n_resamples,
                                    seed=args.seed)
     _print_analysis(summary)
-    print(f"-> {out / 'summary.json'}")
+    print(f"-> {out / SUMMARY_FILE}")
     return 0
 
 
@@ -261,7 +253,7 @@ def _print_analysis(summary: dict) -> None:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    store = CircuitStore.open(store_dir(args.dir))
+    store = CircuitStore.open(store_folder(args.dir))
     fmt = args.format or ("json" if Path(args.out).suffix.lower() == ".json" else "pt")
     ids = None if args.all_mean else [s.strip() for s in args.samples.split(",") if s.strip()]
     if ids is not None and not ids:

@@ -23,6 +23,7 @@ from unlearnscope.evaluation.tofu import (
     metrics_report,
     retain_reference,
 )
+from unlearnscope.layout import METRICS_FILE, PER_SAMPLE_FILE
 from unlearnscope.models import load_model
 from unlearnscope.models.generation import DEFAULT_MAX_NEW_TOKENS
 from unlearnscope.runs import record_truncation, write_config, write_json, write_parquet
@@ -133,8 +134,8 @@ def run(args: argparse.Namespace) -> int:
         n_samples={name: len(samples) for name, samples in sets.items()},
     )
     out = Path(args.out)
-    write_json(out / "metrics.json", report)
-    write_parquet(out / "per_sample.parquet", result["per_sample"])
+    write_json(out / METRICS_FILE, report)
+    write_parquet(out / PER_SAMPLE_FILE, result["per_sample"])
     _print_summary(result["metrics"], result["missing"], out)
     return 0
 

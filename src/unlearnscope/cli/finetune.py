@@ -17,6 +17,7 @@ from unlearnscope.cli._common import (
 )
 from unlearnscope.data import load_samples
 from unlearnscope.errors import UnlearnscopeError
+from unlearnscope.layout import FINETUNE_FILE
 from unlearnscope.models.finetune import FinetuneConfig, build_tiny, finetune, finished_run
 from unlearnscope.models.precision import PRECISIONS
 from unlearnscope.models.tiny import TinyConfig
@@ -99,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
     write_config(args.out, "finetune", options_of(args))
     finetune(model, tokenizer, samples, args.out, config, resume=args.resume,
              target_samples=target or None)
-    recorded = read_json(Path(args.out) / "finetune.json")
+    recorded = read_json(Path(args.out) / FINETUNE_FILE)
     if "n_truncated" in recorded:  # absent from runs finished by an older version
         record_truncation(args.out, recorded["n_truncated"])
     return 0

@@ -16,6 +16,7 @@ from unlearnscope.evaluation.open_unlearning import (
     weight_table,
     write_weights,
 )
+from unlearnscope.layout import OUTCOMES_FILE, SUMMARY_FILE
 from unlearnscope.runs import write_config, write_json, write_parquet
 from unlearnscope.unlearning.outcomes import loss_summary
 
@@ -86,8 +87,8 @@ def run_import(args: argparse.Namespace) -> int:
         "forget": loss_summary(table["loss_before"].to_numpy(), table["loss_after"].to_numpy()),
         "mean_efficacy": float(table["efficacy"].mean()),
     }
-    write_parquet(out / "outcomes.parquet", table)
-    write_json(out / "summary.json", summary)
+    write_parquet(out / OUTCOMES_FILE, table)
+    write_json(out / SUMMARY_FILE, summary)
     print(f"{len(table)} samples ({table['sample_id'].iloc[0]} ...), mean efficacy "
           f"{summary['mean_efficacy']:.4f} -> {out}/outcomes.parquet")
     return 0

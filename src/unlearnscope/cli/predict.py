@@ -12,6 +12,7 @@ from pathlib import Path
 
 from unlearnscope.cli._common import output_folder
 from unlearnscope.errors import DataError
+from unlearnscope.layout import VALIDATION_DIR
 from unlearnscope.runs import write_config
 
 
@@ -105,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
         tables = run_outcomes(args.run).values()
         fit_ids = sorted(set.intersection(*({str(i) for i in t["sample_id"]} for t in tables)))
     out = Path(args.out or args.run)
-    write_config(out / "validation" / "prediction", "predict",
+    write_config(out / VALIDATION_DIR / "prediction", "predict",
                  {k: v for k, v in vars(args).items() if k != "func"})
     result = write_prediction(args.run, fit_ids=fit_ids, methods=args.methods, out_dir=out,
                               top_n=args.top_n, use_circuits=not args.no_circuits,

@@ -1,7 +1,7 @@
 """`unlearnscope unlearn`: run one unlearning method and record per-sample outcomes.
 
 With `--seeds 0,1,2` the method runs once per seed, each from a fresh copy of the model, into
-`OUT/seed<s>/` (the layout `evaluation.validation.read_seed_outcomes` reads), so validation can
+`OUT/seed<s>/` (the layout `layout.read_seed_outcomes` reads), so validation can
 measure how much the outcomes move with the seed (which fixes the forget order and the retain
 batches).
 """
@@ -26,6 +26,7 @@ from unlearnscope.cli._common import (
     samples_from,
 )
 from unlearnscope.errors import UnlearnscopeError
+from unlearnscope.layout import OUTCOMES_FILE, seed_folder
 from unlearnscope.models.precision import PRECISIONS
 from unlearnscope.runs import write_config
 from unlearnscope.unlearning.circuit_mask import CIRCUIT_MASKS
@@ -190,7 +191,7 @@ def run(args: argparse.Namespace) -> int:
         mask_seed=args.mask_seed)
     plan_steps(config, len(forget), distributed.process_state().num_processes)  # refuses early
     out = Path(args.out)
-    folders = {seed: out if len(seeds) == 1 else out / f"seed{seed}" for seed in seeds}
+    folders = {seed: seed_folder(out, seed, seeds) for seed in seeds}
     if args.resume:
         for seed, folder in folders.items():
             check_resume(folder, dataclasses.replace(config, seed=seed))
@@ -207,7 +208,7 @@ def run(args: argparse.Namespace) -> int:
         write_config(out, "unlearn", {**options_of(args), "seeds": seeds})
     pristine = model.to("cpu")  # each seed trains its own copy; this one stays untouched
     for seed, folder in folders.items():
-        if args.resume and (folder / "outcomes.parquet").is_file():
+        if args.resume and (folder / OUTCOMES_FILE).is_file():
             if distributed.is_main():
                 print(f"seed {seed}: finished earlier, kept")
             continue

@@ -38,10 +38,16 @@ from unlearnscope.evaluation.experiments import (
     write_table,
 )
 from unlearnscope.evaluation.holdout import resolve_holdout
-from unlearnscope.evaluation.validation import (
+from unlearnscope.evaluation.validation import correlation_markdown, read_fit_ids, write_validation
+from unlearnscope.layout import (
+    CROSS_METHOD_FILE,
+    CUD_CHOICE_FILE,
+    SCHEDULES_FILE,
+    SCORES_FILE,
     SEED_DIR,
-    correlation_markdown,
-    read_fit_ids,
+    SETS_FILE,
+    VALIDATION_DIR,
+    anchors_file,
     read_method_outcomes,
     read_outcomes,
     read_run_steps_to_forget,
@@ -49,7 +55,6 @@ from unlearnscope.evaluation.validation import (
     read_seed_outcomes,
     read_steps_to_forget,
     run_seed,
-    write_validation,
 )
 from unlearnscope.models import load_model
 from unlearnscope.runs import write_config
@@ -215,11 +220,11 @@ def _method_outcomes(args: argparse.Namespace) -> dict[str, dict]:
 def _inputs(args: argparse.Namespace):
     if args.run is None and (args.scores is None or args.outcomes is None or args.out is None):
         raise DataError("give --run DIR, or --scores, --outcomes and --out", field="--run")
-    scores_path = Path(args.scores) if args.scores else Path(args.run, "scores.parquet")
+    scores_path = Path(args.scores) if args.scores else Path(args.run, SCORES_FILE)
     outcomes = _method_outcomes(args)
     anchors = [Path(args.exclude_ids)] if args.exclude_ids else []
-    if args.run and Path(args.run, "anchors", "anchors.json").is_file():
-        anchors.append(Path(args.run, "anchors", "anchors.json"))
+    if args.run and anchors_file(args.run).is_file():
+        anchors.append(anchors_file(args.run))
     fit_ids = {path: read_fit_ids(path) for path in anchors}
     extra = set().union(*fit_ids.values())
     scores = read_scores(scores_path)
@@ -241,8 +246,8 @@ def _inputs(args: argparse.Namespace):
 def run_correlations(args: argparse.Namespace) -> int:
     scores, outcomes, holdout, anchors, steps = _inputs(args)
     out = Path(args.out or args.run)
-    write_config(out / "validation", "validate correlations",
-                 {"scores": args.scores or str(Path(args.run, "scores.parquet")),
+    write_config(out / VALIDATION_DIR, "validate correlations",
+                 {"scores": args.scores or str(Path(args.run, SCORES_FILE)),
                   "methods": {m: sorted(seeds) for m, seeds in outcomes.items()},
                   "steps_to_forget": sorted(steps), "exclude_ids": anchors,
                   **holdout.record(), "n_boot": args.n_boot, "seed": args.seed})
@@ -250,7 +255,7 @@ def run_correlations(args: argparse.Namespace) -> int:
                              steps_to_forget=steps, unverified_holdout=holdout.unverified,
                              n_boot=args.n_boot, seed=args.seed)
     print(correlation_markdown(table), end="")
-    print(f"-> {out / 'validation'}")
+    print(f"-> {out / VALIDATION_DIR}")
     return 0
 
 
@@ -260,8 +265,8 @@ def _experiment_inputs(args: argparse.Namespace, action: str):
                if value is None]
     if missing:
         raise DataError(f"validate {action} needs {', '.join(missing)}", field=missing[0])
-    scores = read_scores(Path(args.run, "scores.parquet"))
-    anchors = Path(args.run, "anchors", "anchors.json")
+    scores = read_scores(Path(args.run, SCORES_FILE))
+    anchors = anchors_file(args.run)
     held_out = read_anchors(anchors).held_out_ids if anchors.is_file() else None
     forget = samples_from(args, args.forget)
     retain = samples_from(args, args.retain)
@@ -275,13 +280,16 @@ def _experiment_inputs(args: argparse.Namespace, action: str):
     return scores, held_out, forget, retain, unlearner, methods
 
 
-def _write_table(args: argparse.Namespace, name: str, table) -> None:
-    folder = Path(args.out or args.run) / "validation"
+def _write_table(args: argparse.Namespace, file_name: str, table) -> None:
+    """`table` as `validation/<file_name>` (and its markdown), with the action's config in
+    `validation/<stem>/`."""
+    folder = Path(args.out or args.run) / VALIDATION_DIR
+    name = Path(file_name).stem
     write_config(folder / name, f"validate {name}",
                  {k: v for k, v in vars(args).items() if k != "func"})
-    write_table(table, folder / f"{name}.csv", folder / f"{name}.md")
+    write_table(table, folder / file_name)
     print(to_markdown(table), end="")
-    print(f"-> {folder / (name + '.csv')}")
+    print(f"-> {folder / file_name}")
 
 
 def run_sets(args: argparse.Namespace) -> int:
@@ -289,7 +297,7 @@ def run_sets(args: argparse.Namespace) -> int:
     scorers = [s.strip() for s in args.scorers.split(",") if s.strip()]
     table = easy_hard_sets(unlearner, forget, scores, scorers=scorers, methods=methods,
                            k=args.k, random_seeds=range(args.seeds), eligible_ids=held_out)
-    _write_table(args, "sets", table)
+    _write_table(args, SETS_FILE, table)
     return 0
 
 
@@ -304,7 +312,7 @@ def run_schedules(args: argparse.Namespace) -> int:
     table = schedule_comparison(unlearner, forget, scores, methods=methods,
                                 budget_steps=args.budget, target_efficacy=args.target_efficacy,
                                 evaluate=evaluate)
-    _write_table(args, "schedules", table)
+    _write_table(args, SCHEDULES_FILE, table)
     return 0
 
 
@@ -342,9 +350,9 @@ def run_cross_method(args: argparse.Namespace) -> int:
         anchor_method=_one(args.cud_anchor_method, "mean", "--cud-anchor-method"),
         k=args.anchor_k, fit_fraction=args.fit_fraction, split_seed=args.seed,
         n_boot=args.n_boot, seed=args.seed, out_dir=args.out)
-    folder = Path(args.out or run_dir) / "validation"
-    print((folder / cross_method.MD_FILE).read_text(encoding="utf-8"), end="")
-    print(f"-> {folder / cross_method.MD_FILE} ({len(table)} rows)")
+    folder = Path(args.out or run_dir) / VALIDATION_DIR
+    print((folder / CROSS_METHOD_FILE).with_suffix(".md").read_text(encoding="utf-8"), end="")
+    print(f"-> {(folder / CROSS_METHOD_FILE).with_suffix('.md')} ({len(table)} rows)")
     return 0
 
 
@@ -358,9 +366,9 @@ def run_cud_choice(args: argparse.Namespace) -> int:
         vote_methods=_names(args.vote_methods, []) or None, k=args.anchor_k,
         fit_fraction=args.fit_fraction, split_seed=args.seed, folds=args.cud_folds,
         fold_seed=args.seed, n_boot=args.n_boot, seed=args.seed, out_dir=args.out)
-    folder = Path(args.out or run_dir) / "validation"
-    print((folder / cud_choice.MD_FILE).read_text(encoding="utf-8"), end="")
-    print(f"-> {folder / cud_choice.MD_FILE} ({len(table)} candidates)")
+    folder = Path(args.out or run_dir) / VALIDATION_DIR
+    print((folder / CUD_CHOICE_FILE).with_suffix(".md").read_text(encoding="utf-8"), end="")
+    print(f"-> {(folder / CUD_CHOICE_FILE).with_suffix('.md')} ({len(table)} candidates)")
     return 0
 
 

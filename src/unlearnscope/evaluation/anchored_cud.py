@@ -26,18 +26,22 @@ import numpy as np
 import pandas as pd
 import torch
 
-from unlearnscope.anchors.sets import ANCHORS_FILE, AnchorSets, check_k, read_anchors, split_fit
+from unlearnscope.anchors.sets import AnchorSets, check_k, read_anchors, split_fit
 from unlearnscope.anchors.vote import vote_anchors
-from unlearnscope.circuits.store import HEADER_FILE, CircuitStore
+from unlearnscope.circuits.store import CircuitStore
 from unlearnscope.errors import DataError, UnknownNameError
-from unlearnscope.evaluation.validation import (
-    MEAN_METHOD,
+from unlearnscope.evaluation.validation import MEAN_METHOD, seed_mean_outcomes
+from unlearnscope.layout import (
+    ANCHORS_DIR,
+    ANCHORS_FILE,
+    HEADER_FILE,
+    UNLEARN_DIR,
+    anchors_file,
     read_method_outcomes,
-    seed_mean_outcomes,
+    store_folder,
 )
 from unlearnscope.scoring.cud import (
     SIMILARITIES,
-    STORE_SUBDIR,
     VECTORS,
     anchor_aggregate,
     circuit_vectors,
@@ -50,12 +54,12 @@ SeedOutcomes = Mapping[str, Mapping[int, pd.DataFrame]]  # method -> seed -> out
 
 
 def read_run_outcomes(run_dir: str | Path) -> dict[str, dict[int, pd.DataFrame]]:
-    """`{method: {seed: outcome table}}` of the run folder (`validation.read_method_outcomes`),
+    """`{method: {seed: outcome table}}` of the run folder (`layout.read_method_outcomes`),
     refusing a method folder named `mean`, the name of the method-averaged difficulty."""
     found = read_method_outcomes(run_dir)
     if MEAN_METHOD in found:
         raise DataError(f"the method name '{MEAN_METHOD}' is reserved for the method-averaged "
-                        "difficulty", source=str(Path(run_dir) / "unlearn" / MEAN_METHOD))
+                        "difficulty", source=str(Path(run_dir) / UNLEARN_DIR / MEAN_METHOD))
     return found
 
 
@@ -89,13 +93,13 @@ def run_halves(run_dir: str | Path, sample_ids: Sequence[str], *, k: int | None 
                fit_fraction: float = 0.5, seed: int = 0) -> Halves:
     """The split of the run's `anchors/anchors.json` (and its `k` unless `k` is given); without
     that file, `split_fit(sample_ids, fit_fraction, seed)` and `k` must be given."""
-    path = Path(run_dir) / "anchors" / ANCHORS_FILE
+    path = anchors_file(run_dir)
     if path.is_file():
         anchors = read_anchors(path)
         return Halves(anchors.fit_ids, anchors.held_out_ids, anchors.k if k is None else k,
-                      f"anchors/{ANCHORS_FILE}")
+                      f"{ANCHORS_DIR}/{ANCHORS_FILE}")
     if k is None:
-        raise DataError(f"no anchors/{ANCHORS_FILE} in the run: give the anchor set size k "
+        raise DataError(f"no {ANCHORS_DIR}/{ANCHORS_FILE} in the run: give the anchor set size k "
                         "(and the fit fraction) to split the samples here", source=str(path),
                         field="k")
     fit, held_out = split_fit(list(sample_ids), fit_fraction, seed)
@@ -116,8 +120,7 @@ def vote_sets(tables: Mapping[str, pd.DataFrame], fit_ids: Sequence[str], k: int
 
 def open_run_store(path: str | Path) -> CircuitStore:
     """The circuit store of a run folder (`<run>/circuits/`) or a store folder itself."""
-    path = Path(path)
-    store_dir = path if (path / HEADER_FILE).is_file() else path / STORE_SUBDIR
+    store_dir = store_folder(path)
     if not (store_dir / HEADER_FILE).is_file():
         raise DataError("no circuit store (run `unlearnscope circuits` first)",
                         source=str(store_dir))

@@ -27,12 +27,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from unlearnscope.anchors.sets import ANCHORS_FILE, read_anchors
+from unlearnscope.anchors.sets import read_anchors
 from unlearnscope.data.sample import Sample
 from unlearnscope.errors import DataError
 from unlearnscope.evaluation.anchored_cud import read_run_outcomes
 from unlearnscope.evaluation.experiments import CachedUnlearning, to_markdown, write_table
 from unlearnscope.evaluation.validation import MEAN_METHOD, measured_difficulty
+from unlearnscope.layout import CIRCUIT_GUIDED_FILE, VALIDATION_DIR, anchors_file
 from unlearnscope.progress import progress_bar
 
 ARMS = ("global", "hard-anchors", "batch", "random")
@@ -40,7 +41,6 @@ CIRCUIT_GUIDED_COLUMNS = ["method", "arm", "steps", "forget_slots", "distinct_sa
                           "update_params", "update_fraction", "n_hard", "efficacy_hard",
                           "efficacy_all", "p_hard_vs_random", "retain_loss_change",
                           "model_utility"]
-CSV_FILE, MD_FILE = "circuit_guided.csv", "circuit_guided.md"
 PERMUTATIONS = 10_000
 
 
@@ -149,7 +149,7 @@ def write_circuit_guided(run_dir: str | Path, unlearner: CachedUnlearning, forge
     run settings.
     """
     run_dir = Path(run_dir)
-    anchors_path = run_dir / "anchors" / ANCHORS_FILE
+    anchors_path = anchors_file(run_dir)
     anchors = read_anchors(anchors_path)
     if not anchors.held_out_ids:
         raise DataError("the anchors have no held-out samples to evaluate on",
@@ -160,12 +160,12 @@ def write_circuit_guided(run_dir: str | Path, unlearner: CachedUnlearning, forge
                                       methods=methods, budget_steps=budget_steps, top_n=top_n,
                                       anchors=anchors_path, arms=arms, mask_seed=seed,
                                       evaluate=evaluate)
-    folder = run_dir / "validation"
+    folder = run_dir / VALIDATION_DIR
     header = [f"Circuit-guided unlearning: {budget_steps} steps per run, the same lr in every "
               f"arm; circuits = each sample's top {top_n} edges, pruned; masks from the "
               f"{len(anchors.hard)} hard anchors (fit half). efficacy x100 on the {n_hard} "
               f"hardest held-out samples ({', '.join(hard)}) and on all {len(forget)} forget "
               "samples; p_hard_vs_random: paired sign-flip test against the random control."]
-    write_table(table, folder / CSV_FILE, folder / MD_FILE,
+    write_table(table, folder / CIRCUIT_GUIDED_FILE,
                 markdown=circuit_guided_markdown(table, header))
     return table

@@ -41,13 +41,13 @@ from unlearnscope.evaluation.anchored_cud import (
     vote_sets,
 )
 from unlearnscope.evaluation.experiments import to_markdown, write_table
+from unlearnscope.layout import CROSS_METHOD_FILE, VALIDATION_DIR
 from unlearnscope.runs import write_config
 
 CROSS_METHOD_COLUMNS = ["kind", "anchors", "target", "pairing", "spearman", "spearman_low",
                         "spearman_high", "n", "target_seeds", "anchor_seeds", "note"]
 PAIR, LEAVE_ONE_OUT = "pair", "leave_one_out"
 DIFFERENT_SEEDS, SAME_SEED, SAME_RUN = "different seeds", "same seed", "same run"
-CSV_FILE, MD_FILE = "cross_method.csv", "cross_method.md"
 
 
 def seed_plan(outcomes: SeedOutcomes, anchor_methods: Sequence[str], target: str
@@ -243,7 +243,7 @@ def write_cross_method(run_dir: str | Path, *, top_n: float = 0.05, vector: str 
                 "methods": list(outcomes),
                 "seeds": {m: sorted(seeds) for m, seeds in outcomes.items()},
                 "store": str(store.directory), "n_boot": n_boot, "seed": seed}
-    folder = Path(out_dir or run_dir) / "validation"
+    folder = Path(out_dir or run_dir) / VALIDATION_DIR
     write_config(folder / "cross_method", "validate cross-method", settings)
     header = [
         f"CUD (top_n={top_n}, vector={vector}, similarity={similarity}, anchor_method="
@@ -255,6 +255,5 @@ def write_cross_method(run_dir: str | Path, *, top_n: float = 0.05, vector: str 
         "seeds, rho averaged over target seeds (pairing 'different seeds'); 'same seed' / "
         "'same run' where only single-seed runs with one seed exist (see note).",
     ]
-    write_table(table, folder / CSV_FILE, folder / MD_FILE,
-                markdown=cross_method_markdown(table, header))
+    write_table(table, folder / CROSS_METHOD_FILE, markdown=cross_method_markdown(table, header))
     return table

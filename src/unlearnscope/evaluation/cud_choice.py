@@ -71,6 +71,12 @@ from unlearnscope.evaluation.validation import (
     MEAN_METHOD,
     bootstrap_spearman_interval,
     measured_difficulty,
+)
+from unlearnscope.layout import (
+    CUD_CHOICE_FILE,
+    SCORES_FILE,
+    VALIDATION_DIR,
+    anchors_file,
     read_scores,
 )
 from unlearnscope.runs import write_config
@@ -84,8 +90,7 @@ CHOICE_COLUMNS = ["candidate", "source", "top_n", "vector", "similarity", "ancho
 TOP_N = (0.02, 0.05, 0.1)
 FOLDS = 5
 MIN_FOLD = 3  # samples a fold needs for a Spearman
-STORE_SOURCE, SCORES_SOURCE = "circuit store", "scores.parquet"
-CSV_FILE, MD_FILE = "cud_choice.csv", "cud_choice.md"
+STORE_SOURCE, SCORES_SOURCE = "circuit store", SCORES_FILE
 
 
 @dataclass(frozen=True)
@@ -341,9 +346,9 @@ def scored_candidates(run_dir: str | Path) -> list[ScoredCandidate]:
     """The `cud*` scorers of the run's `scores.parquet` (none without it), with the fit samples
     of their anchors as far as the run's scorer configs tell."""
     run_dir = Path(run_dir)
-    if not (run_dir / "scores.parquet").is_file():
+    if not (run_dir / SCORES_FILE).is_file():
         return []
-    scores = read_scores(run_dir / "scores.parquet")
+    scores = read_scores(run_dir / SCORES_FILE)
     configs = read_scorer_configs(run_dir)
     out = []
     for name in dict.fromkeys(scores["scorer"]):
@@ -410,9 +415,9 @@ def write_cud_choice(run_dir: str | Path, *, top_n: Sequence[float] = TOP_N,
     halves = run_halves(run_dir, [i for i in first["sample_id"].astype(str) if i in store],
                         k=k, fit_fraction=fit_fraction, seed=split_seed)
     if vote_methods is None:
-        anchors_file = run_dir / "anchors" / "anchors.json"
-        listed = (read_anchors(anchors_file).options.get("methods")
-                  if anchors_file.is_file() else None) or []
+        anchors_path = anchors_file(run_dir)
+        listed = (read_anchors(anchors_path).options.get("methods")
+                  if anchors_path.is_file() else None) or []
         vote_methods = [m for m in listed if m in outcomes] or list(outcomes)
     if anchor_methods is None:
         anchor_methods = [*ANCHOR_METHODS, *vote_methods]
@@ -423,7 +428,7 @@ def write_cud_choice(run_dir: str | Path, *, top_n: Sequence[float] = TOP_N,
                         vote_methods=vote_methods, target=target, folds=folds,
                         fold_seed=fold_seed, n_boot=n_boot, seed=seed)
     table = choice.table
-    folder = Path(out_dir or run_dir) / "validation"
+    folder = Path(out_dir or run_dir) / VALIDATION_DIR
     write_config(folder / "cud_choice", "validate cud-choice", {
         "top_n": list(top_n), "vectors": list(vectors), "similarities": list(similarities),
         "anchor_methods": list(anchor_methods), "vote_methods": list(vote_methods),
@@ -452,6 +457,5 @@ def write_cud_choice(run_dir: str | Path, *, top_n: Sequence[float] = TOP_N,
         f"choice, with anchors (k={halves.k}) voted on the whole fit half (bootstrap interval "
         f"over samples, {n_boot} resamples).",
     ]
-    write_table(table, folder / CSV_FILE, folder / MD_FILE,
-                markdown=cud_choice_markdown(table, header))
+    write_table(table, folder / CUD_CHOICE_FILE, markdown=cud_choice_markdown(table, header))
     return table

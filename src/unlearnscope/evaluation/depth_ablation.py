@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 from scipy import stats
 
-from unlearnscope.anchors.sets import ANCHORS_FILE, read_anchors
+from unlearnscope.anchors.sets import read_anchors
 from unlearnscope.circuits.graph import GraphLayout
 from unlearnscope.circuits.selection import edge_count, edge_index
 from unlearnscope.evaluation.anchored_cud import open_run_store, read_run_outcomes
@@ -31,6 +31,7 @@ from unlearnscope.evaluation.validation import (
     bootstrap_spearman_interval,
     measured_difficulty,
 )
+from unlearnscope.layout import DEPTH_ABLATION_FILE, VALIDATION_DIR, anchors_file
 from unlearnscope.scoring.cud import anchor_aggregate, circuit_vectors, cud
 
 BANDS = ("first", "middle", "last")
@@ -94,7 +95,7 @@ def write_depth_ablation(run_dir: str | Path, *, top_n: float = 0.05, vector: st
     """`validation/depth_ablation.csv` (and `.md`) of a finished run folder: its circuit store,
     `anchors/anchors.json` and the outcomes under `unlearn/`."""
     run_dir = Path(run_dir)
-    anchors = read_anchors(run_dir / "anchors" / ANCHORS_FILE)
+    anchors = read_anchors(anchors_file(run_dir))
     truth = measured_difficulty(read_run_outcomes(run_dir),
                                 exclude_ids=anchors.fit_ids)[MEAN_METHOD]
     truth = truth[truth.index.isin(set(anchors.held_out_ids))]
@@ -103,12 +104,11 @@ def write_depth_ablation(run_dir: str | Path, *, top_n: float = 0.05, vector: st
     table = depth_ablation_table(store.edge_scores(ids), ids, store.layout, anchors.easy,
                                  anchors.hard, truth, top_n=top_n, vector=vector,
                                  similarity=similarity, n_boot=n_boot, seed=seed)
-    folder = run_dir / "validation"
+    folder = run_dir / VALIDATION_DIR
     markdown = "\n".join([
         f"CUD over the edges read in each third of the layers ({vector} vectors, {similarity}, "
         f"top {top_n} of the band's edges, unpruned), Spearman with measured difficulty on "
         f"the {len(truth)} held-out samples, 95% bootstrap interval.", "",
         to_markdown(table)])
-    write_table(table, folder / "depth_ablation.csv", folder / "depth_ablation.md",
-                markdown=markdown)
+    write_table(table, folder / DEPTH_ABLATION_FILE, markdown=markdown)
     return table

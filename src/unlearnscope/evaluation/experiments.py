@@ -29,16 +29,12 @@ import pandas as pd
 from unlearnscope.data.sample import Sample
 from unlearnscope.errors import DataError
 from unlearnscope.evaluation.tofu import RetainReference, evaluate_tofu, retain_reference
+from unlearnscope.layout import SCHEDULE_COLUMNS, SET_COLUMNS
 from unlearnscope.models.generation import DEFAULT_MAX_NEW_TOKENS
 from unlearnscope.progress import progress_bar
 from unlearnscope.runs import write_text
 from unlearnscope.unlearning.trainer import run_unlearning
 
-SET_COLUMNS = ["scorer", "method", "set", "k", "efficacy", "delta_vs_random", "random_std",
-               "random_min", "random_max", "n_random", "p_value", "p_value_sets",
-               "forget_slots", "distinct_samples_drawn"]
-SCHEDULE_COLUMNS = ["method", "schedule", "scorer", "forget_slots", "distinct_samples_drawn",
-                    "efficacy", "forget_quality", "model_utility", "steps_to_target"]
 PERMUTATIONS = 10_000
 DEFAULT_SCHEDULES = (("uniform", None), ("weighted", "mrd"), ("easy-to-hard", "cud"),
                      ("hard-to-easy", "cud"), ("easy-to-hard", "mrd"), ("hard-to-easy", "mrd"))
@@ -341,10 +337,11 @@ def to_markdown(table: pd.DataFrame, floatfmt: str = ".3g") -> str:
     return "\n".join([header, rule, *body]) + "\n"
 
 
-def write_table(table: pd.DataFrame, csv_path: str | Path, markdown_path: str | Path, *,
-                markdown: str | None = None) -> None:
-    """`table` as CSV (no index) at `csv_path` and as markdown at `markdown_path`: `markdown`
+def write_table(table: pd.DataFrame, csv_path: str | Path, *, markdown: str | None = None
+                ) -> None:
+    """`table` as CSV (no index) at `csv_path` and as markdown beside it (`.md`): `markdown`
     when given (a table with its header lines), else `to_markdown(table)`; each written
     atomically."""
     write_text(csv_path, table.to_csv(index=False))
-    write_text(markdown_path, to_markdown(table) if markdown is None else markdown)
+    write_text(Path(csv_path).with_suffix(".md"),
+               to_markdown(table) if markdown is None else markdown)

@@ -53,7 +53,7 @@ from unlearnscope.data import tofu
 from unlearnscope.data.tofu import N_AUTHORS, QUESTIONS_PER_AUTHOR
 from unlearnscope.errors import DataError
 from unlearnscope.evaluation.tofu import PRIVLEAK_ATTACK, RetainReference
-from unlearnscope.evaluation.validation import read_scores
+from unlearnscope.layout import read_scores
 from unlearnscope.runs import read_json, write_text
 from unlearnscope.unlearning.outcomes import outcome_table
 from unlearnscope.unlearning.samplers import ease_weights, load_difficulty

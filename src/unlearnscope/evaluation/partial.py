@@ -20,6 +20,7 @@ from scipy import stats
 from unlearnscope.errors import DataError
 from unlearnscope.evaluation.experiments import to_markdown, write_table
 from unlearnscope.evaluation.validation import difficulty_matrix, measured_difficulty
+from unlearnscope.layout import PARTIAL_FILE, VALIDATION_DIR
 
 PARTIAL_COLUMNS = ["scorer", "method", "control", "partial_spearman", "partial_spearman_low",
                    "partial_spearman_high", "n"]
@@ -128,7 +129,6 @@ def write_partial_correlations(out_dir: str | Path, scores: pd.DataFrame,
     the table."""
     table = partial_correlations(scores, outcomes, control=control, exclude_ids=exclude_ids,
                                  n_boot=n_boot, seed=seed)
-    folder = Path(out_dir) / "validation"
-    write_table(table, folder / "partial.csv", folder / "partial.md",
-                markdown=partial_markdown(table))
+    folder = Path(out_dir) / VALIDATION_DIR
+    write_table(table, folder / PARTIAL_FILE, markdown=partial_markdown(table))
     return table

@@ -49,10 +49,10 @@ from sklearn.model_selection import KFold
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-from unlearnscope.anchors.sets import ANCHORS_FILE, read_anchors
+from unlearnscope.anchors.sets import read_anchors
 from unlearnscope.circuits.analysis import circuit_statistics
 from unlearnscope.circuits.selection import edge_count
-from unlearnscope.circuits.store import HEADER_FILE, CircuitStore
+from unlearnscope.circuits.store import CircuitStore
 from unlearnscope.errors import DataError
 from unlearnscope.evaluation.experiments import to_markdown, write_table
 from unlearnscope.evaluation.holdout import uses_anchors
@@ -60,12 +60,26 @@ from unlearnscope.evaluation.validation import (
     correlations,
     difficulty_matrix,
     measured_difficulty,
-    read_method_outcomes,
-    read_scores,
     seed_mean_outcomes,
 )
+from unlearnscope.layout import (
+    CIRCUITS_DIR,
+    HEADER_FILE,
+    PREDICTED_FILE,
+    PREDICTION_CROSS_METHOD_FILE,
+    PREDICTION_FILE,
+    PREDICTION_IMPORTANCE_FILE,
+    PREDICTION_SELECTION_FILE,
+    PREDICTION_SUMMARY_FILE,
+    SCORE_COLUMNS,
+    SCORES_FILE,
+    VALIDATION_DIR,
+    anchors_file,
+    read_method_outcomes,
+    read_scores,
+)
 from unlearnscope.runs import write_parquet, write_text
-from unlearnscope.scoring import SCORE_COLUMNS, scorer_class
+from unlearnscope.scoring import scorer_class
 
 PREDICTED = "predicted"
 CIRCUIT_PREFIX = "circuit:"
@@ -495,16 +509,15 @@ def write_prediction_tables(out_dir: str | Path, result: PredictionResult) -> No
     """`<out>/validation/prediction.csv/.md` (+ `prediction_cross_method.csv`,
     `prediction_importance.csv`, `prediction_selection.csv`, `prediction_summary.csv`) and
     `<out>/predicted.parquet`, the predictions as a score table."""
-    folder = Path(out_dir) / "validation"
-    write_table(result.table, folder / "prediction.csv", folder / "prediction.md",
-                markdown=prediction_markdown(result))
-    write_text(folder / "prediction_cross_method.csv", result.cross_method.to_csv(index=False))
-    write_text(folder / "prediction_importance.csv", result.importance.to_csv(index=False))
-    write_text(folder / "prediction_selection.csv", result.selection.to_csv(index=False))
+    folder = Path(out_dir) / VALIDATION_DIR
+    write_table(result.table, folder / PREDICTION_FILE, markdown=prediction_markdown(result))
+    write_text(folder / PREDICTION_CROSS_METHOD_FILE, result.cross_method.to_csv(index=False))
+    write_text(folder / PREDICTION_IMPORTANCE_FILE, result.importance.to_csv(index=False))
+    write_text(folder / PREDICTION_SELECTION_FILE, result.selection.to_csv(index=False))
     summary = (prediction_summary(result.table) if not result.table.empty
                else pd.DataFrame(columns=SUMMARY_COLUMNS))
-    write_text(folder / "prediction_summary.csv", summary.to_csv(index=False))
-    write_parquet(Path(out_dir) / "predicted.parquet", result.predicted)
+    write_text(folder / PREDICTION_SUMMARY_FILE, summary.to_csv(index=False))
+    write_parquet(Path(out_dir) / PREDICTED_FILE, result.predicted)
 
 
 def _check_merge(scores_path: str | Path, fit_ids: Iterable[str],
@@ -528,7 +541,7 @@ def merge_predicted(scores_path: str | Path, predicted: pd.DataFrame, fit_ids: I
     _check_merge(scores_path, fit_ids, validation_fit_ids)
     scores = read_scores(scores_path)
     kept = scores[~scores["scorer"].astype(str).str.startswith(PREDICTED)]
-    table = pd.concat([kept, predicted], ignore_index=True)[SCORE_COLUMNS]
+    table = pd.concat([kept, predicted], ignore_index=True)[list(SCORE_COLUMNS)]
     write_parquet(scores_path, table)
     return table
 
@@ -545,9 +558,9 @@ def write_prediction(run_dir: str | Path, *, fit_ids: Iterable[str] | None = Non
     is one. Writes `write_prediction_tables` into `out_dir` (default: the run) and, with
     `merge`, the predictions into the run's `scores.parquet` (see `merge_predicted`)."""
     run = Path(run_dir)
-    scores = read_scores(run / "scores.parquet")
+    scores = read_scores(run / SCORES_FILE)
     outcomes = run_outcomes(run)
-    anchors_path = run / "anchors" / ANCHORS_FILE
+    anchors_path = anchors_file(run)
     anchors = read_anchors(anchors_path) if anchors_path.is_file() else None
     if fit_ids is None:
         if anchors is None:
@@ -556,9 +569,9 @@ def write_prediction(run_dir: str | Path, *, fit_ids: Iterable[str] | None = Non
         fit_ids = anchors.fit_ids
     fit_ids = [str(i) for i in fit_ids]
     if merge:
-        _check_merge(run / "scores.parquet", fit_ids, anchors.fit_ids if anchors else None)
+        _check_merge(run / SCORES_FILE, fit_ids, anchors.fit_ids if anchors else None)
     circuits = None
-    store = run / "circuits"
+    store = run / CIRCUITS_DIR
     if use_circuits and (store / HEADER_FILE).is_file():
         circuits = circuit_features(store, sorted(set(scores["sample_id"])), top_n=top_n)
     result = predict_difficulty(scores, outcomes, fit_ids, circuits=circuits,
@@ -567,7 +580,7 @@ def write_prediction(run_dir: str | Path, *, fit_ids: Iterable[str] | None = Non
                                 seed=seed, n_boot=n_boot, n_repeats=n_repeats)
     write_prediction_tables(out_dir or run, result)
     if merge:
-        merge_predicted(run / "scores.parquet", result.predicted, fit_ids,
+        merge_predicted(run / SCORES_FILE, result.predicted, fit_ids,
                         validation_fit_ids=anchors.fit_ids if anchors else None)
     return result
 

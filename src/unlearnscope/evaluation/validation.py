@@ -25,162 +25,41 @@ every anchor-based scorer (`evaluation.holdout.resolve_holdout`, which refuses w
 be found). Tables written with an accepted unverified holdout carry the column
 `unverified_holdout` and a note line in their markdown.
 
-Run layouts read here: a method's unlearning folder holds `outcomes.parquet` (one seed) or
-`seed<s>/outcomes.parquet` (one per seed); a pipeline run holds them under `unlearn/<method>/`
-and steps-to-forget under `steps_to_forget/<method>/`.
+The run folder's outcome and steps-to-forget tables are read by `unlearnscope.layout`.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 from scipy import stats
 
 from unlearnscope.errors import DataError
 from unlearnscope.evaluation import reliability as rel
 from unlearnscope.evaluation.experiments import to_markdown, write_table
 from unlearnscope.evaluation.holdout import UNVERIFIED_COLUMN, unverified_note, uses_anchors
-from unlearnscope.runs import check_finite, read_json, write_text
+from unlearnscope.layout import (
+    CORRELATION_COLUMNS,
+    CORRELATIONS_FILE,
+    CUD_STABILITY_FILE,
+    RELIABILITY_COLUMNS,
+    RELIABILITY_FILE,
+    SCORER_CORRELATIONS_FILE,
+    STABILITY_COLUMNS,
+    VALIDATION_DIR,
+)
+from unlearnscope.runs import write_text
 
-CORRELATION_COLUMNS = ["scorer", "method", "spearman", "spearman_low", "spearman_high",
-                       "kendall", "auroc", "n", "ceiling", "fraction_of_ceiling"]
-STABILITY_COLUMNS = ["scorer_a", "scorer_b", "spearman", "n"]
-RELIABILITY_COLUMNS = ["method", "ground_truth", "kind", "item", "n_seeds", "n", "spearman",
-                       "spearman_low", "spearman_high", "reliability", "ceiling", "ceiling_low",
-                       "ceiling_high", "fraction_of_ceiling", "fraction_low", "fraction_high",
-                       "distinct", "tied", "note"]
-SCORE_TABLE_COLUMNS = ("sample_id", "scorer", "value", "difficulty")
 MEAN_METHOD = "mean"
 EFFICACY = "efficacy"  # ground truth: the seed mean of -efficacy of the batch run
 STEPS_GROUND_TRUTHS = ("steps_to_forget", "interpolated_steps")
-SEED_DIR = re.compile(r"^seed(\d+)$")
-OUTCOMES_FILE = "outcomes.parquet"
-STEPS_FILE = "steps_to_forget.parquet"
 
 Outcomes = Mapping[str, pd.DataFrame | Mapping[int, pd.DataFrame]]
-
-
-def _require_columns(frame: pd.DataFrame, columns: Iterable[str], source: str) -> None:
-    for column in columns:
-        if column not in frame.columns:
-            raise DataError("missing column", source=source, field=column)
-
-
-def read_scores(path: str | Path) -> pd.DataFrame:
-    """A score table (`sample_id, scorer, value, difficulty`), one row per (sample, scorer)."""
-    table = pd.read_parquet(path)
-    _require_columns(table, SCORE_TABLE_COLUMNS, str(path))
-    table = table.assign(sample_id=table["sample_id"].astype(str))
-    duplicated = table.duplicated(["sample_id", "scorer"])
-    if duplicated.any():
-        row = table[duplicated].iloc[0]
-        raise DataError(f"duplicate row for sample '{row.sample_id}' and scorer '{row.scorer}'",
-                        source=str(path), field="sample_id")
-    check_finite(torch.tensor(table["difficulty"].to_numpy(np.float64)),
-                 f"{path} column difficulty")
-    return table
-
-
-def read_outcomes(path: str | Path) -> pd.DataFrame:
-    """A per-sample outcome table of one unlearning run (needs `sample_id, efficacy`)."""
-    table = pd.read_parquet(path)
-    _require_columns(table, ("sample_id", "efficacy"), str(path))
-    table = table.assign(sample_id=table["sample_id"].astype(str))
-    if table["sample_id"].duplicated().any():
-        raise DataError("duplicate sample id", source=str(path), field="sample_id")
-    check_finite(torch.tensor(table["efficacy"].to_numpy(np.float64)), f"{path} column efficacy")
-    return table
-
-
-def run_seed(folder: str | Path) -> int:
-    """The seed an unlearning run folder was run with: `settings.seed` of its `summary.json`,
-    else of its `config.json` (`options.settings.seed`), else 0."""
-    folder = Path(folder)
-    for name, keys in (("summary.json", ("settings", "seed")),
-                       ("config.json", ("options", "settings", "seed"))):
-        if (folder / name).is_file():
-            value = read_json(folder / name)
-            for key in keys:
-                value = value.get(key) if isinstance(value, dict) else None
-            if value is not None:
-                return int(value)
-    return 0
-
-
-def seed_folders(folder: str | Path) -> dict[int, Path]:
-    """`{seed: folder}` of a method's unlearning folder: its `seed<s>/` subfolders holding
-    outcomes (several seeds), else the folder itself when it holds `outcomes.parquet` (one
-    seed, read by `run_seed`); `{}` when neither. Both at once is a `DataError`."""
-    folder = Path(folder)
-    seeds = {int(match.group(1)): child for child in sorted(folder.iterdir())
-             if child.is_dir() and (match := SEED_DIR.match(child.name))
-             and (child / OUTCOMES_FILE).is_file()} if folder.is_dir() else {}
-    single = (folder / OUTCOMES_FILE).is_file()
-    if seeds and single:
-        raise DataError(f"holds both {OUTCOMES_FILE} and seed<s>/{OUTCOMES_FILE}: move one "
-                        "layout away", source=str(folder))
-    return {run_seed(folder): folder} if single else seeds
-
-
-def read_seed_outcomes(folder: str | Path) -> dict[int, pd.DataFrame]:
-    """`{seed: outcome table}` of one method's unlearning folder (either layout)."""
-    found = seed_folders(folder)
-    if not found:
-        raise DataError(f"no {OUTCOMES_FILE} and no seed<s>/{OUTCOMES_FILE}", source=str(folder))
-    return {seed: read_outcomes(path / OUTCOMES_FILE) for seed, path in sorted(found.items())}
-
-
-def read_method_outcomes(run_dir: str | Path) -> dict[str, dict[int, pd.DataFrame]]:
-    """`{method: {seed: outcome table}}` of a run folder's `unlearn/<method>/` folders (each in
-    either layout; folders without outcomes are skipped)."""
-    unlearn = Path(run_dir) / "unlearn"
-    methods = {folder.name: read_seed_outcomes(folder)
-               for folder in (sorted(p for p in unlearn.iterdir() if p.is_dir())
-                              if unlearn.is_dir() else [])
-               if seed_folders(folder)}
-    if not methods:
-        raise DataError(f"no unlearn/<method>/{OUTCOMES_FILE} or unlearn/<method>/seed<s>/"
-                        f"{OUTCOMES_FILE}", source=str(run_dir))
-    return methods
-
-
-def read_steps_to_forget(path: str | Path) -> tuple[str, pd.DataFrame]:
-    """(method, table) of a `steps_to_forget.parquet` (or the folder holding it): the method is
-    `settings.method` of the folder's `config.json`, else the folder's name."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / STEPS_FILE
-    if not path.is_file():
-        raise DataError("steps-to-forget table not found", source=str(path))
-    table = pd.read_parquet(path)
-    _require_columns(table, ("sample_id", "steps_to_forget"), str(path))
-    table = table.assign(sample_id=table["sample_id"].astype(str))
-    if table["sample_id"].duplicated().any():
-        raise DataError("duplicate sample id", source=str(path), field="sample_id")
-    config = path.parent / "config.json"
-    settings = (read_json(config).get("options") or {}).get("settings") if config.is_file() \
-        else None
-    method = (settings or {}).get("method") or path.parent.name
-    return str(method), table
-
-
-def read_run_steps_to_forget(run_dir: str | Path) -> dict[str, pd.DataFrame]:
-    """`{method: table}` of a run folder's `steps_to_forget/<name>/` folders (`{}` if none)."""
-    found: dict[str, pd.DataFrame] = {}
-    for path in sorted(Path(run_dir).glob(f"steps_to_forget/*/{STEPS_FILE}")):
-        method, table = read_steps_to_forget(path)
-        if method in found:
-            raise DataError(f"a second steps-to-forget table for method '{method}'",
-                            source=str(path))
-        found[method] = table
-    return found
 
 
 def read_fit_ids(path: str | Path) -> set[str]:
@@ -634,7 +513,7 @@ def write_validation(out_dir: str | Path, scores: pd.DataFrame, outcomes: Outcom
     two or more CUD scorers, `cud_stability.csv/.md`. With `unverified_holdout` (scorers whose
     anchor-fit samples could not be excluded) every csv gains the column `unverified_holdout`
     and every md a note line. Returns the correlation table."""
-    folder = Path(out_dir) / "validation"
+    folder = Path(out_dir) / VALIDATION_DIR
     excluded = set(exclude_ids)
     unverified = list(unverified_holdout)
     table = correlations(scores, outcomes, exclude_ids=excluded, n_boot=n_boot, seed=seed)
@@ -642,22 +521,19 @@ def write_validation(out_dir: str | Path, scores: pd.DataFrame, outcomes: Outcom
         correlation_markdown(table) + f"\nceiling: the noise ceiling of the method's seed mean "
         "(reliability.md); nan with one seed (unknown) and for mean.\n"
         f"{mean_pairing(outcomes)}.\n", unverified)
-    write_table(_marked(table, unverified), folder / "correlations.csv",
-                folder / "correlations.md", markdown=markdown)
+    write_table(_marked(table, unverified), folder / CORRELATIONS_FILE, markdown=markdown)
     reliability = reliability_table(scores, outcomes, steps_to_forget=steps_to_forget,
                                     exclude_ids=excluded, n_boot=n_boot, seed=seed)
     markdown = reliability_markdown(
         reliability, notes=[unverified_note(unverified), mean_pairing(outcomes)])
-    write_table(_marked(reliability, unverified), folder / "reliability.csv",
-                folder / "reliability.md", markdown=markdown)
+    write_table(_marked(reliability, unverified), folder / RELIABILITY_FILE, markdown=markdown)
     matrix = scorer_correlations(scores, excluded)
-    write_text(folder / "scorer_correlations.csv",
+    write_text(folder / SCORER_CORRELATIONS_FILE,
                _marked(matrix, unverified).to_csv(index_label="scorer"))
-    write_text(folder / "scorer_correlations.md", _with_note(
+    write_text((folder / SCORER_CORRELATIONS_FILE).with_suffix(".md"), _with_note(
         to_markdown(matrix.reset_index(names="scorer"), floatfmt=".3f"), unverified))
     stability = cud_stability(scores, excluded)
     if len(stability):
-        write_table(_marked(stability, unverified), folder / "cud_stability.csv",
-                    folder / "cud_stability.md",
+        write_table(_marked(stability, unverified), folder / CUD_STABILITY_FILE,
                     markdown=_with_note(to_markdown(stability, floatfmt=".3f"), unverified))
     return table

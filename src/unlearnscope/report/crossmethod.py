@@ -17,9 +17,8 @@ from unlearnscope.evaluation.cross_method import (
     PAIR,
     cross_method_matrix,
 )
-from unlearnscope.evaluation.cross_method import CSV_FILE as CROSS_METHOD_CSV
 from unlearnscope.evaluation.cud_choice import CHOICE_COLUMNS, STORE_SOURCE, criterion_sentence
-from unlearnscope.evaluation.cud_choice import CSV_FILE as CHOICE_CSV
+from unlearnscope.layout import CROSS_METHOD_FILE, CUD_CHOICE_FILE, VALIDATION_DIR
 from unlearnscope.report import leads
 from unlearnscope.report import markup as m
 from unlearnscope.report.plots import correlation_heatmap
@@ -30,7 +29,7 @@ SHOWN_CANDIDATES = 15  # best candidates listed before the whole table
 
 def _table(data: RunData, name: str, columns: list[str]) -> pd.DataFrame | str | None:
     """The run's `validation/<name>` table, `None` when absent, or the HTML of its problem."""
-    path = Path(data.run_dir) / "validation" / name
+    path = Path(data.run_dir) / VALIDATION_DIR / name
     if not path.is_file():
         return None
     try:
@@ -51,7 +50,7 @@ def _interval(rho: float, low: float, high: float) -> str:
 def cross_method(data: RunData) -> str:
     """Heatmap of Spearman(CUD with anchors from method A, -efficacy of method B) on held-out
     samples, the leave-one-method-out rows, the seed pairing and the whole table."""
-    table = _table(data, CROSS_METHOD_CSV, CROSS_METHOD_COLUMNS)
+    table = _table(data, CROSS_METHOD_FILE, CROSS_METHOD_COLUMNS)
     if table is None:
         return m.not_computed("cross-method generalization of CUD",
                               f"unlearnscope validate cross-method --run {data.run_dir}")
@@ -88,7 +87,7 @@ def cud_choice(data: RunData) -> str:
     """Which CUD configuration was chosen on the fit half (by its cross-fitted score), from
     which candidates, on which samples, and its held-out Spearman; whether the criterion
     predicts held-out validity; the best candidates and the whole table."""
-    table = _table(data, CHOICE_CSV, CHOICE_COLUMNS)
+    table = _table(data, CUD_CHOICE_FILE, CHOICE_COLUMNS)
     if table is None:
         return m.not_computed("CUD configuration chosen on the fit half",
                               f"unlearnscope validate cud-choice --run {data.run_dir}")
@@ -96,7 +95,7 @@ def cud_choice(data: RunData) -> str:
         return table
     chosen = table[table["chosen"].astype(str).str.lower() == "true"]
     if len(chosen) != 1:
-        return m.problem(f"{data.run_dir / 'validation' / CHOICE_CSV}: {len(chosen)} rows "
+        return m.problem(f"{data.run_dir / VALIDATION_DIR / CUD_CHOICE_FILE}: {len(chosen)} rows "
                          "marked chosen (expected one)")
     row = chosen.iloc[0]
     from_store = table[table["source"] == STORE_SOURCE]

@@ -11,13 +11,12 @@ from functools import partial
 from html import escape
 from pathlib import Path
 
+from unlearnscope.layout import REPORT_FILE
 from unlearnscope.report import beyond, crossmethod, reliability, sections
 from unlearnscope.report.glance import SORT_SCRIPT, script_hash
 from unlearnscope.report.rundata import RunData, load_run
 from unlearnscope.report.signatures import DEFAULT_TOP_N
 from unlearnscope.runs import write_text
-
-REPORT_FILE = "report.html"
 
 STYLE = """
 body { font-family: sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }

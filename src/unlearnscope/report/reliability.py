@@ -8,6 +8,7 @@ import pandas as pd
 
 from unlearnscope.evaluation.holdout import UNVERIFIED_COLUMN, unverified_note
 from unlearnscope.evaluation.validation import EFFICACY, reliability_summary
+from unlearnscope.layout import RELIABILITY_FILE, VALIDATION_DIR
 from unlearnscope.report import leads
 from unlearnscope.report import markup as m
 from unlearnscope.report.plots import grouped_bars
@@ -59,7 +60,7 @@ def reliability(data: RunData) -> str:
     scorer raw and as a fraction of the ceiling, steps-to-forget and method agreement."""
     table = data.reliability
     if table is None:
-        reason = data.problem("validation/reliability.csv")
+        reason = data.problem(f"{VALIDATION_DIR}/{RELIABILITY_FILE}")
         if reason:
             return m.problem(reason)
         return m.not_computed("reliability of measured difficulty (validation/reliability.csv)",

@@ -8,14 +8,15 @@ field, and is otherwise treated as absent.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pandas as pd
 
-from unlearnscope.anchors.sets import ANCHORS_FILE, AnchorSets, read_anchors
+from unlearnscope.anchors.sets import AnchorSets, read_anchors
 from unlearnscope.errors import DataError
 from unlearnscope.evaluation import validation
 from unlearnscope.evaluation.circuit_guided import CIRCUIT_GUIDED_COLUMNS
@@ -29,23 +30,48 @@ from unlearnscope.evaluation.prediction import (
     SELECTION_COLUMNS,
     SUMMARY_COLUMNS,
 )
+from unlearnscope.layout import (
+    ANCHORS_DIR,
+    ANCHORS_FILE,
+    CIRCUIT_GUIDED_FILE,
+    CIRCUITS_DIR,
+    CLAIMS_FILE,
+    CONFIG_FILE,
+    CORRELATION_REQUIRED,
+    CORRELATIONS_FILE,
+    CUD_STABILITY_FILE,
+    DEPTH_ABLATION_FILE,
+    EVAL_DIR,
+    HEADER_FILE,
+    METRICS_FILE,
+    OUTCOME_REQUIRED,
+    OUTCOMES_FILE,
+    PARTIAL_FILE,
+    PREDICTION_CROSS_METHOD_FILE,
+    PREDICTION_FILE,
+    PREDICTION_IMPORTANCE_FILE,
+    PREDICTION_SELECTION_FILE,
+    PREDICTION_SUMMARY_FILE,
+    RELIABILITY_FILE,
+    RELIABILITY_REQUIRED,
+    SAMPLE_COLUMNS,
+    SAMPLES_FILE,
+    SCHEDULE_REQUIRED,
+    SCHEDULES_FILE,
+    SCORE_COLUMNS,
+    SCORER_CORRELATIONS_FILE,
+    SCORES_FILE,
+    SET_REQUIRED,
+    SETS_FILE,
+    STABILITY_COLUMNS,
+    SUMMARY_FILE,
+    UNLEARN_DIR,
+    VALIDATION_DIR,
+    read_table,
+    seed_folders,
+)
 from unlearnscope.report.signatures import CLAIM_COLUMNS
 from unlearnscope.runs import read_json, write_parquet
-
-SCORE_COLUMNS = ("sample_id", "scorer", "value", "difficulty")
-OUTCOME_COLUMNS = ("sample_id", "efficacy")
-CORRELATION_COLUMNS = ("scorer", "method", "spearman", "spearman_low", "spearman_high",
-                       "kendall", "auroc", "n")
-SET_COLUMNS = ("scorer", "method", "set", "k", "efficacy", "delta_vs_random")
-STABILITY_COLUMNS = ("scorer_a", "scorer_b", "spearman", "n")
-SCHEDULE_COLUMNS = ("method", "schedule", "scorer", "efficacy", "forget_quality",
-                    "model_utility", "steps_to_target")
-RELIABILITY_COLUMNS = ("method", "ground_truth", "kind", "item", "n_seeds", "n", "spearman",
-                       "reliability", "ceiling", "fraction_of_ceiling")
-SAMPLE_COLUMNS = ("sample_id", "question")
-SAMPLES_FILE = "samples.parquet"  # the question of every sample, for the per-sample table
-STORE_DIR = "circuits"
-STORE_HEADER = "header.json"
 
 T = TypeVar("T")
 
@@ -102,25 +128,9 @@ class RunData:
         return next((self.problems[p] for p in relative_paths if p in self.problems), None)
 
 
-def _read_table(path: Path, columns: tuple[str, ...] | list[str], *,
-                allow_empty: bool = False) -> pd.DataFrame:
-    """The table at `path` (parquet or CSV) with every one of `columns`; no rows is an error
-    unless `allow_empty`."""
-    try:
-        frame = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
-    except (OSError, ValueError) as error:
-        raise DataError(f"unreadable table ({error})", source=str(path)) from None
-    for column in columns:
-        if column not in frame.columns:
-            raise DataError("missing column", source=str(path), field=column)
-    if frame.empty and not allow_empty:
-        raise DataError("no rows", source=str(path))
-    return frame
-
-
 def read_square_matrix(path: Path) -> pd.DataFrame:
     """A square correlation matrix written with its row labels in the first column."""
-    frame = _read_table(path, ())
+    frame = read_table(path, ())
     frame = frame.drop(columns=[UNVERIFIED_COLUMN], errors="ignore")
     if frame.shape[1] < 2:
         raise DataError("expected row labels and one column per scorer", source=str(path))
@@ -135,7 +145,32 @@ def read_square_matrix(path: Path) -> pd.DataFrame:
         raise DataError(f"not a number ({error})", source=str(path)) from None
 
 
-EVAL_DIR = "eval"  # `unlearnscope evaluate --out unlearn/<method>/eval` keeps its own config
+def _table(columns: Sequence[str], allow_empty: bool = False) -> Callable[[Path], pd.DataFrame]:
+    """A reader of a table with every one of `columns` (`layout.read_table`)."""
+    return partial(read_table, columns=columns, allow_empty=allow_empty)
+
+
+# RunData field: (its table under validation/, its reader). `unlearnscope predict` writes
+# header-only tables when no held-out outcome is known, so those may have no rows.
+VALIDATION_TABLES: dict[str, tuple[str, Callable[[Path], pd.DataFrame]]] = {
+    "correlations": (CORRELATIONS_FILE, _table(CORRELATION_REQUIRED)),
+    "scorer_correlations": (SCORER_CORRELATIONS_FILE, read_square_matrix),
+    "cud_stability": (CUD_STABILITY_FILE, _table(STABILITY_COLUMNS)),
+    "sets": (SETS_FILE, _table(SET_REQUIRED)),
+    "schedules": (SCHEDULES_FILE, _table(SCHEDULE_REQUIRED)),
+    "reliability": (RELIABILITY_FILE, _table(RELIABILITY_REQUIRED)),
+    "partial": (PARTIAL_FILE, _table(PARTIAL_COLUMNS)),
+    "prediction": (PREDICTION_FILE, _table(PREDICTION_COLUMNS, allow_empty=True)),
+    "prediction_summary": (PREDICTION_SUMMARY_FILE, _table(SUMMARY_COLUMNS, allow_empty=True)),
+    "prediction_importance": (PREDICTION_IMPORTANCE_FILE,
+                              _table(IMPORTANCE_COLUMNS, allow_empty=True)),
+    "prediction_cross_method": (PREDICTION_CROSS_METHOD_FILE,
+                                _table(CROSS_METHOD_COLUMNS, allow_empty=True)),
+    "prediction_selection": (PREDICTION_SELECTION_FILE, _table(SELECTION_COLUMNS)),
+    "circuit_guided": (CIRCUIT_GUIDED_FILE, _table(CIRCUIT_GUIDED_COLUMNS)),
+    "depth_ablation": (DEPTH_ABLATION_FILE, _table(DEPTH_COLUMNS)),
+    "claims": (CLAIMS_FILE, _table(CLAIM_COLUMNS)),
+}
 
 
 def load_run(run_dir: str | Path) -> RunData:
@@ -155,50 +190,23 @@ def load_run(run_dir: str | Path) -> RunData:
             data.problems[relative] = str(error)
             return None
 
-    data.config = attempt("config.json", read_json)
-    data.summary = attempt("summary.json", read_json)
-    data.scores = attempt("scores.parquet", lambda p: _read_table(p, SCORE_COLUMNS))
-    data.samples = attempt(SAMPLES_FILE, lambda p: _read_table(p, SAMPLE_COLUMNS))
-    data.correlations = attempt("validation/correlations.csv",
-                                lambda p: _read_table(p, CORRELATION_COLUMNS))
-    data.scorer_correlations = attempt("validation/scorer_correlations.csv", read_square_matrix)
-    data.cud_stability = attempt("validation/cud_stability.csv",
-                                 lambda p: _read_table(p, STABILITY_COLUMNS))
-    data.sets = attempt("validation/sets.csv", lambda p: _read_table(p, SET_COLUMNS))
-    data.schedules = attempt("validation/schedules.csv",
-                             lambda p: _read_table(p, SCHEDULE_COLUMNS))
-    data.reliability = attempt("validation/reliability.csv",
-                               lambda p: _read_table(p, RELIABILITY_COLUMNS))
-    data.partial = attempt("validation/partial.csv", lambda p: _read_table(p, PARTIAL_COLUMNS))
-    # `unlearnscope predict` writes header-only tables when no held-out outcome is known
-    data.prediction = attempt("validation/prediction.csv", lambda p: _read_table(
-        p, PREDICTION_COLUMNS, allow_empty=True))
-    data.prediction_summary = attempt("validation/prediction_summary.csv", lambda p: _read_table(
-        p, SUMMARY_COLUMNS, allow_empty=True))
-    data.prediction_importance = attempt("validation/prediction_importance.csv",
-                                         lambda p: _read_table(p, IMPORTANCE_COLUMNS,
-                                                               allow_empty=True))
-    data.prediction_cross_method = attempt("validation/prediction_cross_method.csv",
-                                           lambda p: _read_table(p, CROSS_METHOD_COLUMNS,
-                                                                 allow_empty=True))
-    data.prediction_selection = attempt("validation/prediction_selection.csv",
-                                        lambda p: _read_table(p, SELECTION_COLUMNS))
-    data.circuit_guided = attempt("validation/circuit_guided.csv",
-                                  lambda p: _read_table(p, CIRCUIT_GUIDED_COLUMNS))
-    data.depth_ablation = attempt("validation/depth_ablation.csv",
-                                  lambda p: _read_table(p, DEPTH_COLUMNS))
-    data.claims = attempt("validation/claims.csv", lambda p: _read_table(p, CLAIM_COLUMNS))
-    data.anchors = attempt(f"anchors/{ANCHORS_FILE}", read_anchors)
-    unlearn = root / "unlearn"
+    data.config = attempt(CONFIG_FILE, read_json)
+    data.summary = attempt(SUMMARY_FILE, read_json)
+    data.scores = attempt(SCORES_FILE, lambda p: read_table(p, SCORE_COLUMNS))
+    data.samples = attempt(SAMPLES_FILE, lambda p: read_table(p, SAMPLE_COLUMNS))
+    for name, (file, reader) in VALIDATION_TABLES.items():
+        setattr(data, name, attempt(f"{VALIDATION_DIR}/{file}", reader))
+    data.anchors = attempt(f"{ANCHORS_DIR}/{ANCHORS_FILE}", read_anchors)
+    unlearn = root / UNLEARN_DIR
     for folder in sorted(p for p in unlearn.iterdir() if p.is_dir()) if unlearn.is_dir() else []:
-        prefix = f"unlearn/{folder.name}"
+        prefix = f"{UNLEARN_DIR}/{folder.name}"
         if folder.name == validation.MEAN_METHOD:
             data.problems[prefix] = (f"{prefix}: the method name '{folder.name}' is reserved "
                                      "for the method-averaged difficulty")
             continue
         data.methods[folder.name] = _method_run(folder, prefix, attempt, data.problems)
-    if (root / STORE_DIR / STORE_HEADER).is_file():
-        data.circuits_dir = root / STORE_DIR
+    if (root / CIRCUITS_DIR / HEADER_FILE).is_file():
+        data.circuits_dir = root / CIRCUITS_DIR
     return data
 
 
@@ -207,26 +215,26 @@ def _method_run(folder: Path, prefix: str, attempt: Callable,
     """One method's folder in either layout (`outcomes.parquet`, or `seed<s>/` per seed; the
     lowest seed's summary)."""
     def outcomes(relative: str) -> pd.DataFrame | None:
-        return attempt(relative, lambda p: _read_table(p, OUTCOME_COLUMNS))
+        return attempt(relative, lambda p: read_table(p, OUTCOME_REQUIRED))
 
-    metrics = attempt(f"{prefix}/{EVAL_DIR}/metrics.json"
-                      if (folder / EVAL_DIR / "metrics.json").is_file()
-                      else f"{prefix}/metrics.json", read_json)
+    metrics = attempt(f"{prefix}/{EVAL_DIR}/{METRICS_FILE}"
+                      if (folder / EVAL_DIR / METRICS_FILE).is_file()
+                      else f"{prefix}/{METRICS_FILE}", read_json)
     try:
-        seeds = validation.seed_folders(folder)
+        seeds = seed_folders(folder)
     except DataError as error:
         problems[prefix] = str(error)
         return MethodRun(folder.name, metrics=metrics)
     if not seeds or list(seeds.values()) == [folder]:
-        return MethodRun(folder.name, outcomes=outcomes(f"{prefix}/outcomes.parquet"),
-                         summary=attempt(f"{prefix}/summary.json", read_json), metrics=metrics)
-    tables = {seed: outcomes(f"{prefix}/seed{seed}/outcomes.parquet") for seed in seeds}
+        return MethodRun(folder.name, outcomes=outcomes(f"{prefix}/{OUTCOMES_FILE}"),
+                         summary=attempt(f"{prefix}/{SUMMARY_FILE}", read_json), metrics=metrics)
+    tables = {seed: outcomes(f"{prefix}/seed{seed}/{OUTCOMES_FILE}") for seed in seeds}
     tables = {seed: table for seed, table in tables.items() if table is not None}
     first = min(seeds) if seeds else None
     return MethodRun(folder.name, metrics=metrics, seeds=tables,
                      outcomes=validation.seed_mean_outcomes(tables) if tables else None,
                      summary=None if first is None
-                     else attempt(f"{prefix}/seed{first}/summary.json", read_json))
+                     else attempt(f"{prefix}/seed{first}/{SUMMARY_FILE}", read_json))
 
 
 def write_samples(run_dir: str | Path, samples: Iterable[Any]) -> Path:

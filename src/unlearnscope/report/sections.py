@@ -11,6 +11,23 @@ import numpy as np
 import pandas as pd
 
 from unlearnscope.errors import DataError
+from unlearnscope.layout import (
+    ANCHORS_DIR,
+    ANCHORS_FILE,
+    CONFIG_FILE,
+    CORRELATIONS_FILE,
+    CUD_STABILITY_FILE,
+    METRICS_FILE,
+    OUTCOMES_FILE,
+    SAMPLES_FILE,
+    SCHEDULES_FILE,
+    SCORER_CORRELATIONS_FILE,
+    SCORES_FILE,
+    SETS_FILE,
+    SUMMARY_FILE,
+    UNLEARN_DIR,
+    VALIDATION_DIR,
+)
 from unlearnscope.report import leads
 from unlearnscope.report import markup as m
 from unlearnscope.report.glance import correlation_grid, sample_frame, sample_table
@@ -101,7 +118,7 @@ def configuration(data: RunData) -> str:
                                m.preformatted(json.dumps(data.config, indent=2,
                                                          sort_keys=True, default=str))))
     else:
-        parts.append(absent(data, "run configuration (config.json)", "demo", "config.json"))
+        parts.append(absent(data, "run configuration (config.json)", "demo", CONFIG_FILE))
     return "".join(parts)
 
 
@@ -132,7 +149,7 @@ def _best_scorer(correlations: pd.DataFrame) -> pd.Series | None:
 def distributions(data: RunData) -> str:
     """Summary statistics and a histogram of each scorer's raw value."""
     if data.scores is None:
-        return absent(data, "scores", "score", "scores.parquet")
+        return absent(data, "scores", "score", SCORES_FILE)
     stats = (data.scores.groupby("scorer")["value"]
              .agg(["count", "mean", "std", "min", "median", "max"]).reset_index())
     note = m.paragraph("Raw values (the value column); the difficulty used in the comparisons "
@@ -151,7 +168,7 @@ def versus_measured(data: RunData) -> str:
                                                   held_out=data.anchors is not None)))
     measured = measured_difficulty(data.methods, exclude_ids=_fit_ids(data))
     if data.scores is None:
-        parts.append(absent(data, "scores", "score", "scores.parquet"))
+        parts.append(absent(data, "scores", "score", SCORES_FILE))
     elif measured is None:
         parts.append(m.not_computed("measured difficulty (per-sample unlearning outcomes)",
                                     commands(data.run_dir)["unlearn"]))
@@ -170,7 +187,7 @@ def versus_measured(data: RunData) -> str:
             parts.append(m.image(difficulty_scatters(pairs, titles), "difficulty scatters"))
     if data.correlations is None:
         parts.append(absent(data, "correlations with measured difficulty", "validate",
-                             "validation/correlations.csv"))
+                             f"{VALIDATION_DIR}/{CORRELATIONS_FILE}"))
     else:
         parts.append("<h3>Correlations with measured difficulty (95% bootstrap CI)</h3>")
         parts.append(unverified_warning(data.correlations))
@@ -205,7 +222,7 @@ def easy_hard_sets(data: RunData) -> str:
     difference to random sets, over methods (the file's `mean` rows, else the mean of the
     methods' rows), then the whole table."""
     if data.sets is None:
-        return absent(data, "easy/hard set experiment", "sets", "validation/sets.csv")
+        return absent(data, "easy/hard set experiment", "sets", f"{VALIDATION_DIR}/{SETS_FILE}")
     sets = data.sets.sort_values(["scorer", "method", "set"], kind="stable")
     summary, random = _sets_over_methods(sets)
     parts = [m.lead(leads.sets(summary)), "<h3>Over methods</h3>",
@@ -240,7 +257,7 @@ def circuit_signatures(data: RunData, top_n: float = DEFAULT_TOP_N) -> str:
     else:
         measured = measured_difficulty(data.methods)
         if measured is None:
-            return (absent(data, "reference anchors", "anchors", "anchors/anchors.json")
+            return (absent(data, "reference anchors", "anchors", f"{ANCHORS_DIR}/{ANCHORS_FILE}")
                     + m.not_computed("measured difficulty", commands(data.run_dir)["unlearn"]))
         order = measured.sort_values(kind="stable")
         quarter = max(1, len(order) // 4)
@@ -301,7 +318,7 @@ def scorer_correlations(data: RunData) -> str:
     if matrix is None:
         if data.scores is None:
             return absent(data, "scorer correlations", "validate",
-                           "validation/scorer_correlations.csv")
+                           f"{VALIDATION_DIR}/{SCORER_CORRELATIONS_FILE}")
         matrix = (data.scores.pivot_table(index="sample_id", columns="scorer",
                                           values="difficulty")
                   .corr(method="spearman"))
@@ -315,7 +332,7 @@ def scorer_correlations(data: RunData) -> str:
     if data.cud_stability is not None:
         parts += ["<h3>Stability of CUD across anchor methods (pairwise Spearman)</h3>",
                   m.table(data.cud_stability)]
-    elif problem := data.problem("validation/cud_stability.csv"):
+    elif problem := data.problem(f"{VALIDATION_DIR}/{CUD_STABILITY_FILE}"):
         parts.append(m.problem(problem))
     return "".join(parts)
 
@@ -323,7 +340,8 @@ def scorer_correlations(data: RunData) -> str:
 def schedules(data: RunData) -> str:
     """Uniform vs weighted vs curriculum schedules at the same step budget."""
     if data.schedules is None:
-        return absent(data, "schedule experiment", "schedules", "validation/schedules.csv")
+        return absent(data, "schedule experiment", "schedules",
+                      f"{VALIDATION_DIR}/{SCHEDULES_FILE}")
     frame = data.schedules.sort_values(["method", "schedule"], kind="stable")
     labelled = frame.assign(schedule=[
         s if pd.isna(c) or c in ("", "-", "none") else f"{s} ({c})"
@@ -360,7 +378,8 @@ def methods(data: RunData) -> str:
     parts = [m.lead(leads.methods({k: float(np.mean(v)) for k, v in efficacy.items()}, seeds)),
              "<h3>Unlearning summary</h3>", m.table(pd.DataFrame(rows))]
     for name in data.methods:
-        reason = data.problem(f"unlearn/{name}/outcomes.parquet", f"unlearn/{name}/summary.json")
+        reason = data.problem(f"{UNLEARN_DIR}/{name}/{OUTCOMES_FILE}",
+                              f"{UNLEARN_DIR}/{name}/{SUMMARY_FILE}")
         if reason:
             parts.append(m.problem(reason))
     if efficacy:
@@ -372,7 +391,7 @@ def methods(data: RunData) -> str:
 def _tofu_metrics(data: RunData) -> str:
     with_metrics = {name: run.metrics for name, run in data.methods.items() if run.metrics}
     if not with_metrics:
-        files = [f"unlearn/{name}/metrics.json" for name in data.methods]
+        files = [f"{UNLEARN_DIR}/{name}/{METRICS_FILE}" for name in data.methods]
         return absent(data, "TOFU metrics", "evaluate", *files)
     rows, reasons = [], []
     for name, metrics in with_metrics.items():
@@ -391,14 +410,14 @@ def samples(data: RunData) -> str:
     (the seed mean where seeds exist), sortable by clicking a header."""
     if data.scores is None and not any(r.outcomes is not None for r in data.methods.values()):
         return absent(data, "per-sample table (scores and outcomes)", "score",
-                       "scores.parquet")
+                       SCORES_FILE)
     frame = sample_frame(data)
     efficacy = [c for c in frame.columns if c.startswith("efficacy: ")]
     n_scorers = 0 if data.scores is None else data.scores["scorer"].nunique()
     parts = [m.lead(leads.samples(frame, n_scorers, efficacy))]
     if data.samples is None:
         parts.append(absent(data, "sample questions (samples.parquet)", "demo",
-                             "samples.parquet"))
+                             SAMPLES_FILE))
     if not efficacy:
         parts.append(m.not_computed("measured efficacy (per-sample unlearning outcomes)",
                                     commands(data.run_dir)["unlearn"]))

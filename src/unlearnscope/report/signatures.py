@@ -27,8 +27,8 @@ from unlearnscope.errors import DataError
 from unlearnscope.evaluation.anchored_cud import read_run_outcomes
 from unlearnscope.evaluation.experiments import to_markdown, write_table
 from unlearnscope.evaluation.validation import MEAN_METHOD, measured_difficulty
+from unlearnscope.layout import CIRCUITS_DIR, CLAIMS_FILE, VALIDATION_DIR
 from unlearnscope.report.plots import figure_uri
-from unlearnscope.scoring.cud import STORE_SUBDIR
 
 DEFAULT_TOP_N = 0.05  # as `unlearnscope circuits analyze`: 5% of the graph's edges
 
@@ -158,11 +158,11 @@ def write_claims(run_dir: str | Path, *, top_n: float = DEFAULT_TOP_N, quantile:
     difficulty (outcomes under `run_dir/unlearn`)."""
     run_dir = Path(run_dir)
     easy, hard = easy_hard_by_measured(read_run_outcomes(run_dir), quantile)
-    signatures = compare_easy_hard(run_dir / STORE_SUBDIR, easy, hard, top_n=top_n,
+    signatures = compare_easy_hard(run_dir / CIRCUITS_DIR, easy, hard, top_n=top_n,
                                    n_resamples=n_resamples, seed=seed)
     table = claims_table(signatures)
-    folder = run_dir / "validation"
-    write_table(table, folder / "claims.csv", folder / "claims.md", markdown="\n".join([
+    folder = run_dir / VALIDATION_DIR
+    write_table(table, folder / CLAIMS_FILE, markdown="\n".join([
         f"The CUD paper's circuit claims: the {len(easy)} easiest vs the {len(hard)} hardest "
         f"samples by measured difficulty (quantile {quantile}), each circuit its top "
         f"{signatures.n_edges_selected} of {signatures.n_edges_in_graph} edges, pruned; effect "

@@ -11,14 +11,13 @@ from unlearnscope.scoring.base import (
     register_scorer,
     scorer_class,
 )
-from unlearnscope.scoring.runner import SCORE_COLUMNS, read_scorer_configs, score_samples
+from unlearnscope.scoring.runner import read_scorer_configs, score_samples
 
 BASELINES = baselines.BASELINES
 
 __all__ = [
     "BASELINES",
     "SCORERS",
-    "SCORE_COLUMNS",
     "LogitScorer",
     "Scorer",
     "get_scorer",

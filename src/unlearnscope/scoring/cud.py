@@ -38,7 +38,6 @@ error of order |c| |c'| / sqrt(dim), which preserves cosine similarity approxima
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -61,7 +60,6 @@ from unlearnscope.circuits.selection import (
 )
 from unlearnscope.circuits.store import (
     ATTRIBUTION_KEYS,
-    HEADER_FILE,
     CircuitStore,
     check_attribution,
 )
@@ -73,6 +71,7 @@ from unlearnscope.data.tokenize import (
     pad_id,
 )
 from unlearnscope.errors import DataError, UnknownNameError
+from unlearnscope.layout import HEADER_FILE, store_folder
 from unlearnscope.models.inputs import encode_for
 from unlearnscope.runs import check_finite
 from unlearnscope.scoring.base import Scorer, register_scorer
@@ -80,7 +79,6 @@ from unlearnscope.scoring.base import Scorer, register_scorer
 SIMILARITIES = ("cosine", "jaccard", "hamming")
 VECTORS = ("binary", "weighted")
 SELECTIONS = ("topn", "greedy")
-STORE_SUBDIR = "circuits"  # where `unlearnscope circuits --out DIR` puts its store
 # the CUD authors' configuration: every option `cud_paper` fixes
 PAPER_PRESET = {**ATTRIBUTION_PRESETS["paper"], "selection": "greedy", "top_n": 75,
                 "prune": False, "vector": "binary", "similarity": "cosine"}
@@ -197,11 +195,6 @@ def cud_from_aggregates(sample_edge_scores: torch.Tensor, easy_aggregate: torch.
     return cud(samples, anchors[0], anchors[1], similarity)
 
 
-def _open_store(path: str | Path) -> CircuitStore:
-    path = Path(path)
-    return CircuitStore.open(path if (path / HEADER_FILE).is_file() else path / STORE_SUBDIR)
-
-
 @register_scorer
 class CUD(Scorer):
     """CUD of each sample against anchor circuits (see the module docstring).
@@ -262,7 +255,7 @@ class CUD(Scorer):
         given = {key: value for key, value in zip(ATTRIBUTION_KEYS, (method, ig_steps, baseline,
                                                                      rule, metric), strict=True)
                  if value is not None}
-        self.store = _open_store(circuits) if circuits else None
+        self.store = CircuitStore.open(store_folder(circuits)) if circuits else None
         if self.store is not None:
             check_attribution(self.store.header, given,
                               source=str(self.store.directory / HEADER_FILE),

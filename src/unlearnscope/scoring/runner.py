@@ -27,6 +27,16 @@ import torch
 from unlearnscope import distributed
 from unlearnscope.data.sample import Sample
 from unlearnscope.errors import DataError
+from unlearnscope.layout import (
+    CONFIG_FILE,
+    PROGRESS_DIR,
+    SCORE_COLUMNS,
+    SCORERS_FILE,
+    SCORES_FILE,
+    score_progress_file,
+    score_progress_files,
+    scorer_options_file,
+)
 from unlearnscope.models.inputs import encode_for
 from unlearnscope.progress import progress_bar
 from unlearnscope.runs import (
@@ -42,10 +52,6 @@ from unlearnscope.scoring.base import LogitScorer, Scorer, run_logit_scorers
 
 log = logging.getLogger(__name__)
 
-SCORE_COLUMNS = ["sample_id", "scorer", "value", "difficulty"]
-SCORERS_FILE = "scorers.json"
-PROGRESS_DIR = "progress"
-OPTIONS_LOG = "scorer-options.jsonl"
 # config() entries that describe the scorer class, not options that could change its values
 _DESCRIPTIVE_KEYS = ("name", "higher_is_harder", "uses_anchors", "value_is_ease")
 
@@ -64,11 +70,11 @@ def options_digest(options: dict[str, Any]) -> str:
 
 
 def _progress_logs(out_dir: Path) -> list[ProgressLog]:
-    return [ProgressLog(p) for p in sorted((out_dir / PROGRESS_DIR).glob("scores-rank*.jsonl"))]
+    return [ProgressLog(p) for p in score_progress_files(out_dir)]
 
 
 def _options_log(out_dir: Path) -> ProgressLog:
-    return ProgressLog(out_dir / PROGRESS_DIR / OPTIONS_LOG)
+    return ProgressLog(scorer_options_file(out_dir))
 
 
 def _finished(out_dir: Path) -> dict[tuple[str, str, str | None], float]:
@@ -148,7 +154,7 @@ def read_scorer_configs(run_dir: str | Path) -> dict[str, dict[str, Any]]:
             if not isinstance(config, dict):
                 raise DataError("expected a scorer config object", source=str(path), field=name)
         return configs
-    path = run_dir / "config.json"
+    path = run_dir / CONFIG_FILE
     if not path.is_file():
         return {}
     listed = read_json(path).get("options", {}).get("scorer_configs")
@@ -212,7 +218,7 @@ def score_samples(model, tokenizer, samples: Sequence[Sample], scorers: Sequence
     pending = [i for i, s in enumerate(samples)
                if any((s.id, name, digest) not in done for name, digest in keys)]
     mine = distributed.shard(pending)
-    progress = ProgressLog(out / PROGRESS_DIR / f"scores-rank{distributed.rank()}.jsonl")
+    progress = ProgressLog(score_progress_file(out, distributed.rank()))
     bar = progress_bar(total=len(pending), desc="scoring", unit="sample",
                        disable=not distributed.is_main(), initial=0)
     for start in range(0, len(mine), chunk_size):
@@ -236,7 +242,7 @@ def score_samples(model, tokenizer, samples: Sequence[Sample], scorers: Sequence
             rows.append((sample.id, scorer.name, value, scorer.difficulty(value)))
     table = pd.DataFrame(rows, columns=SCORE_COLUMNS)
     configs = {s.name: s.config() for s in scorers}
-    existing = out / "scores.parquet"
+    existing = out / SCORES_FILE
     if merge and existing.is_file():
         kept = pd.read_parquet(existing)
         kept = kept[~kept.scorer.isin(set(configs))]

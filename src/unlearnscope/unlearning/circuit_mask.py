@@ -36,17 +36,16 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from unlearnscope.anchors.sets import ANCHORS_FILE, read_anchors
+from unlearnscope.anchors.sets import read_anchors
 from unlearnscope.circuits.graph import GraphLayout
 from unlearnscope.circuits.selection import circuit_nodes, edge_count
-from unlearnscope.circuits.store import HEADER_FILE, CircuitStore
+from unlearnscope.circuits.store import CircuitStore
 from unlearnscope.circuits.ungroup import repeat_kv_heads
 from unlearnscope.errors import DataError, UnknownNameError
+from unlearnscope.layout import HEADER_FILE, anchors_file, store_folder
 from unlearnscope.models.architecture import ModelParts, model_parts
-from unlearnscope.scoring.cud import STORE_SUBDIR
 
 CIRCUIT_MASKS = ("hard-anchors", "batch", "random")
-ANCHORS_SUBDIR = "anchors"
 
 
 @dataclass(frozen=True)
@@ -216,10 +215,9 @@ class CircuitMask:
 def _open_store(circuits: str | Path) -> tuple[CircuitStore, Path | None]:
     """The store and, when `circuits` is a run folder, that folder."""
     path = Path(circuits)
-    if (path / HEADER_FILE).is_file():
-        return CircuitStore.open(path), None
-    if (path / STORE_SUBDIR / HEADER_FILE).is_file():
-        return CircuitStore.open(path / STORE_SUBDIR), path
+    store = store_folder(path)
+    if (store / HEADER_FILE).is_file():
+        return CircuitStore.open(store), None if store == path else path
     raise DataError("not a circuit store or a run folder with circuits/", source=str(path))
 
 
@@ -249,7 +247,7 @@ def build_circuit_mask(kind: str, circuits: str | Path, model: nn.Module, *,
             raise DataError(f"circuit mask '{kind}' needs the hard anchors: give an anchors "
                             "file, or a run folder holding circuits/ and anchors/",
                             field="mask_anchors")
-        anchors = run_dir / ANCHORS_SUBDIR / ANCHORS_FILE
+        anchors = anchors_file(run_dir)
     hard = read_anchors(anchors).hard
     fixed = circuit_components(store.circuits(hard, "topn", n=n), layout)
     details.update(anchors=str(anchors), hard_anchors=list(hard))

@@ -44,6 +44,7 @@ from unlearnscope import distributed
 from unlearnscope.data.sample import Sample
 from unlearnscope.data.tokenize import EncodedDataset, collate, pad_id
 from unlearnscope.errors import DataError
+from unlearnscope.layout import STEPS_COLUMNS, STEPS_FILE, steps_progress_file, steps_progress_files
 from unlearnscope.models.inputs import encode_for, move_batch
 from unlearnscope.models.logprobs import mean_answer_nll
 from unlearnscope.progress import progress_bar
@@ -53,8 +54,6 @@ from unlearnscope.unlearning.samplers import UniformStream
 
 log = logging.getLogger(__name__)
 MAX_AUTO_COPIES = 32
-COLUMNS = ["sample_id", "steps_to_forget", "interpolated_steps", "capped", "prob_before",
-           "prob_final", "loss_before", "loss_final"]
 
 
 @dataclass
@@ -180,7 +179,7 @@ def steps_to_forget(model, tokenizer, samples: list[Sample], *,
                     run_options: dict[str, Any] | None = None) -> pd.DataFrame:
     """Per sample: the optimizer steps until its probability falls below `tau * before`.
 
-    Returns (and with `out_dir` writes `steps_to_forget.parquet`) a table with `COLUMNS`
+    Returns (and with `out_dir` writes `steps_to_forget.parquet`) a table with `STEPS_COLUMNS`
     (`interpolated_steps`: see the module docstring); capped samples report `max_steps` with
     `capped=True`. Under several processes the samples
     are split between them. With `out_dir`, `config.json` records `run_options` and the
@@ -223,7 +222,7 @@ def steps_to_forget(model, tokenizer, samples: list[Sample], *,
     todo = [s for s in samples if s.id not in done]
     mine = distributed.shard(todo)
     encoded = encode_for(model, tokenizer, mine, config.max_length).samples
-    progress = None if out is None else ProgressLog(out / f"progress-{state.process_index}.jsonl")
+    progress = None if out is None else ProgressLog(steps_progress_file(out, state.process_index))
     retain_stream = UniformStream(max(len(retain), 1), config.seed + 1)
     records: list[dict[str, Any]] = []
     bar = progress_bar(total=len(encoded), desc=f"steps-to-forget {config.method}", unit="sample",
@@ -243,15 +242,15 @@ def steps_to_forget(model, tokenizer, samples: list[Sample], *,
     model.requires_grad_(True)
     gathered = distributed.gather(records)
     by_id = {r["sample_id"]: r for r in [*done_records, *gathered]}
-    table = pd.DataFrame([by_id[s.id] for s in samples], columns=COLUMNS)
+    table = pd.DataFrame([by_id[s.id] for s in samples], columns=STEPS_COLUMNS)
     if out is not None and state.is_main_process:
-        write_parquet(out / "steps_to_forget.parquet", table)
+        write_parquet(out / STEPS_FILE, table)
     distributed.barrier()
     return table
 
 
 def _read_progress(out: Path) -> list[dict[str, Any]]:
     records = []
-    for path in sorted(out.glob("progress-*.jsonl")):
+    for path in steps_progress_files(out):
         records.extend(ProgressLog(path).read())
     return records

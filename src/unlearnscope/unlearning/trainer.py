@@ -39,6 +39,16 @@ from transformers import get_scheduler
 from unlearnscope.data.sample import Sample
 from unlearnscope.data.tokenize import EncodedSample, collate, pad_id
 from unlearnscope.errors import DataError
+from unlearnscope.layout import (
+    CHECKPOINT_DIR,
+    CHECKPOINT_STATE,
+    CONFIG_FILE,
+    MODEL_DIR,
+    OUTCOMES_FILE,
+    SUMMARY_FILE,
+    TRAINING_FILE,
+    TRAJECTORY_FILE,
+)
 from unlearnscope.models.inputs import encode_for, move_batch
 from unlearnscope.models.precision import training_autocast
 from unlearnscope.progress import progress_bar
@@ -67,8 +77,6 @@ from unlearnscope.unlearning.samplers import (
 )
 
 log = logging.getLogger(__name__)
-CHECKPOINT = "checkpoint"
-MODEL_SUBDIR = "model"
 
 
 @dataclass
@@ -192,7 +200,7 @@ def check_resume(out_dir: str | Path, config: UnlearnConfig) -> None:
     """Refuse to resume the unlearning run recorded in `out_dir/config.json` with other
     settings (`runs.check_unchanged`): its checkpoint, or its finished outcomes, belong to
     the recorded ones. A folder without such a record is free."""
-    path = Path(out_dir) / "config.json"
+    path = Path(out_dir) / CONFIG_FILE
     recorded = read_json(path) if path.is_file() else {}
     settings = recorded.get("options", {}).get("settings")
     if recorded.get("command") != "unlearn" or not isinstance(settings, dict):
@@ -208,7 +216,7 @@ class _Checkpointer:
 
     def __init__(self, accelerator: Accelerator, out: Path | None) -> None:
         self.accelerator = accelerator
-        self.root = None if out is None else out / CHECKPOINT
+        self.root = None if out is None else out / CHECKPOINT_DIR
         self.trajectory = None if self.root is None else ProgressLog(self.root / "trajectory.jsonl")
 
     @property
@@ -216,7 +224,7 @@ class _Checkpointer:
         return None if self.root is None else self.root / "latest"
 
     def has_state(self) -> bool:
-        return self.latest is not None and (self.latest / "progress.json").is_file()
+        return self.latest is not None and (self.latest / CHECKPOINT_STATE).is_file()
 
     def read_before(self) -> dict[str, Any] | None:
         path = None if self.root is None else self.root / "before.json"
@@ -237,14 +245,14 @@ class _Checkpointer:
         self.accelerator.save_state(str(staging))
         self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process:
-            write_json(staging / "progress.json", progress)
+            write_json(staging / CHECKPOINT_STATE, progress)
             shutil.rmtree(self.latest, ignore_errors=True)
             staging.rename(self.latest)
         self.accelerator.wait_for_everyone()
 
     def load(self) -> dict[str, Any]:
         self.accelerator.load_state(str(self.latest))
-        return json.loads((self.latest / "progress.json").read_text())
+        return json.loads((self.latest / CHECKPOINT_STATE).read_text())
 
     def remove(self) -> None:
         if self.root is not None and self.accelerator.is_main_process:
@@ -455,7 +463,7 @@ class _UnlearnRun:
         if "forget_drawn" not in progress:
             raise DataError("the checkpoint does not record which forget samples were drawn "
                             "(an older version wrote it): rerun without resume",
-                            source=str(self.checkpoints.latest / "progress.json"),
+                            source=str(self.checkpoints.latest / CHECKPOINT_STATE),
                             field="forget_drawn")
         self.drawn[progress["forget_drawn"]] = True
         self.forget_stream.load_state_dict(progress["forget_stream"])
@@ -644,11 +652,11 @@ class _UnlearnRun:
         """`outcomes.parquet`, `summary.json`, `training.parquet`, `trajectory.parquet` (with
         `track_every`) and, with `save`, the model and tokenizer in `model/`."""
         out = self.out
-        write_parquet(out / "outcomes.parquet", outcomes)
-        write_json(out / "summary.json", summary)
-        write_parquet(out / "training.parquet", training)
+        write_parquet(out / OUTCOMES_FILE, outcomes)
+        write_json(out / SUMMARY_FILE, summary)
+        write_parquet(out / TRAINING_FILE, training)
         if trajectory is not None:
-            write_parquet(out / "trajectory.parquet", trajectory)
+            write_parquet(out / TRAJECTORY_FILE, trajectory)
         if save:
-            self.model.save_pretrained(out / MODEL_SUBDIR, safe_serialization=True)
-            self.tokenizer.save_pretrained(out / MODEL_SUBDIR)
+            self.model.save_pretrained(out / MODEL_DIR, safe_serialization=True)
+            self.tokenizer.save_pretrained(out / MODEL_DIR)
