@@ -42,10 +42,13 @@ from unlearnscope.errors import DataError
 from unlearnscope.models.precision import training_autocast
 from unlearnscope.progress import progress_bar
 from unlearnscope.runs import (
+    CHECKPOINT_PROGRESS,
     ProgressLog,
     check_finite,
     check_unchanged,
+    load_checkpoint,
     read_json,
+    save_checkpoint,
     write_config,
     write_json,
     write_parquet,
@@ -210,7 +213,7 @@ class _Checkpointer:
         return None if self.root is None else self.root / "latest"
 
     def has_state(self) -> bool:
-        return self.latest is not None and (self.latest / "progress.json").is_file()
+        return self.latest is not None and (self.latest / CHECKPOINT_PROGRESS).is_file()
 
     def read_before(self) -> dict[str, Any] | None:
         path = None if self.root is None else self.root / "before.json"
@@ -221,24 +224,11 @@ class _Checkpointer:
             write_json(self.root / "before.json", before)
 
     def save(self, progress: dict[str, Any]) -> None:
-        if self.root is None:
-            return
-        staging = self.root / "latest.tmp"
-        if self.accelerator.is_main_process:
-            shutil.rmtree(staging, ignore_errors=True)
-            staging.mkdir(parents=True)
-        self.accelerator.wait_for_everyone()
-        self.accelerator.save_state(str(staging))
-        self.accelerator.wait_for_everyone()
-        if self.accelerator.is_main_process:
-            write_json(staging / "progress.json", progress)
-            shutil.rmtree(self.latest, ignore_errors=True)
-            staging.rename(self.latest)
-        self.accelerator.wait_for_everyone()
+        if self.root is not None:
+            save_checkpoint(self.accelerator, self.latest, progress)
 
     def load(self) -> dict[str, Any]:
-        self.accelerator.load_state(str(self.latest))
-        return json.loads((self.latest / "progress.json").read_text())
+        return load_checkpoint(self.accelerator, self.latest)
 
     def remove(self) -> None:
         if self.root is not None and self.accelerator.is_main_process:
@@ -345,7 +335,7 @@ def run_unlearning(model, tokenizer, forget_samples: list[Sample],
         if "forget_drawn" not in progress:
             raise DataError("the checkpoint does not record which forget samples were drawn "
                             "(an older version wrote it): rerun without resume",
-                            source=str(checkpoints.latest / "progress.json"),
+                            source=str(checkpoints.latest / CHECKPOINT_PROGRESS),
                             field="forget_drawn")
         drawn[progress["forget_drawn"]] = True
         forget_stream.load_state_dict(progress["forget_stream"])
