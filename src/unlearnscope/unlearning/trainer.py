@@ -523,7 +523,6 @@ def _finish(model, tokenizer, accelerator: Accelerator, checkpoints: _Checkpoint
     trajectory = (pd.DataFrame(tracked, columns=["step", "sample_id", "loss", "prob"])
                   if config.track_every else None)
     if out is not None and accelerator.is_main_process:
-        write_parquet(out / "outcomes.parquet", outcomes)
         write_json(out / "summary.json", summary)
         write_parquet(out / "training.parquet", training)
         if trajectory is not None:
@@ -531,6 +530,8 @@ def _finish(model, tokenizer, accelerator: Accelerator, checkpoints: _Checkpoint
         if save:
             model.save_pretrained(out / MODEL_SUBDIR, safe_serialization=True)
             tokenizer.save_pretrained(out / MODEL_SUBDIR)
+        # last: `unlearn --seeds --resume` takes a folder with outcomes for a finished run
+        write_parquet(out / "outcomes.parquet", outcomes)
     accelerator.wait_for_everyone()
     checkpoints.remove()
     return UnlearnResult(model, outcomes, summary, trajectory, training)
