@@ -64,7 +64,8 @@ def _kill_at_first_product(argv: list[str], out: Path,
     interrupted it, False when it had already finished (exit code 0)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "",
            "HF_HUB_OFFLINE": "1",
-           "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
+           "PYTHONPATH": os.pathsep.join(p for p in (str(SRC), os.environ.get("PYTHONPATH"))
+                                         if p)}
     process = subprocess.Popen([sys.executable, "-m", "unlearnscope", *argv, "--out", str(out)],
                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + STARTUP_LIMIT_S
