@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
+import huggingface_hub.constants
 import pytest
 import torch
 
@@ -56,3 +58,23 @@ def tiny_model_dir(tiny_lm, tmp_path_factory) -> Path:
     model.save_pretrained(folder / MODEL_DIR)
     tokenizer.save_pretrained(folder / MODEL_DIR)
     return folder
+
+
+class NetworkUsed(BaseException):
+    """Raised by `no_network` on any connection attempt. Not an `Exception`: the hub client's
+    retry loops catch those, which would turn a failing test into a minute of retries."""
+
+
+@pytest.fixture
+def no_network(monkeypatch, tmp_path) -> Path:
+    """Every name lookup or connection raises `NetworkUsed`, and the Hugging Face cache is
+    the returned folder (empty, under `tmp_path`)."""
+    def refuse(*args, **kwargs):
+        raise NetworkUsed(f"the test reached for the network: {args[:2]}")
+
+    for owner, name in ((socket, "getaddrinfo"), (socket, "create_connection"),
+                        (socket.socket, "connect")):
+        monkeypatch.setattr(owner, name, refuse)
+    cache = tmp_path / "hf-cache"
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    return cache

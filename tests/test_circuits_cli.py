@@ -86,8 +86,10 @@ def test_resume_recomputes_only_missing_samples(tiny_run, tmp_path) -> None:
     assert {p.name: p.stat().st_mtime_ns for p in shard_files(resumed / "circuits")
             if p.name in kept} == kept
     assert float16_close(after.scores(ids), expected)
-    # resuming with other settings is refused (exit 2, nothing written)
+    # resuming with other settings is refused (exit 2, nothing written, config.json kept)
+    config = (resumed / "config.json").read_bytes()
     assert main([*resume_args, "--rule", "midpoint"]) == 2
+    assert (resumed / "config.json").read_bytes() == config
 
 
 def test_paper_preset_sets_the_cud_authors_attribution(tiny_model_dir, tmp_path,

@@ -1,5 +1,6 @@
 import json
 import math
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -147,6 +148,51 @@ def test_finetune_resumes_from_an_epoch_checkpoint(tmp_path, monkeypatch):
                                  strict=True):
         torch.testing.assert_close(a, b, msg=name)
     assert json.loads((tmp_path / "resumed" / "finetune.json").read_text())["epochs_trained"] == 3
+
+
+@pytest.mark.parametrize("torn", ["state written, progress not", "state half written"])
+def test_finetune_killed_while_checkpointing_resumes_from_the_last_whole_one(tmp_path,
+                                                                           monkeypatch, torn):
+    """A kill during the second checkpoint (after its Accelerate state was written, or halfway
+    through it) must leave the first one to resume from, not a mix of the two."""
+    import torch
+    from accelerate import Accelerator
+
+    from tiny_models import tiny_llama
+    from unlearnscope.data import load_samples
+    from unlearnscope.models import load_model
+    from unlearnscope.models.finetune import FinetuneConfig, finetune
+
+    samples = load_samples(DATA)
+    config = FinetuneConfig(epochs=2, lr=3e-3, batch_size=4, seed=1, checkpoint_every=1)
+    finetune(*tiny_llama(samples, seed=1), samples, tmp_path / "straight", config)
+
+    real_save = Accelerator.save_state
+    saves = []
+
+    def killed_in_the_second_save(self, output_dir=None, **kwargs):
+        saves.append(output_dir)
+        if len(saves) < 2:
+            return real_save(self, output_dir, **kwargs)
+        real_save(self, output_dir, **kwargs)
+        if torn == "state half written":
+            weights = next(Path(output_dir).glob("*.safetensors"))
+            weights.write_bytes(weights.read_bytes()[:100])
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Accelerator, "save_state", killed_in_the_second_save)
+    with pytest.raises(KeyboardInterrupt):
+        finetune(*tiny_llama(samples, seed=1), samples, tmp_path / "resumed", config)
+    monkeypatch.setattr(Accelerator, "save_state", real_save)
+    finetune(*tiny_llama(samples, seed=1), samples, tmp_path / "resumed", config, resume=True)
+
+    straight, _ = load_model(str(tmp_path / "straight"), device="cpu")
+    resumed, _ = load_model(str(tmp_path / "resumed"), device="cpu")
+    for (name, a), (_, b) in zip(straight.state_dict().items(), resumed.state_dict().items(),
+                                 strict=True):
+        assert torch.equal(a, b), name
+    assert pd.read_parquet(tmp_path / "resumed" / "training.parquet").equals(
+        pd.read_parquet(tmp_path / "straight" / "training.parquet"))
 
 
 def _min_k_by_hand(model, tokenizer, samples, k: float) -> dict[str, float]:

@@ -206,17 +206,16 @@ def test_a_missing_path_like_model_is_not_found_locally(tmp_path, capsys, monkey
     assert not (tmp_path / "out" / "config.json").exists()
 
 
-def test_a_hub_like_model_spec_found_neither_locally_nor_on_the_hub_is_not_found(
-        tmp_path, capsys, monkeypatch):
-    """`runs/target` without a `runs/` folder is also a valid hub id; when the hub has no such
-    model, the error says so and names the local folder that was looked for."""
-    def no_such_repo(*args, **kwargs):
-        raise OSError("runs/target is not a local folder and is not a valid model identifier")
-
-    monkeypatch.setattr("unlearnscope.models.loading._from_pretrained", no_such_repo)
+def test_a_hub_like_model_spec_found_neither_locally_nor_in_the_hub_cache_is_not_found(
+        tmp_path, capsys, monkeypatch, no_network):
+    """`runs/target` without a `runs/` folder is also a valid hub id; the local hub cache has
+    no such model, so the error says so at once, naming the local folder looked for and the
+    `hub:` spec that would download it. The network is never asked."""
     monkeypatch.chdir(tmp_path)
     err = _refused(["score", "--model", "runs/target", "--data", DATA, "--out", "out"], capsys)
     assert f"model 'runs/target' not found: no folder {tmp_path / 'runs' / 'target'}" in err
+    assert "hub:runs/target" in err
+    assert not (tmp_path / "out" / "config.json").exists()
 
 
 def _score_and_outcome_files(root: Path) -> tuple[Path, Path]:

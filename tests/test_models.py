@@ -1,4 +1,5 @@
 import importlib.util
+import time
 
 import pytest
 import torch
@@ -89,3 +90,51 @@ def test_a_missing_path_like_spec_is_not_found_without_a_hub_lookup(tmp_path, mo
     for spec in ("runs/target", "./x", "../x", "/no/such/folder", "a/b/c", "~/no-such-model"):
         with pytest.raises(ModelError, match="model folder not found"):
             load_model(spec, device="cpu")
+
+
+
+def test_an_org_name_spec_is_read_from_the_hub_cache_only(tmp_path, monkeypatch, no_network):
+    """`runs/target` from a folder without `runs/`: a hub id in form, so the local hub cache
+    is asked (it is empty), never the network, and the error at once says how to download."""
+    monkeypatch.chdir(tmp_path)
+    started = time.monotonic()
+    with pytest.raises(ModelError) as refused:
+        load_model("runs/target", device="cpu")
+    assert time.monotonic() - started < 2
+    assert str(refused.value).startswith(
+        f"model 'runs/target' not found: no folder {tmp_path / 'runs' / 'target'}, and no hub "
+        "model 'runs/target' in the local Hugging Face cache (to download it from the hub: "
+        "hub:runs/target)")
+
+
+def test_a_cached_hub_model_loads_by_its_id_without_the_network(tiny_lm, no_network):
+    model, tok = tiny_lm
+    snapshot = no_network / "models--some-org--tiny.llama" / "snapshots" / ("0" * 40)
+    model.save_pretrained(snapshot)
+    tok.save_pretrained(snapshot)
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("0" * 40)
+    loaded, _ = load_model("some-org/tiny.llama", device="cpu")
+    ids = torch.tensor([tok("Question: Who?\nAnswer:")["input_ids"]])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids).logits, model(ids).logits)
+
+
+@pytest.mark.parametrize(("spec", "asked_hub"), [
+    ("some-org/model", []),  # not in the (empty) cache: transformers is never asked
+    ("hub:some-org/model", [("some-org/model", True)]),
+    ("hub:gpt2", [("gpt2", True)]),
+])
+def test_only_a_hub_prefixed_spec_may_download(tmp_path, monkeypatch, no_network, spec,
+                                               asked_hub):
+    asked = []
+
+    def not_there(source, **kwargs):
+        asked.append((source, kwargs["downloads"]))
+        raise OSError("no such model")
+
+    monkeypatch.setattr("unlearnscope.models.loading._from_pretrained", not_there)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ModelError, match="not found"):
+        load_model(spec, device="cpu")
+    assert asked == asked_hub

@@ -20,6 +20,7 @@ from unlearnscope.cli._common import key_values, named_key_values
 from unlearnscope.cli.unlearn import METHOD_OPTIONS_HELP
 from unlearnscope.errors import UnlearnscopeError
 from unlearnscope.layout import read_seed_outcomes
+from unlearnscope.unlearning import trainer
 from unlearnscope.unlearning.methods import (
     METHODS,
     NLL_WEIGHTINGS,
@@ -131,6 +132,33 @@ def test_unlearn_cli_with_several_seeds_writes_one_run_per_seed(workspace, tmp_p
     assert calls == []  # both seeds finished: nothing rerun
     assert main(unlearn_args(workspace, out, "--seeds", "0,0")) == 2
     assert "distinct seeds" in capsys.readouterr().err
+
+
+def test_a_seed_killed_while_writing_its_products_is_rerun_on_resume(workspace, tmp_path,
+                                                                     monkeypatch):
+    """`--seeds --resume` keeps a seed whose folder has outcomes.parquet: that file must be
+    its last product, or a kill after it loses the seed's summary and training log."""
+    out = tmp_path / "seeds"
+    args = unlearn_args(workspace, out, "--seeds", "0,2", "--no-save")
+    real_write = trainer.write_parquet
+
+    def killed_at_seed_2s_training_log(path, frame):
+        if path == out / "seed2" / "training.parquet":
+            raise KeyboardInterrupt
+        real_write(path, frame)
+
+    monkeypatch.setattr(trainer, "write_parquet", killed_at_seed_2s_training_log)
+    with pytest.raises(KeyboardInterrupt):
+        main(args)
+    monkeypatch.setattr(trainer, "write_parquet", real_write)
+    assert main([*args, "--resume"]) == 0
+    alone = tmp_path / "alone"
+    assert main(unlearn_args(workspace, alone, "--seed", "2", "--no-save")) == 0
+    for name in ("outcomes.parquet", "training.parquet"):
+        pd.testing.assert_frame_equal(pd.read_parquet(out / "seed2" / name),
+                                      pd.read_parquet(alone / name))
+    assert json.loads((out / "seed2" / "summary.json").read_text()) == \
+        json.loads((alone / "summary.json").read_text())
 
 
 @pytest.mark.slow

@@ -35,7 +35,8 @@ Progress files keep the three names they were first written under, so existing r
 a checkpoint's `progress.json`, steps-to-forget's `progress-<r>.jsonl` and the scorer's
 `progress/scores-rank<r>.jsonl`.
 
-`config.json` is `runs.CONFIG_FILE` (layout imports `runs`, which writes it), re-exported here.
+`config.json` and a checkpoint's `progress.json` are `runs.CONFIG_FILE` and
+`runs.CHECKPOINT_STATE` (layout imports `runs`, which writes them), re-exported here.
 
 `X_COLUMNS` are a table's columns as its writer writes them, in order; `X_REQUIRED` the ones
 its readers need (columns added later are missing from older runs, which still load).
@@ -52,6 +53,7 @@ import pandas as pd
 import torch
 
 from unlearnscope.errors import DataError
+from unlearnscope.runs import CHECKPOINT_STATE as CHECKPOINT_STATE
 from unlearnscope.runs import CONFIG_FILE, check_finite, read_json
 
 SUMMARY_FILE = "summary.json"
@@ -70,7 +72,6 @@ REPORT_FILE = "report.html"
 
 MODEL_DIR = "model"  # finetune/unlearn run folders keep their weights and tokenizer here
 CHECKPOINT_DIR = "checkpoint"
-CHECKPOINT_STATE = "progress.json"  # where a checkpoint's loop stopped, beside its state
 PROGRESS_DIR = "progress"  # the scorer's progress logs
 CIRCUITS_DIR = "circuits"  # where `unlearnscope circuits --out DIR` puts its store
 HEADER_FILE = "header.json"  # a circuit store's settings; its presence marks a store

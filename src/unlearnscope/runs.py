@@ -1,4 +1,5 @@
-"""Run folders: resolved configs, atomic writes, append-only progress for `--resume`.
+"""Run folders: resolved configs, atomic writes, append-only progress and whole checkpoints
+for `--resume`.
 
 Every command writes only into its `--out` folder. Final files are written to a temporary
 name and renamed, so a killed run never leaves a half-written table behind.
@@ -10,6 +11,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -241,6 +243,45 @@ class ProgressLog:
     def clear(self) -> None:
         if self.path.exists():
             self.path.unlink()
+
+
+CHECKPOINT_STATE = "progress.json"  # where a checkpoint's loop stopped, beside its state
+
+
+def _staging(folder: Path) -> Path:
+    return folder.with_name(folder.name + ".tmp")
+
+
+def save_checkpoint(accelerator, folder: str | Path, progress: dict[str, Any]) -> None:
+    """Replace the checkpoint in `folder` (the Accelerate state of `accelerator` and
+    `progress.json`) as a whole; every process calls it. The new one is written beside it and
+    renamed into place, so a kill at any moment leaves the previous checkpoint (or, between
+    its removal and the rename, none), never a torn one or a mix of two."""
+    folder = Path(folder)
+    staging = _staging(folder)
+    if accelerator.is_main_process:
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(staging))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        write_json(staging / CHECKPOINT_STATE, progress)
+        shutil.rmtree(folder, ignore_errors=True)
+        staging.rename(folder)
+    accelerator.wait_for_everyone()
+
+
+def load_checkpoint(accelerator, folder: str | Path) -> dict[str, Any]:
+    """Restore `accelerator`'s state from the checkpoint in `folder`; returns its progress."""
+    accelerator.load_state(str(folder))
+    return json.loads((Path(folder) / CHECKPOINT_STATE).read_text())
+
+
+def remove_checkpoint(folder: str | Path) -> None:
+    """Remove the checkpoint in `folder` and any half-written successor (main process)."""
+    for path in (Path(folder), _staging(Path(folder))):
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def check_finite(values: torch.Tensor | float, where: str) -> None:

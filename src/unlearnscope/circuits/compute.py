@@ -44,13 +44,33 @@ ATTRIBUTION_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+def store_header(model, *, method: str, ig_steps: int, baseline: str, rule: str, metric: str,
+                 model_name: str | None = None) -> dict[str, Any]:
+    """The header fields of a store of `model`'s circuits with these attribution settings:
+    the ones a resume must find unchanged."""
+    layout = graph_layout(model)
+    return {"model": model_name or getattr(model.config, "name_or_path", None),
+            "n_layers": layout.n_layers, "n_heads": layout.n_heads,
+            "parallel_attn_mlp": layout.parallel_attn_mlp,
+            "d_model": int(model.config.hidden_size), "method": method,
+            "ig_steps": None if method == "EAP" else ig_steps,
+            "baseline": baseline, "rule": rule, "metric": metric}
+
+
+def check_resumable(directory: str | Path, header: dict[str, Any]) -> None:
+    """Refuse (`DataError`) to resume the store in `directory` when its header disagrees with
+    `header` (`store_header`); a folder without a store is resumable (it starts afresh)."""
+    if (Path(directory) / HEADER_FILE).is_file():
+        check_header(directory, header)
+
+
 def _start_store(directory: Path, header: dict[str, Any], extra: dict[str, Any], *,
                  resume: bool) -> set[str]:
     """Check `header` (resume) or write `header` + `extra`; returns the ids already stored."""
     if resume and (directory / HEADER_FILE).is_file():
         # every process checks, so a mismatch stops all of them instead of leaving some
         # waiting at the barrier
-        check_header(directory, header)
+        check_resumable(directory, header)
     elif distributed.is_main():
         clear(directory)
         write_header(directory, {**header, **extra})
@@ -72,12 +92,8 @@ def compute_circuits(model, tokenizer, samples: Sequence[Sample], directory: str
     """
     directory = Path(directory)
     layout = graph_layout(model)
-    header = {"model": model_name or getattr(model.config, "name_or_path", None),
-              "n_layers": layout.n_layers, "n_heads": layout.n_heads,
-              "parallel_attn_mlp": layout.parallel_attn_mlp,
-              "d_model": int(model.config.hidden_size), "method": method,
-              "ig_steps": None if method == "EAP" else ig_steps,
-              "baseline": baseline, "rule": rule, "metric": metric}
+    header = store_header(model, method=method, ig_steps=ig_steps, baseline=baseline, rule=rule,
+                          metric=metric, model_name=model_name)
     done = _start_store(directory, header, header_extra or {}, resume=resume)
     pending = [s for s in samples if s.id not in done]
     encoded = encode_for(model, tokenizer, distributed.shard(pending), max_length).samples

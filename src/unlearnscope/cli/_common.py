@@ -46,8 +46,9 @@ def output_folder(text: str) -> str:
 
 def add_model_args(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
     parser.add_argument("--model", required=required,
-                        help="hub id, local folder, .gguf file, 'smollm2-135m' (or 'tiny' for "
-                             "finetune)")
+                        help="local folder, .gguf file, 'smollm2-135m', a hub model "
+                             "(org/name from the local Hugging Face cache, hub:org/name to "
+                             "download it) or 'tiny' for finetune")
     parser.add_argument("--dtype", default="auto",
                         help="auto (bfloat16 on GPUs, float32 on CPU), float32, bfloat16, float16")
     parser.add_argument("--trust-remote-code", action="store_true",

