@@ -112,6 +112,25 @@ def test_finetune_counts_the_samples_cut_to_max_length_in_config_json(tmp_path):
     assert json.loads((out / "finetune.json").read_text())["n_truncated"] == expected
 
 
+@pytest.mark.parametrize("command", ["score", "circuits"])
+def test_score_and_circuits_count_the_samples_cut_to_max_length_in_config_json(
+        tiny_model_dir, tmp_path, command):
+    from unlearnscope.data import encode_sample, load_samples
+    from unlearnscope.models import load_model
+
+    tokenizer = load_model(str(tiny_model_dir))[1]
+    samples = load_samples(DATA)[:6]
+    lengths = [len(encode_sample(tokenizer, s).input_ids) for s in samples]
+    limit = sorted(lengths)[len(lengths) // 2]
+    expected = sum(n > limit for n in lengths)
+    assert 0 < expected < len(lengths)
+    out = tmp_path / command
+    extra = ["--scorers", "loss"] if command == "score" else ["--ig-steps", "1"]
+    assert main([command, "--model", str(tiny_model_dir), "--data", DATA, "--max-samples", "6",
+                 "--out", str(out), "--max-length", str(limit), *extra]) == 0
+    assert json.loads((out / "config.json").read_text())["n_truncated"] == expected
+
+
 def test_finetune_resumes_from_an_epoch_checkpoint(tmp_path, monkeypatch):
     """A run killed after epoch 1 of 3 and resumed ends with the same weights as a straight run."""
     import torch

@@ -8,7 +8,7 @@ import torch
 
 from unlearnscope.data import Sample, encode_sample
 from unlearnscope.errors import DataError
-from unlearnscope.models.inputs import encode_for, model_device, move_batch
+from unlearnscope.models.inputs import count_truncated, encode_for, model_device, move_batch
 from unlearnscope.runs import read_json, record_truncation, write_config
 
 
@@ -27,6 +27,17 @@ def test_encode_for_cuts_to_max_length_and_counts_the_cut_samples(tiny_lm):
     # the cut keeps the answer's first tokens: a prefix of the uncut encoding
     whole = encode_sample(tokenizer, long_a).input_ids
     assert encoded.samples[0].input_ids == whole[:limit]
+
+
+def test_count_truncated_counts_what_encode_for_cuts_without_logging(tiny_lm, caplog):
+    model, tokenizer = tiny_lm
+    samples = [Sample(f"s{n}", "Q?", " ".join(["word"] * n)) for n in (1, 5, 20, 40)]
+    limit = len(encode_sample(tokenizer, samples[1]).input_ids)
+    with caplog.at_level("WARNING"):
+        counted = count_truncated(model, tokenizer, samples, limit)
+    assert counted == encode_for(model, tokenizer, samples, limit).n_truncated == 2
+    assert sum("truncated" in r.getMessage() for r in caplog.records) == 1  # encode_for's only
+    assert count_truncated(model, tokenizer, samples) == 0
 
 
 def test_encode_for_defaults_to_the_models_positions(tiny_lm):

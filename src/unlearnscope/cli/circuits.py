@@ -40,6 +40,7 @@ from unlearnscope.cli._common import (
 )
 from unlearnscope.errors import DataError, UnlearnscopeError
 from unlearnscope.layout import ANALYSIS_DIR, CIRCUITS_DIR, SUMMARY_FILE, store_folder
+from unlearnscope.models.inputs import count_truncated
 from unlearnscope.runs import read_json, write_config
 
 log = logging.getLogger(__name__)
@@ -171,7 +172,8 @@ def run(args: argparse.Namespace) -> int:
             model, method=args.method, ig_steps=args.ig_steps, baseline=args.baseline,
             rule=args.rule, metric=args.metric, model_name=args.model))
     if distributed.is_main():
-        write_config(args.out, "circuits", options_of(args))
+        write_config(args.out, "circuits", options_of(args),
+                     n_truncated=count_truncated(model, tokenizer, samples, args.max_length))
     store = compute_circuits(
         model, tokenizer, samples, Path(args.out) / CIRCUITS_DIR, method=args.method,
         ig_steps=args.ig_steps, baseline=args.baseline, rule=args.rule, metric=args.metric,

@@ -15,6 +15,7 @@ from unlearnscope.cli._common import (
     positive_int,
     samples_from,
 )
+from unlearnscope.models.inputs import count_truncated
 from unlearnscope.runs import write_config
 from unlearnscope.scoring import BASELINES, SCORERS, get_scorer, score_samples
 from unlearnscope.scoring.runner import check_resume_options
@@ -62,7 +63,8 @@ def run(args: argparse.Namespace) -> int:
     model, tokenizer = load_args_model(args)
     if distributed.is_main():
         write_config(args.out, "score", {**options_of(args),
-                                         "scorer_configs": [s.config() for s in scorers]})
+                                         "scorer_configs": [s.config() for s in scorers]},
+                     n_truncated=count_truncated(model, tokenizer, samples, args.max_length))
     table = score_samples(model, tokenizer, samples, scorers, args.out,
                           batch_size=args.batch_size, chunk_size=args.chunk_size,
                           resume=args.resume, max_length=args.max_length, merge=args.merge)

@@ -7,7 +7,12 @@ from collections.abc import Mapping, Sequence
 import torch
 
 from unlearnscope.data.sample import Sample
-from unlearnscope.data.tokenize import EncodedDataset, encode_samples, sequence_limit
+from unlearnscope.data.tokenize import (
+    EncodedDataset,
+    encode_sample,
+    encode_samples,
+    sequence_limit,
+)
 
 
 def model_device(model: torch.nn.Module) -> torch.device:
@@ -30,3 +35,12 @@ def encode_for(model, tokenizer, samples: Sequence[Sample], max_length: int | No
     `n_truncated`; `answers[i]` replaces `samples[i]`'s own answer."""
     limit = sequence_limit(tokenizer, model, max_length)
     return encode_samples(tokenizer, samples, max_length=limit, answers=answers)
+
+
+def count_truncated(model, tokenizer, samples: Sequence[Sample], max_length: int | None = None
+                    ) -> int:
+    """How many of `samples` `encode_for` would cut to the length limit, without logging them
+    (for a command's `config.json` when it encodes later in chunks, each chunk logging its own
+    cuts)."""
+    limit = sequence_limit(tokenizer, model, max_length)
+    return sum(encode_sample(tokenizer, s, max_length=limit).truncated for s in samples)
