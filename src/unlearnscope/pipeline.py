@@ -96,6 +96,8 @@ from unlearnscope.layout import (
     UNLEARN_DIR,
     VALIDATION_DIR,
     read_outcomes,
+    read_scores,
+    read_steps_to_forget,
     seed_folder,
 )
 from unlearnscope.models import load_model
@@ -467,7 +469,7 @@ def _steps_to_forget(demo: PipelineRun) -> dict[str, pd.DataFrame]:
                        load_model(str(demo.out / TARGET_DIR), dtype="float32")[0],
                        demo.tokenizer, demo.forget, retain_samples=demo.retain, config=config,
                        out_dir=folder, resume=True))
-        found[method] = pd.read_parquet(folder / STEPS_FILE)
+        found[method] = read_steps_to_forget(folder)[1]
     return found
 
 
@@ -494,7 +496,7 @@ def _anchors_and_cud(demo: PipelineRun) -> AnchorSets:
     demo.stage("vote easy/hard anchors on half of the forget set", folder / ANCHORS_FILE,
                anchors)
     sets = read_anchors(folder / ANCHORS_FILE)
-    scores = pd.read_parquet(demo.out / SCORES_FILE)
+    scores = read_scores(demo.out / SCORES_FILE)
     if "cud" not in set(scores.scorer):
         print("[demo] CUD: compare every circuit with the anchors' circuits")
         cud = get_scorer("cud", anchors=str(folder / ANCHORS_FILE), circuits=str(demo.out),
@@ -516,7 +518,7 @@ def _validation(demo: PipelineRun, sets: AnchorSets, steps: dict[str, pd.DataFra
     demo.stage("learned difficulty predictor (fit on the anchors' half, scores the rest)",
                folder / PREDICTION_FILE,
                lambda: write_prediction(demo.out, seed=demo.config.seed, merge=True))
-    scores = pd.read_parquet(demo.out / SCORES_FILE)
+    scores = read_scores(demo.out / SCORES_FILE)
     # the run's own cud was scored against anchors/anchors.json; a recorded config wins
     known = {"cud": {"name": "cud", "uses_anchors": True, "anchor_fit_ids": sets.fit_ids}}
     holdout = resolve_holdout(scores, {**known, **read_scorer_configs(demo.out)},

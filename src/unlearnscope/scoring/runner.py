@@ -33,6 +33,7 @@ from unlearnscope.layout import (
     SCORE_COLUMNS,
     SCORERS_FILE,
     SCORES_FILE,
+    read_scores,
     score_progress_file,
     score_progress_files,
     scorer_options_file,
@@ -244,7 +245,7 @@ def score_samples(model, tokenizer, samples: Sequence[Sample], scorers: Sequence
     configs = {s.name: s.config() for s in scorers}
     existing = out / SCORES_FILE
     if merge and existing.is_file():
-        kept = pd.read_parquet(existing)
+        kept = read_scores(existing)
         kept = kept[~kept.scorer.isin(set(configs))]
         table = pd.concat([kept, table], ignore_index=True)
         previous = read_scorer_configs(out) if (out / SCORERS_FILE).is_file() else {}
