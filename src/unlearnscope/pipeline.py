@@ -351,7 +351,7 @@ def _train(samples, out: Path, config: PipelineConfig, *, epochs: int | None,
 
 
 def _epochs_trained(model_dir: Path) -> int:
-    return int(json.loads((model_dir / FINETUNE_FILE).read_text())["epochs_trained"])
+    return int(read_json(model_dir / FINETUNE_FILE)["epochs_trained"])
 
 
 def _models(demo: PipelineRun) -> None:
@@ -655,7 +655,7 @@ def _summary(demo: PipelineRun, table: pd.DataFrame) -> dict:
         seeds = config.method_seeds(method)
         summary = json.loads((config.outcome_folder(demo.out, method, seeds[0])
                               / SUMMARY_FILE).read_text())
-        metrics = json.loads((demo.out / UNLEARN_DIR / method / METRICS_FILE).read_text())
+        metrics = read_json(demo.out / UNLEARN_DIR / method / METRICS_FILE)
         per_method[method] = {
             "forget_loss_change": summary["forget"]["loss_after"] - summary["forget"][
                 "loss_before"],

@@ -275,7 +275,7 @@ def save_checkpoint(accelerator, folder: str | Path, progress: dict[str, Any]) -
 def load_checkpoint(accelerator, folder: str | Path) -> dict[str, Any]:
     """Restore `accelerator`'s state from the checkpoint in `folder`; returns its progress."""
     accelerator.load_state(str(folder))
-    return json.loads((Path(folder) / CHECKPOINT_STATE).read_text())
+    return read_json(Path(folder) / CHECKPOINT_STATE)
 
 
 def remove_checkpoint(folder: str | Path) -> None:

@@ -9,7 +9,6 @@ processes with batch b follows the learning-rate schedule of one process with ba
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections.abc import Sequence
@@ -46,6 +45,7 @@ from unlearnscope.runs import (
     check_finite,
     check_unchanged,
     load_checkpoint,
+    read_json,
     remove_checkpoint,
     save_checkpoint,
     write_json,
@@ -258,7 +258,7 @@ def finished_run(out_dir: str | Path, config: FinetuneConfig, n_samples: int,
     if _state_path(out).is_file() or not (out / FINETUNE_FILE).is_file() or not (
             out / MODEL_DIR / "config.json").is_file():
         return None
-    recorded = json.loads((out / FINETUNE_FILE).read_text())
+    recorded = read_json(out / FINETUNE_FILE)
     wanted = {**asdict(config), "n_samples": n_samples}
     if config.target_prob is not None:
         wanted["n_target_samples"] = n_target

@@ -20,7 +20,6 @@ the end; `resume=True` continues from it to the same final result.
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import math
 import shutil
@@ -230,7 +229,7 @@ class _Checkpointer:
 
     def read_before(self) -> dict[str, Any] | None:
         path = None if self.root is None else self.root / "before.json"
-        return json.loads(path.read_text()) if path is not None and path.is_file() else None
+        return read_json(path) if path is not None and path.is_file() else None
 
     def write_before(self, before: dict[str, Any]) -> None:
         if self.root is not None and self.accelerator.is_main_process:
